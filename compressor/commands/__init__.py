@@ -1,0 +1,1 @@
+"""Sub-commands of the `compressor` CLI, one module each (see compressor.cli)."""
