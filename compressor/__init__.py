@@ -1,0 +1,42 @@
+"""compressor: deployment-oriented model compression with hardware profiling.
+
+Packages (DESIGN.md): `targets` (what a device is), `profilers` (how a model
+is measured there), and this package, the pipeline: student spaces
+(`compressor.spaces`), data and teachers (`compressor.data`,
+`compressor.teachers`), distillation (`compressor.distill`), the constrained
+search (`compressor.search`, `compressor.store`), the orchestration behind
+`compressor compress` (`compressor.pipeline`), export (`compressor.export`),
+reports (`compressor.report`) and the CLI (`compressor.cli`).
+
+The Python API mirrors the CLI:
+
+    import compressor
+    result = compressor.compress("teacher.pt", data="digits", target="cpu-1t",
+                                 latency_ms=0.15, trials=24, out="runs/digits")
+    result.report["student"]["test_accuracy"]
+
+Attributes are imported lazily so that `import compressor` does not pull in
+torch (an edge device runs `compressor agent` without it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "compress": ("compressor.pipeline", "compress"),
+    "DataOptions": ("compressor.pipeline", "DataOptions"),
+    "SearchConfig": ("compressor.search", "SearchConfig"),
+    "CompressResult": ("compressor.search", "CompressResult"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'compressor' has no attribute {name!r}")

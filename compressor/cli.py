@@ -21,7 +21,17 @@ import traceback
 
 from compressor.errors import UserError
 
-COMMANDS = ("targets",)
+COMMANDS = (
+    "targets",
+    "profile",
+    "space",
+    "train_teacher",
+    "distill",
+    "compress",
+    "export",
+    "demo",
+    "agent",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,13 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from profilers import ProfileError
     from targets import TargetError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, TargetError) as exc:
+    except (UserError, TargetError, ProfileError) as exc:
         if args.verbose:
             traceback.print_exc()
         print(f"compressor {args.command}: error: {exc}", file=sys.stderr)

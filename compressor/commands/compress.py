@@ -1,0 +1,128 @@
+"""`compressor compress`: search a student family under the target's budgets, train, export, report."""
+
+from __future__ import annotations
+
+import argparse
+
+from compressor.commands.common import add_target_args, positive_float, positive_int
+from compressor.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from compressor.search import STRATEGIES, SearchConfig
+
+    defaults = SearchConfig()
+    parser = sub.add_parser(
+        "compress",
+        help="search the most accurate distilled student that meets a target's budgets",
+        description="Constrained Bayesian search (hyperopt TPE or random) over student families of a space, "
+        "each candidate screened on the target before training, trained with knowledge distillation "
+        "from the teacher under successive halving; the best family's best member is trained for "
+        "--final-epochs, exported and reported in RUN_DIR (report.json, report.md, pareto.png, "
+        "trials.sqlite, best.pt, artifacts/).",
+    )
+    parser.add_argument("--teacher", required=True, help="torchvision:ARCH (with --teacher-weights), a compressor checkpoint, or an ONNX file")
+    parser.add_argument("--teacher-weights", metavar="FILE", help="state dict for a torchvision:ARCH teacher (loaded with weights_only=True)")
+    _add_data(parser)
+    add_target_args(parser)
+    parser.add_argument("--trials", type=positive_int, default=defaults.trials, help=f"proposals (families) to evaluate (default {defaults.trials})")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy, help="hyperopt TPE or random search (default tpe)")
+    parser.add_argument("--space", default=defaults.space, help="student space: nago or zoo (default nago)")
+    parser.add_argument("--family-size", type=positive_int, default=defaults.family_size, help=f"members sampled per proposal (default {defaults.family_size})")
+    parser.add_argument("--fidelities", default=",".join(map(str, defaults.fidelities)), help="successive-halving epochs, e.g. 1,3,9 (default %(default)s)")
+    parser.add_argument("--eta", type=positive_int, default=defaults.eta, help="successive-halving rate η (default 3)")
+    parser.add_argument("--final-epochs", type=positive_int, default=defaults.final_epochs, help=f"epochs for the winner (default {defaults.final_epochs})")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="search seed (default 0)")
+    parser.add_argument("--trial-timeout", type=positive_float, metavar="S", help="seconds after which a trial fails")
+    parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds, help="time cap of each screening profile (default %(default)s)")
+    parser.add_argument("--formats", help="export formats, e.g. onnx,ort,int8 (default: by target)")
+    parser.add_argument("--no-export", action="store_true", help="skip the export bundle")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR up to --trials")
+    parser.add_argument("--cache-dir", help="teacher-logits cache (default $COMPRESSOR_CACHE or ~/.cache/compressor)")
+    parser.add_argument("--quiet", action="store_true", help="no live progress display")
+    parser.add_argument("--json", action="store_true", help="print report.json on stdout")
+    parser.set_defaults(func=run)
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    from compressor.data import add_data_args
+
+    add_data_args(parser)
+
+
+def parse_fidelities(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--fidelities must be comma-separated epochs like 1,3,9, got {text!r}") from None
+
+
+def data_options_from_args(args: argparse.Namespace):
+    from compressor.pipeline import DataOptions
+
+    return DataOptions(image_size=args.image_size, channels=args.channels, seed=args.split_seed,
+                       data_root=args.data_root, download=args.download, label_fraction=args.label_fraction)
+
+
+def run(args: argparse.Namespace) -> int:
+    from compressor.pipeline import compress
+
+    result = compress(
+        args.teacher, out=args.out, data=args.data, target=args.target, teacher_weights=args.teacher_weights,
+        latency_ms=args.latency_ms, memory_mb=args.memory_mb, size_mb=args.size_mb,
+        data_options=data_options_from_args(args), resume=args.resume, quiet=args.quiet or args.json,
+        cache_dir=args.cache_dir, trials=args.trials, strategy=args.strategy, space=args.space,
+        family_size=args.family_size, fidelities=parse_fidelities(args.fidelities), eta=args.eta,
+        final_epochs=args.final_epochs, seed=args.seed, trial_timeout_s=args.trial_timeout,
+        profile_seconds=args.profile_seconds, export=not args.no_export,
+        export_formats=tuple(args.formats.split(",")) if args.formats else None,
+    )
+    if args.json:
+        from compressor.console import print_json
+
+        print_json(result.report)
+    else:
+        print_summary(result.report, result.run_dir)
+    return 0
+
+
+def print_summary(report: dict, run_dir) -> None:
+    """Teacher vs student (and baselines) side by side, then where the files are."""
+    from compressor.console import console, print_table
+
+    percentile = report["budgets"].get("latency_percentile", "p50")
+    rows = [("teacher", report["teacher"])]
+    if report.get("student"):
+        rows.append(("student (searched)", report["student"]))
+    rows += [(f"hand-designed: {b['name']}", b) for b in report.get("baselines", [])]
+    teacher_p50 = report["teacher"]["profile"]["latency_ms"]["p50"]
+    recommended = next((a for a in report.get("artifacts", []) if a.get("recommended")), None)
+    print_table(
+        f"{report['target']['name']}: budgets "
+        + ", ".join(f"{k}={v}" for k, v in report["budgets"].items() if v is not None and k != "latency_percentile"),
+        ["model", "test acc %", "params", "MACs", "p50 ms", "p90 ms", "peak mem MiB", "size MiB", "speed-up"],
+        [
+            (
+                name,
+                None if e.get("test_accuracy") is None else round(100 * e["test_accuracy"], 2),
+                e.get("params"),
+                e.get("macs"),
+                e["profile"]["latency_ms"]["p50"],
+                e["profile"]["latency_ms"]["p90"],
+                e["profile"].get("peak_memory_mb"),
+                e["profile"]["model_size_mb"],
+                round(teacher_p50 / e["profile"]["latency_ms"]["p50"], 1),
+            )
+            for name, e in rows
+        ],
+    )
+    search = report["search"]
+    console.print(
+        f"search: {search['strategy']} over {search['space']}, {search['trials']} proposals "
+        f"({search['feasible']} feasible, {search['infeasible']} over budget, {search['failed']} failed) "
+        f"in {search['seconds']:.0f} s; budget percentile {percentile}"
+    )
+    if recommended:
+        console.print(f"recommended artifact: {run_dir}/artifacts/{recommended['file']}")
+    console.print(f"report: {run_dir}/report.md   plot: {run_dir}/pareto.png   checkpoint: {run_dir}/best.pt")

@@ -1,0 +1,146 @@
+"""`compressor demo`: the main job end to end on the bundled digits data.
+
+1. A ResNet-18 teacher is trained on digits at 32 px with light augmentation
+   (random shifts), or reused from the cache (`$COMPRESSOR_CACHE/demo/` or
+   `~/.cache/compressor/demo/`), keyed by everything that shapes it.
+2. It is profiled on the target (`cpu-1t`: one ONNX Runtime thread on one
+   pinned core); the latency budget is a fraction of its p50 (1/20) and the
+   memory budget a fraction of its peak memory (1/2).
+3. `compressor.pipeline.compress` searches (TPE, successive halving), trains
+   the winner, exports the bundle and writes the report.
+4. The best hand-designed student at the same budget (compressor.baselines)
+   is trained with the same teacher and epochs and added to the report, so
+   the summary compares teacher, searched student and baseline side by side,
+   and checks the goals (accuracy within 0.5 point of the teacher, >= 100x
+   fewer parameters, >= 10x lower p50, at least as accurate as the baseline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("runs/demo")
+    target: str = "cpu-1t"
+    image_size: int = 32
+    teacher_arch: str = "torchvision:resnet18"
+    teacher_epochs: int = 15
+    trials: int = 30
+    family_size: int = 2
+    fidelities: tuple[int, ...] = (1, 3)
+    final_epochs: int = 20
+    latency_fraction: float = 1 / 20
+    memory_fraction: float = 1 / 2
+    seed: int = 0
+    cache_dir: Path | None = None
+    quiet: bool = False
+
+
+def cache_root(cache_dir: Path | None) -> Path:
+    return Path(cache_dir or os.environ.get("COMPRESSOR_CACHE") or Path.home() / ".cache" / "compressor")
+
+
+def demo_teacher(config: DemoConfig, dataset, say) -> Path:
+    """The cached demo teacher's checkpoint, trained first if absent."""
+    import torch
+
+    from compressor.checkpoint import Checkpoint, save_checkpoint
+    from compressor.distill import TrainConfig, train_student
+    from compressor.models import build_from_arch
+
+    key = hashlib.sha256(json.dumps([config.teacher_arch, dataset.identity, config.teacher_epochs, config.seed,
+                                     "augment"]).encode()).hexdigest()[:12]
+    path = cache_root(config.cache_dir) / "demo" / f"teacher-{config.teacher_arch.split(':')[-1]}-{key}.pt"
+    if path.is_file():
+        say(f"teacher: reusing {path}")
+        return path
+    say(f"teacher: training {config.teacher_arch} for {config.teacher_epochs} epochs with random shifts "
+        "(cached for the next run)")
+    torch.manual_seed(config.seed)
+    model = build_from_arch(config.teacher_arch, dataset.num_classes, dataset.input_shape)
+    result = train_student(model, dataset, TrainConfig(epochs=config.teacher_epochs, seed=config.seed, augment=True,
+                                                      alpha=0.0),
+                           evaluate_test=True)
+    if result.status != "ok":
+        raise RuntimeError(f"teacher training failed: {result.reason}")
+    save_checkpoint(path, Checkpoint(model.state_dict(), config.teacher_arch, dataset.num_classes, dataset.input_shape,
+                                     meta={"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+                                           "epochs": config.teacher_epochs, "seconds": result.seconds}))
+    say(f"teacher: test accuracy {100 * result.test_accuracy:.2f}% after {result.seconds:.0f} s")
+    return path
+
+
+def run_demo(config: DemoConfig) -> dict[str, Any]:
+    """Run the demo; returns the run's report with the baseline and the goal checks added."""
+    import profilers
+    from targets import load_target
+
+    from compressor.baselines import hand_designed_baseline
+    from compressor.console import err_console
+    from compressor.data import load_dataset
+    from compressor.distill import LogitsCache
+    from compressor.pipeline import DataOptions, compress
+    from compressor.report import write_report
+    from compressor.teachers import load_teacher
+
+    def say(text: str) -> None:
+        if not config.quiet:
+            err_console.print(f"[bold]demo[/]: {text}")
+
+    started = time.time()
+    dataset = load_dataset("digits", image_size=config.image_size, channels=3, seed=config.seed)
+    teacher_path = demo_teacher(config, dataset, say)
+    teacher = load_teacher(str(teacher_path), num_classes=dataset.num_classes, input_shape=dataset.input_shape)
+    target = load_target(config.target)
+    shape = (target.batch_size, *dataset.input_shape)
+    teacher_profile = profilers.measure(teacher.onnx_bytes(shape), target, input_shape=shape, memory=True)
+    latency_ms = teacher_profile["latency_ms"]["p50"] * config.latency_fraction
+    memory_mb = (teacher_profile["peak_memory_mb"] or 0) * config.memory_fraction or None
+    say(f"teacher p50 on {target.name}: {teacher_profile['latency_ms']['p50']:.3f} ms -> latency budget "
+        f"{latency_ms:.3f} ms p50; memory budget {memory_mb:.1f} MiB" if memory_mb else "")
+    run_dir = Path(config.out)
+    result = compress(str(teacher_path), out=run_dir, data="digits", target=target, latency_ms=latency_ms,
+                      memory_mb=memory_mb, data_options=DataOptions(image_size=config.image_size, channels=3,
+                                                                    seed=config.seed),
+                      resume=(run_dir / "trials.sqlite").exists(), quiet=config.quiet, cache_dir=config.cache_dir,
+                      trials=config.trials, family_size=config.family_size, fidelities=config.fidelities,
+                      final_epochs=config.final_epochs, seed=config.seed)
+    report = result.report
+    say("training the hand-designed baseline at the same budget")
+    baseline = hand_designed_baseline(teacher, dataset, target, latency_ms=latency_ms, memory_mb=memory_mb,
+                                      epochs=config.final_epochs,
+                                      teacher_logits=LogitsCache(config.cache_dir).get(teacher, dataset),
+                                      seed=config.seed)
+    report["baselines"] = [baseline]
+    report["goals"] = goal_checks(report)
+    report["demo"] = {"seconds": time.time() - started, "config": {k: str(v) for k, v in asdict(config).items()}}
+    write_report(run_dir, report, result.records)
+    return report
+
+
+def goal_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The demo's claims, each with the measured figures and whether it holds."""
+    teacher, student = report["teacher"], report["student"]
+    baseline = report["baselines"][0] if report.get("baselines") else None
+    gap = 100 * (teacher["test_accuracy"] - student["test_accuracy"])
+    param_ratio = teacher["params"] / max(1, student["params"])
+    speedup = teacher["profile"]["latency_ms"]["p50"] / student["profile"]["latency_ms"]["p50"]
+    checks = [
+        {"goal": "test accuracy within 0.5 point of the teacher", "value": f"{gap:+.2f} points behind",
+         "met": gap <= 0.5},
+        {"goal": ">= 100x fewer parameters", "value": f"{param_ratio:.0f}x", "met": param_ratio >= 100},
+        {"goal": ">= 10x lower p50 latency on the target", "value": f"{speedup:.1f}x", "met": speedup >= 10},
+    ]
+    if baseline:
+        diff = 100 * (student["test_accuracy"] - baseline["test_accuracy"])
+        checks.append({"goal": "at least as accurate as the best hand-designed student at the same budget",
+                       "value": f"{diff:+.2f} points vs {baseline['name']}", "met": diff >= 0})
+    return checks

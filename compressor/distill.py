@@ -1,0 +1,254 @@
+"""Knowledge distillation: the loss, the teacher-logits cache and the trainer.
+
+Loss (Hinton): `(1-α)·CE(y, s) + α·τ²·KL(softmax(t/τ) || softmax(s/τ))`. A
+sample whose label is hidden (`y = -1`, the `--label-fraction` transfer-set
+case) contributes only the KD term; CE is averaged over the labelled samples.
+Without teacher logits the loss is plain cross-entropy (the `--no-kd`
+baseline).
+
+Teacher-logits cache: the teacher's logits on every split are computed once
+per (teacher content hash, dataset identity — source, split and
+preprocessing) and stored under `$COMPRESSOR_CACHE/logits/` (default
+`~/.cache/compressor/logits/`), written atomically and read back with
+`torch.load(weights_only=True)`. A changed teacher or dataset is a new key, so
+stale logits are never used. With the cache, a KD epoch costs what a plain
+cross-entropy epoch costs (no teacher forward pass).
+
+Augmentation policy: cached logits belong to un-augmented images, so when
+`augment` is on and a teacher is given, the teacher runs *online* on each
+augmented batch (exact, slower); augmentation with cached logits only is
+refused. The search trains without augmentation and always uses the cache.
+
+Trainer: in-memory tensors, a seeded permutation per epoch (no DataLoader
+workers), SGD with Nesterov momentum and a cosine learning-rate schedule,
+weight decay, CUDA + AMP when a GPU is present. Same seed, same initial
+weights, CPU -> same trained weights. A NaN/inf loss stops the run with a
+failed result and the reason; a time budget stops it early with status ok
+and fewer `epochs_run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CACHE_VERSION = "logits-v1"
+
+
+def kd_loss(student_logits, teacher_logits, targets, *, alpha: float, tau: float):
+    """The KD loss of the module docstring; `teacher_logits=None` gives plain cross-entropy."""
+    import torch
+    import torch.nn.functional as F
+
+    labelled = targets >= 0
+    if labelled.any():
+        ce = F.cross_entropy(student_logits[labelled], targets[labelled])
+    else:
+        ce = student_logits.sum() * 0.0
+    if teacher_logits is None:
+        return ce
+    kl = F.kl_div(F.log_softmax(student_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1),
+                  reduction="batchmean", log_target=True) * (tau * tau)
+    if not labelled.any():
+        return kl
+    return (1.0 - alpha) * ce + alpha * kl + torch.zeros((), device=student_logits.device)
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("COMPRESSOR_CACHE") or Path.home() / ".cache" / "compressor")
+
+
+class LogitsCache:
+    """Teacher logits per (teacher, dataset), on disk."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_root()
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, teacher, dataset) -> Path:
+        key = hashlib.sha256(f"{CACHE_VERSION}|{teacher.content_hash}|{dataset.identity}".encode()).hexdigest()[:32]
+        return self.root / "logits" / f"{key}.pt"
+
+    def get(self, teacher, dataset) -> dict[str, Any]:
+        """{"train", "val", "test"} logits, computed and stored on a miss."""
+        import torch
+
+        path = self.path(teacher, dataset)
+        if path.is_file():
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True)
+                if all(k in data and len(data[k]) == len(getattr(dataset, f"{k}_x")) for k in ("train", "val", "test")):
+                    self.hits += 1
+                    return data
+            except Exception:  # noqa: BLE001 - a corrupt cache entry is recomputed, never trusted
+                pass
+        self.misses += 1
+        data = {split: teacher.logits(getattr(dataset, f"{split}_x")) for split in ("train", "val", "test")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+        return data
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (SGD + Nesterov, cosine schedule)."""
+
+    epochs: int = 10
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    batch_size: int = 32
+    alpha: float = 0.5
+    tau: float = 4.0
+    seed: int = 0
+    time_budget_s: float | None = None
+    augment: bool = False
+    shift_px: int = 3
+    device: str = "auto"
+    # Tiny students train fastest on one thread: PyTorch's per-op threading overhead exceeds their work.
+    threads: int | None = None
+
+
+@dataclass
+class TrainResult:
+    status: str
+    reason: str = ""
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    loss_curve: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    epochs_run: int = 0
+
+
+def evaluate(model, x, y, batch_size: int = 512) -> float:
+    """Top-1 accuracy (fraction) of `model` on (x, y), in eval mode."""
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            pred = model(x[start:start + batch_size].to(device)).argmax(1).cpu()
+            correct += int((pred == y[start:start + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+def train_student(model, dataset, config: TrainConfig, *, teacher_logits: dict | None = None, teacher=None,
+                  evaluate_test: bool = True) -> TrainResult:
+    """Train `model` on `dataset` with KD from `teacher_logits` (or online `teacher`), or plain CE.
+
+    Args:
+        model: a torch.nn.Module (initialised by the caller).
+        dataset: a compressor.data.Dataset.
+        config: TrainConfig.
+        teacher_logits: the LogitsCache dict; used when augmentation is off.
+        teacher: a compressor.teachers.Teacher, run online on augmented batches.
+        evaluate_test: also measure test accuracy.
+
+    Returns:
+        A TrainResult (status "failed" with the reason on a non-finite loss).
+    """
+    import torch
+
+    if config.threads is None:
+        return _train(model, dataset, config, teacher_logits, teacher, evaluate_test)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _train(model, dataset, config, teacher_logits, teacher, evaluate_test)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(model, dataset, config, teacher_logits, teacher, evaluate_test) -> TrainResult:
+    import torch
+
+    started = time.perf_counter()
+    if config.augment and teacher_logits is not None and teacher is None and config.alpha > 0:
+        raise ValueError("augmentation with cached teacher logits is not supported: pass the teacher to run it online")
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if config.device == "auto" else config.device))
+    model.to(device)
+    use_kd = config.alpha > 0 and (teacher is not None or teacher_logits is not None)
+    online = use_kd and (config.augment or teacher_logits is None)
+    generator = torch.Generator().manual_seed(config.seed)
+    x_all, y_all = dataset.train_x, dataset.train_y
+    t_all = teacher_logits["train"] if (use_kd and not online) else None
+    n = len(x_all)
+    steps_per_epoch = max(1, n // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                                weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    result = TrainResult(status="ok")
+    for epoch in range(config.epochs):
+        model.train()
+        order = torch.randperm(n, generator=generator)
+        epoch_loss, batches = 0.0, 0
+        for step in range(steps_per_epoch):
+            index = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x = x_all[index]
+            if config.augment:
+                x = shift_batch(x, config.shift_px, generator)
+            y = y_all[index].to(device)
+            if online:
+                t = teacher.logits(x).to(device)
+            else:
+                t = t_all[index].to(device) if t_all is not None else None
+            x = x.to(device)
+            with torch.autocast(device.type, enabled=amp):
+                loss = kd_loss(model(x).float(), t, y, alpha=config.alpha, tau=config.tau)
+            if not torch.isfinite(loss):
+                result.status = "failed"
+                result.reason = f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1}"
+                result.seconds = time.perf_counter() - started
+                result.epochs_run = epoch
+                return result
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            epoch_loss += float(loss.detach())
+            batches += 1
+            if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
+                break
+        result.loss_curve.append(epoch_loss / max(1, batches))
+        if batches == steps_per_epoch:
+            result.epochs_run = epoch + 1
+        if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
+            break
+    result.val_accuracy = evaluate(model, dataset.val_x, dataset.val_y)
+    if evaluate_test:
+        result.test_accuracy = evaluate(model, dataset.test_x, dataset.test_y)
+    model.cpu().eval()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def shift_batch(x, max_shift: int, generator):
+    """Random integer shifts of up to `max_shift` px per image, zero-padded (light augmentation for digits)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, c, h, w = x.shape
+    padded = F.pad(x, (max_shift, max_shift, max_shift, max_shift))
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    rows = dy[:, None] + torch.arange(h)[None, :]
+    cols = dx[:, None] + torch.arange(w)[None, :]
+    batch = torch.arange(n)[:, None, None]
+    # padded[b, :, rows[b], cols[b]] for every b, as one advanced-indexing gather
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()

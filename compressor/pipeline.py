@@ -1,0 +1,367 @@
+"""`compress`: the whole loop behind `compressor compress` and the Python API.
+
+Order of work, cheapest first (DESIGN.md): resolve the target and its budgets
+-> load data and teacher -> teacher logits (cached on disk) -> teacher
+accuracy and profile (kept in the run's store, so a resume does not measure
+again) -> screen the space's smallest network against the budgets (an
+unreachable budget is reported in seconds, not after an hour) -> the search
+(compressor.search) -> final training of the best family's best member ->
+`best.pt` -> profile -> export bundle (compressor.export) -> report.
+
+Every stage that has finished is on disk before the next begins; a resumed
+run skips them. A finished run resumed again does nothing more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from compressor.errors import UserError
+from compressor.search import (
+    CompressResult,
+    Search,
+    SearchConfig,
+    best_record,
+    budget_violations,
+    failure_summary,
+    json_safe,
+    pareto_front,
+)
+from compressor.store import RunLock, TrialStore
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """How the dataset is read (mirrors compressor.data.load_dataset's keywords)."""
+
+    image_size: int | None = 32
+    channels: int | None = 3
+    seed: int = 0
+    data_root: str | None = None
+    download: bool = False
+    label_fraction: float = 1.0
+
+
+def compress(
+    teacher: str,
+    *,
+    out: str | Path,
+    data: str = "digits",
+    target: Any = "cpu-1t",
+    teacher_weights: str | None = None,
+    latency_ms: float | None = None,
+    memory_mb: float | None = None,
+    size_mb: float | None = None,
+    data_options: DataOptions = DataOptions(),
+    resume: bool = False,
+    quiet: bool = True,
+    cache_dir: str | Path | None = None,
+    **search_knobs: Any,
+) -> CompressResult:
+    """Find the most accurate student family that meets the target's budgets, train and export its best member.
+
+    Args:
+        teacher: `torchvision:ARCH` (with `teacher_weights`), a compressor checkpoint, or an ONNX file.
+        out: the run directory (created; with `resume=True` an existing run is continued).
+        data: `digits`, `imagefolder:PATH`, `npz:PATH` or a torchvision dataset name.
+        target: a preset name, a TOML path or a `targets.Target`.
+        latency_ms, memory_mb, size_mb: budgets overriding the target's.
+        data_options: image size, channels, split seed, label fraction...
+        resume: continue the run in `out` up to the requested number of trials.
+        quiet: no live progress display.
+        cache_dir: the teacher-logits cache (default: $COMPRESSOR_CACHE or ~/.cache/compressor).
+        **search_knobs: fields of `SearchConfig` (trials, strategy, space, family_size, fidelities,
+            eta, final_epochs, seed, trial_timeout_s, profile_seconds, batch_size, export, export_formats).
+
+    Returns:
+        A `CompressResult` with the report (report.json's content) and the checkpoint path.
+    """
+    from targets import Target, availability, load_target
+
+    unknown = set(search_knobs) - {f.name for f in dataclasses.fields(SearchConfig)}
+    if unknown:
+        raise UserError(f"unknown search option(s): {', '.join(sorted(unknown))}")
+    if "fidelities" in search_knobs:
+        search_knobs["fidelities"] = tuple(search_knobs["fidelities"])
+    config = SearchConfig(**search_knobs).validate()
+    if not isinstance(target, Target):
+        target = load_target(target)
+    target = target.with_budgets(latency_ms=latency_ms, memory_mb=memory_mb, size_mb=size_mb)
+    ok, why = availability(target)
+    if not ok:
+        raise UserError(f"target {target.name!r} cannot run here: {why}")
+
+    run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} exists and is not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        store = TrialStore(run_dir / "trials.sqlite")
+        try:
+            return _compress_locked(config, target, teacher, teacher_weights, data, data_options, run_dir,
+                                    store, resume, quiet, cache_dir)
+        finally:
+            store.close()
+
+
+def _compress_locked(config, target, teacher_ref, teacher_weights, data, data_options, run_dir, store,
+                     resume, quiet, cache_dir) -> CompressResult:
+    from compressor.data import load_dataset
+    from compressor.distill import LogitsCache
+    from compressor.teachers import load_teacher
+
+    dataset = load_dataset(data, **dataclasses.asdict(data_options))
+    teacher = load_teacher(teacher_ref, weights=teacher_weights, num_classes=dataset.num_classes,
+                           input_shape=dataset.input_shape)
+    fingerprint = json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash,
+                             "dataset": dataset.identity, "target": _target_key(target)})
+    existing = store.get_meta("fingerprint")
+    if existing is None:
+        if store.records():
+            raise UserError(f"{run_dir}: trial store has trials but no configuration; choose another --out")
+        store.set_meta("fingerprint", fingerprint)
+        store.set_meta("started_at", time.time())
+    elif not resume:
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    elif existing != fingerprint:
+        differs = sorted(k for k in fingerprint if fingerprint[k] != existing.get(k))
+        detail = differs[0]
+        if detail == "search":
+            detail = "search option " + ", ".join(k for k in fingerprint["search"]
+                                                   if fingerprint["search"][k] != existing["search"].get(k))
+        raise UserError(f"--resume: {run_dir} was created with a different configuration ({detail} differs)")
+
+    logits = LogitsCache(cache_dir).get(teacher, dataset)
+    teacher_info = store.get_meta("teacher")
+    if teacher_info is None:
+        teacher_info = _describe_teacher(teacher, dataset, logits, target)
+        store.set_meta("teacher", teacher_info)
+    if not store.records():
+        _check_reachable(config, target, dataset)
+
+    display = _Progress(config, quiet)
+    search = Search(config=config, target=target, dataset=dataset, teacher=teacher, teacher_logits=logits,
+                    run_dir=run_dir, store=store, progress=display.event)
+    with display:
+        display.preload(search.records)
+        records = search.run()
+    seconds = sum(r.total_s for r in records)
+    best = best_record(records, config.fidelities)
+    report = _base_report(config, target, teacher_info, records, seconds)
+    if best is None:
+        report["failure"] = failure_summary(records)
+        from compressor.report import write_report
+
+        write_report(run_dir, report, records)
+        raise UserError(f"no feasible student in {len(records)} evaluations: {report['failure']}")
+
+    final = store.get_meta("final")
+    checkpoint = run_dir / "best.pt"
+    if final is None or not checkpoint.is_file():
+        final = _final_training(config, best, dataset, logits, target, checkpoint, quiet)
+        store.set_meta("final", final)
+    model = _load_student(checkpoint)
+    report["student"] = final
+    report["speedup_p50"] = (teacher_info["profile"]["latency_ms"]["p50"] / final["profile"]["latency_ms"]["p50"])
+    report["param_reduction"] = teacher_info["params"] / max(1, final["params"])
+    if config.export:
+        bundle = run_dir / "artifacts"
+        artifacts = store.get_meta("artifacts")
+        if artifacts is None or not (bundle / "artifacts.json").is_file():
+            try:
+                from compressor.export import ExportConfig, export_bundle
+
+                artifacts = export_bundle(model, json_dumps_arch(final["arch"]), dataset, target, bundle,
+                                          ExportConfig(formats=config.export_formats))["artifacts"]
+                store.set_meta("artifacts", artifacts)
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the student is saved; a failed export is reported, not fatal
+                report["artifacts_error"] = f"{type(exc).__name__}: {exc}"
+                artifacts = []
+        report["artifacts"] = artifacts
+    from compressor.report import write_report
+
+    write_report(run_dir, report, records)
+    return CompressResult(run_dir=run_dir, report=report, checkpoint=checkpoint, records=records)
+
+
+def json_dumps_arch(arch: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(arch, sort_keys=True)
+
+
+def _target_key(target) -> dict[str, Any]:
+    data = target.to_dict()
+    data.pop("source", None)
+    return data
+
+
+def _describe_teacher(teacher, dataset, logits, target) -> dict[str, Any]:
+    import profilers
+
+    shape = (target.batch_size, *dataset.input_shape)
+    val_acc = float((logits["val"].argmax(1) == dataset.val_y).float().mean())
+    test_acc = float((logits["test"].argmax(1) == dataset.test_y).float().mean())
+    profile = profilers.measure(teacher.onnx_bytes(shape), target, input_shape=shape, memory=True)
+    return {"ref": teacher.ref, "arch": teacher.arch, "val_accuracy": val_acc, "test_accuracy": test_acc,
+            "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile}
+
+
+def _check_reachable(config, target, dataset) -> None:
+    """Fail in seconds if even the space's smallest network is over budget."""
+    import profilers
+
+    from compressor.onnx_export import export_onnx
+    from compressor.spaces import get_space
+
+    if not target.budgets.any():
+        return
+    space = get_space(config.space)
+    spec = space.sample(space.smallest_params(), config.seed)
+    shape = (target.batch_size, *dataset.input_shape)
+    model = space.build(spec, dataset.input_shape, dataset.num_classes)
+    profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape,
+                                max_seconds=config.profile_seconds, memory=target.budgets.memory_mb is not None)
+    violations = budget_violations(profile, target.budgets)
+    if violations:
+        raise UserError(
+            f"budgets unreachable on {target.name}: even the smallest network of the {config.space!r} space "
+            f"measures {violations[0][0]}; loosen the budget or choose another --space"
+        )
+
+
+def _final_training(config, best, dataset, logits, target, checkpoint: Path, quiet: bool) -> dict[str, Any]:
+    import json
+
+    import profilers
+    import torch
+
+    from compressor.checkpoint import Checkpoint, save_checkpoint
+    from compressor.console import err_console
+    from compressor.distill import TrainConfig, train_student
+    from compressor.onnx_export import export_onnx
+    from compressor.spaces import ArchSpec, build_model
+
+    member = max(range(len(best.member_accuracies)), key=lambda i: best.member_accuracies[i])
+    spec = ArchSpec.from_json(best.archs[member])
+    torch.manual_seed(spec.seed)
+    model = build_model(spec, dataset.input_shape, dataset.num_classes)
+    if not quiet:
+        err_console.print(f"final training: proposal {best.proposal} member {member} for {config.final_epochs} epochs")
+    train_config = TrainConfig(epochs=config.final_epochs, lr=best.params["lr"], alpha=best.params["kd_alpha"],
+                               tau=best.params["kd_tau"], seed=config.seed, batch_size=config.batch_size,
+                               threads=1)
+    result = train_student(model, dataset, train_config, teacher_logits=logits, evaluate_test=True)
+    if result.status != "ok":
+        raise UserError(f"final training of the best student failed: {result.reason}")
+    meta = {"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+            "epochs": config.final_epochs, "kd_alpha": train_config.alpha, "kd_tau": train_config.tau,
+            "lr": train_config.lr, "proposal": best.proposal, "seconds": result.seconds}
+    save_checkpoint(checkpoint, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
+                                           num_classes=dataset.num_classes, input_shape=dataset.input_shape,
+                                           meta=meta))
+    shape = (target.batch_size, *dataset.input_shape)
+    profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape, memory=True)
+    return {**meta, "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
+            "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
+
+
+def _load_student(checkpoint: Path):
+    from compressor.checkpoint import load_checkpoint
+    from compressor.models import model_from_checkpoint
+
+    return model_from_checkpoint(load_checkpoint(checkpoint))
+
+
+def _base_report(config, target, teacher_info, records, seconds) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    proposals = {r.proposal for r in records}
+    first = config.fidelities[0]
+    at_first = [r for r in records if r.fidelity == first]
+    return json_safe({
+        "target": _target_key(target),
+        "budgets": asdict(target.budgets),
+        "teacher": teacher_info,
+        "student": None,
+        "search": {
+            "strategy": config.strategy, "space": config.space, "trials": len(proposals),
+            "evaluations": len(records),
+            "feasible": sum(r.status == "ok" for r in at_first),
+            "infeasible": sum(r.status == "infeasible" for r in at_first),
+            "failed": sum(r.status == "failed" for r in at_first),
+            "family_size": config.family_size, "fidelities": list(config.fidelities), "eta": config.eta,
+            "seconds": seconds,
+            "screen_seconds_median": _median([r.screen_s for r in at_first]),
+            "train_fraction": (sum(r.train_s for r in records) / seconds) if seconds else 0.0,
+            "pareto": pareto_front(records),
+        },
+        "artifacts": [],
+    })
+
+
+def _median(values: list[float]) -> float | None:
+    import statistics
+
+    return statistics.median(values) if values else None
+
+
+class _Progress:
+    """Live display on stderr: trial n/N, feasible so far, best accuracy, elapsed/ETA."""
+
+    def __init__(self, config: SearchConfig, quiet: bool) -> None:
+        self.config = config
+        self.quiet = quiet
+        self.done = 0
+        self.feasible = 0
+        self.best: float | None = None
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> "_Progress":
+        if not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            from compressor.console import err_console
+
+            self._progress = Progress(TextColumn("[bold]search[/]"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.description}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                      TimeRemainingColumn(), console=err_console, transient=False)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("", total=self.config.trials)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def preload(self, records) -> None:
+        for rec in records:
+            self._count(rec)
+        self._refresh("")
+
+    def _count(self, rec) -> None:
+        if rec.fidelity == self.config.fidelities[0]:
+            self.done += 1
+            self.feasible += rec.status == "ok"
+        if rec.status == "ok" and (self.best is None or rec.val_accuracy > self.best):
+            self.best = rec.val_accuracy
+
+    def _refresh(self, doing: str) -> None:
+        if self._progress is None:
+            return
+        best = "-" if self.best is None else f"{100 * self.best:.2f}%"
+        self._progress.update(self._task, completed=self.done,
+                              description=f"feasible {self.feasible} | best val {best} | {doing}")
+
+    def event(self, kind: str, info: dict) -> None:
+        if kind == "start":
+            self._refresh(f"proposal {info['proposal']} @ {info['fidelity']} ep")
+        else:
+            self._count(info["record"])
+            self._refresh("")

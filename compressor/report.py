@@ -1,0 +1,138 @@
+"""A run's report: `report.json` (the DESIGN.md contract), `report.md` for a person, `pareto.png`.
+
+The JSON is written atomically (temporary name, then rename) so a crash never
+leaves a half-written report next to a complete-looking run. Accuracies are
+fractions in [0, 1]; latencies are milliseconds per batch on the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from compressor.store import TrialRecord
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def plot_pareto(records: list[TrialRecord], report: dict[str, Any], path: Path) -> None:
+    """Every screened family: accuracy vs latency on the target, feasible vs infeasible, budget line, teacher."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = report["budgets"]
+    percentile = budgets.get("latency_percentile", "p50")
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    latest: dict[int, TrialRecord] = {}
+    for rec in records:
+        if rec.status == "ok" and (rec.proposal not in latest or rec.fidelity > latest[rec.proposal].fidelity):
+            latest[rec.proposal] = rec
+    ok = list(latest.values())
+    if ok:
+        ax.scatter([r.latency_ms for r in ok], [100 * r.val_accuracy for r in ok], s=28, c="tab:blue",
+                   label="feasible family (val. acc., mean of members)", zorder=3)
+    infeasible = [r for r in records if r.status == "infeasible" and r.latency_ms is not None]
+    floor = min([100 * r.val_accuracy for r in ok] + [100 * (report["teacher"].get("test_accuracy") or 1)]) - 5
+    if infeasible:
+        ax.scatter([r.latency_ms for r in infeasible], [floor] * len(infeasible), marker="x", c="tab:red",
+                   label="over budget (screened, not trained)", zorder=3)
+    front = report["search"].get("pareto", [])
+    if front:
+        ax.plot([p["latency_ms"] for p in front], [100 * p["val_accuracy"] for p in front], "-", c="tab:blue",
+                alpha=0.5, label="Pareto front")
+    if budgets.get("latency_ms"):
+        ax.axvline(budgets["latency_ms"], ls="--", c="k", label=f"latency budget ({budgets['latency_ms']:g} ms)")
+    teacher = report["teacher"]
+    if teacher.get("profile") and teacher.get("test_accuracy") is not None:
+        ax.scatter([teacher["profile"]["latency_ms"][percentile]], [100 * teacher["test_accuracy"]], marker="*",
+                   s=220, c="tab:orange", label="teacher (test acc.)", zorder=4)
+    student = report.get("student")
+    if student and student.get("profile"):
+        ax.scatter([student["profile"]["latency_ms"][percentile]], [100 * student["test_accuracy"]], marker="D",
+                   s=70, c="tab:green", label="final student (test acc.)", zorder=4)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency {percentile} on {report['target']['name']} (ms, log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{report['search']['strategy'].upper()} search: {report['search']['trials']} proposals")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def _ms(profile: dict | None, key: str) -> str:
+    return "-" if not profile else f"{profile['latency_ms'][key]:.3f}"
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """A person's summary of report.json."""
+    teacher, student, search = report["teacher"], report.get("student"), report["search"]
+    budgets = report["budgets"]
+    lines = [
+        f"# Compression report: {report['target']['name']}",
+        "",
+        f"Target `{report['target']['name']}` ({report['target']['runtime']}); budgets: "
+        + ", ".join(f"{k} {v}" for k, v in budgets.items() if v is not None),
+        "",
+        f"Search: {search['strategy']}, {search['trials']} proposals, {search['feasible']} feasible, "
+        f"{search['infeasible']} over budget, {search['failed']} failed, {search['seconds']:.0f} s.",
+        "",
+        "| | test accuracy | params | MACs | p50 ms | p90 ms | peak memory MiB | size MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [("teacher", teacher)] + ([("student", student)] if student else [])
+    rows += [(f"baseline: {b['name']}", b) for b in report.get("baselines", [])]
+    for name, entry in rows:
+        prof = entry.get("profile")
+        lines.append(
+            f"| {name} | {_pct(entry.get('test_accuracy'))} | {entry.get('params', 0):,} | {entry.get('macs', 0):,} | "
+            f"{_ms(prof, 'p50')} | {_ms(prof, 'p90')} | "
+            f"{'-' if not prof or prof.get('peak_memory_mb') is None else format(prof['peak_memory_mb'], '.1f')} | "
+            f"{'-' if not prof else format(prof['model_size_mb'], '.3f')} |"
+        )
+    if student:
+        lines += ["", f"Speed-up over the teacher (p50): {report.get('speedup_p50', 0):.1f}x; "
+                      f"{report.get('param_reduction', 0):.0f}x fewer parameters.", ""]
+        lines += ["Student architecture: `best.pt` (state dict + ArchSpec); "
+                  f"space `{student['arch']['space']}`, seed {student['arch']['seed']}.", ""]
+    else:
+        lines += ["", f"No feasible student: {report.get('failure', '')}", ""]
+    if report.get("artifacts"):
+        lines += ["## Artifacts", "", "| file | format | parity | p50 ms | recommended |", "|---|---|---|---|---|"]
+        for art in report["artifacts"]:
+            prof = art.get("profile")
+            lines.append(f"| {art.get('file')} | {art.get('format')} | "
+                         f"{'pass' if art.get('parity', {}).get('passed') else art.get('status', 'fail')} | "
+                         f"{_ms(prof, 'p50')} | {'yes' if art.get('recommended') else ''} |")
+        lines.append("")
+    if report.get("artifacts_error"):
+        lines += [f"Export failed: {report['artifacts_error']}", ""]
+    lines += ["![Pareto plot](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, report: dict[str, Any], records: list[TrialRecord]) -> None:
+    write_json_atomic(run_dir / "report.json", report)
+    write_text_atomic(run_dir / "report.md", markdown_report(report))
+    plot_pareto(records, report, run_dir / "pareto.png")

@@ -1,0 +1,8 @@
+"""Errors the profilers raise: bad input (ProfileError) versus a failed measurement."""
+
+from __future__ import annotations
+
+
+class ProfileError(ValueError):
+    """Bad input to a profiler (a missing or invalid model, a wrong input shape, a
+    runtime this machine cannot run): one line naming the problem and the fix."""

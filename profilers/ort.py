@@ -1,0 +1,168 @@
+"""The ONNX Runtime backend: the runtime most CPU and edge deployments serve with.
+
+One measurement: check the model (`onnx_model.check_model_source`), derive
+the inputs from its signature, pin the measuring thread to the target's
+`cpu_affinity`, create the session with the target's options (see
+`_memprobe.SessionSettings`), time it adaptively (`stats.time_adaptively`),
+restore the affinity, and finally measure peak memory in a fresh child
+process (`_memprobe.py`) so that nothing of this process (torch, earlier
+sessions) is counted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from profilers import host
+from profilers._memprobe import SessionSettings, create_session
+from profilers.errors import ProfileError
+from profilers.onnx_model import (
+    CheckedModel,
+    check_model_source,
+    input_specs,
+    make_inputs,
+    resolve_input_shapes,
+    static_analysis,
+)
+from profilers.profile import build_profile
+from profilers.stats import time_adaptively
+
+__all__ = ["OnnxRuntimeBackend", "session_settings"]
+
+MEMPROBE = Path(__file__).with_name("_memprobe.py")
+MEMPROBE_RUNS = 3
+MEMPROBE_TIMEOUT_S = 300
+
+
+def session_settings(target) -> SessionSettings:
+    """The session settings a target asks for (threads 0 -> one per physical core)."""
+    return SessionSettings(
+        intra_op_threads=target.threads or host.physical_cores(),
+        inter_op_threads=target.inter_op_threads,
+        graph_optimization=target.graph_optimization,
+        providers=[[p, dict(target.provider_options.get(p, {}))] for p in target.providers],
+        affinity=list(target.cpu_affinity),
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class OnnxRuntimeBackend:
+    """Measure an ONNX model with ONNX Runtime, configured as the target says."""
+
+    name = "onnxruntime"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return False, "onnxruntime not installed"
+        return True, ""
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {"onnxruntime": ort.__version__, "providers_available": ort.get_available_providers()}
+
+    def measure(
+        self,
+        model,
+        target,
+        *,
+        input_shape: tuple[int, ...] | None = None,
+        max_seconds: float | None = None,
+        memory: bool = True,
+        keep_samples: bool = False,
+        label: str | None = None,
+    ) -> dict:
+        """Profile `model` (path, bytes or ModelProto) on `target`; see `profilers.measure`."""
+        checked = check_model_source(model)
+        specs = input_specs(checked.proto)
+        shapes = resolve_input_shapes(specs, input_shape, target.batch_size)
+        feeds = make_inputs(specs, shapes)
+        first_shape = shapes[specs[0].name]
+        static = static_analysis(checked, first_shape)
+        settings = session_settings(target)
+
+        with host.pinned_to(target.cpu_affinity):
+            try:
+                session = create_session(str(checked.path) if checked.path else checked.data, settings)
+            except Exception as exc:  # onnxruntime raises its own pybind exception types
+                raise ProfileError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+            try:
+                session.run(None, feeds)
+            except Exception as exc:
+                shape_text = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
+                raise ProfileError(f"onnxruntime cannot run the model with inputs {shape_text}: {_first_line(exc)}") from None
+
+            def run_once() -> float:
+                start = time.perf_counter_ns()
+                session.run(None, feeds)
+                return (time.perf_counter_ns() - start) / 1e6
+
+            timing = time_adaptively(run_once, target.measure, max_seconds)
+            providers = session.get_providers()
+            affinity = host.current_affinity()
+            del session
+
+        warnings = []
+        peak = None
+        if memory:
+            peak, problem = self._peak_memory(checked, settings, specs, shapes)
+            if problem:
+                warnings.append(f"peak memory not measured: {problem}")
+        environment = host.environment(
+            **self.describe(),
+            providers=providers,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            graph_optimization=settings.graph_optimization,
+        )
+        environment["affinity"] = affinity
+        return build_profile(
+            target=target,
+            runtime=self.name,
+            label=label or checked.label,
+            input_shape=first_shape,
+            timing=timing,
+            peak_memory_mb=peak,
+            static=static,
+            environment=environment,
+            warnings=warnings,
+            keep_samples=keep_samples,
+        )
+
+    def _peak_memory(self, checked: CheckedModel, settings: SessionSettings, specs, shapes) -> tuple[float | None, str]:
+        from profilers._memprobe import request_for
+
+        inputs = [{"name": s.name, "dtype": s.dtype.str, "shape": list(shapes[s.name])} for s in specs]
+        with tempfile.TemporaryDirectory(prefix="compressor-memprobe-") as tmp:
+            path = checked.path
+            if path is None:
+                path = Path(tmp) / "model.onnx"
+                path.write_bytes(checked.data)
+            request = request_for(str(path), settings, inputs, MEMPROBE_RUNS)
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-I", str(MEMPROBE)],
+                    input=request,
+                    capture_output=True,
+                    text=True,
+                    timeout=MEMPROBE_TIMEOUT_S,
+                    env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                )
+            except subprocess.TimeoutExpired:
+                return None, f"the probe process took over {MEMPROBE_TIMEOUT_S} s"
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            return None, f"the probe process failed: {last}"
+        return float(json.loads(done.stdout)["added_mb"]), ""

@@ -1,0 +1,70 @@
+"""Assembling the Profile contract (DESIGN.md) from a backend's measurements.
+
+Latency is milliseconds per batch; throughput is inputs per second at the
+median latency (batch size * 1000 / p50). Warnings from the timing loop,
+static analysis and the backend are merged, in that order.
+"""
+
+from __future__ import annotations
+
+from profilers.stats import Timing, summarize
+
+
+def build_profile(
+    *,
+    target,
+    runtime: str,
+    label: str,
+    input_shape: tuple[int, ...],
+    timing: Timing,
+    peak_memory_mb: float | None,
+    static: dict,
+    environment: dict,
+    warnings: list[str] | None = None,
+    keep_samples: bool = False,
+) -> dict:
+    """The Profile dict (JSON-serialisable).
+
+    Args:
+        target: the `targets.Target` measured on.
+        runtime: the backend that ran the model.
+        label: how the model is named in reports (file name, torchvision:ARCH, ...).
+        input_shape: the first input's shape, batch included.
+        timing: the raw samples and stop reason from `time_adaptively`.
+        peak_memory_mb: the backend's peak-memory figure, or None when not measured.
+        static: `static_analysis` output (params, macs, model_size_mb).
+        environment: the backend's environment block.
+        warnings: backend-specific caveats.
+        keep_samples: also return the raw samples under "latency_ms_samples".
+    """
+    latency = summarize(timing.samples_ms)
+    batch = input_shape[0] if input_shape else 1
+    all_warnings = list(timing.warnings)
+    if static.get("unresolved_mac_nodes"):
+        all_warnings.append(
+            f"MACs leave out {static['unresolved_mac_nodes']} node(s) whose shapes inference could not resolve"
+        )
+    all_warnings += warnings or []
+    profile = {
+        "target": target.name,
+        "runtime": runtime,
+        "model": label,
+        "input_shape": [int(d) for d in input_shape],
+        "latency_ms": latency,
+        "throughput_per_s": batch * 1000.0 / latency["p50"] if latency["p50"] > 0 else None,
+        "peak_memory_mb": peak_memory_mb,
+        "model_size_mb": static["model_size_mb"],
+        "params": static["params"],
+        "macs": static["macs"],
+        "environment": environment,
+        "measurement": {
+            "warmup_runs": timing.warmup_runs,
+            "timed_seconds": round(timing.seconds, 4),
+            "stop_reason": timing.stop_reason,
+            "percentiles": "nearest-rank",
+        },
+        "warnings": all_warnings,
+    }
+    if keep_samples:
+        profile["latency_ms_samples"] = list(timing.samples_ms)
+    return profile

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny hand-built ONNX models and fast measurement settings.
+
+`make_conv_gemm_model` builds input[N,3,8,8] -> Conv(4 filters, 3x3, pad 1) ->
+Relu -> Flatten -> Gemm(256 -> 10) with onnx.helper, so its parameters and
+MACs can be computed by hand in a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def make_conv_gemm_model(batch: int | str = "N", *, seed: int = 0) -> onnx.ModelProto:
+    """Conv(3->4, 3x3, pad 1) + Relu + Flatten + Gemm(256->10) on [batch, 3, 8, 8]."""
+    rng = np.random.default_rng(seed)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "conv_b"),
+        numpy_helper.from_array(rng.standard_normal((10, 256)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "fc_b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("Flatten", ["relu"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv_gemm",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 10])],
+        initializer=weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path):
+    """Path of the Conv+Gemm model (dynamic batch) written to a temporary folder."""
+    path = tmp_path / "tiny.onnx"
+    onnx.save(make_conv_gemm_model(), str(path))
+    return path
+
+
+@pytest.fixture
+def fast_target():
+    """cpu-1t with measurement settings small enough for a test (a fraction of a second)."""
+    from targets import load_target
+
+    target = load_target("cpu-1t")
+    return dataclasses.replace(
+        target,
+        measure=dataclasses.replace(target.measure, warmup_runs=2, min_runs=20, min_seconds=0.05, max_seconds=0.3),
+    )

@@ -1,0 +1,51 @@
+"""`compressor demo` in its smallest setting, end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALLEST = ["--image-size", "16", "--teacher-epochs", "1", "--trials", "2", "--family-size", "1",
+            "--fidelities", "1", "--final-epochs", "1", "--latency-fraction", "0.5", "--quiet"]
+
+
+def _demo(out: Path, cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "compressor", "demo", "--out", str(out), "--cache-dir", str(cache),
+                           *SMALLEST], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_demo_smallest_setting_satisfies_the_run_directory_contract(tmp_path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    proc = _demo(run, cache)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((run / "report.json").read_text())
+    for key in ("target", "budgets", "teacher", "student", "search", "artifacts"):
+        assert key in report, key
+    for who in ("teacher", "student"):
+        for key in ("test_accuracy", "params", "macs", "profile"):
+            assert key in report[who], (who, key)
+        assert 0.0 <= report[who]["test_accuracy"] <= 1.0
+        assert report[who]["profile"]["latency_ms"]["p50"] > 0
+    for key in ("strategy", "trials", "feasible", "failed", "seconds", "pareto"):
+        assert key in report["search"], key
+    assert report["student"]["arch"]["space"] == "nago"
+    assert report["budgets"]["latency_ms"] > 0 and report["budgets"]["memory_mb"] > 0
+    assert report["student"]["profile"]["latency_ms"]["p50"] <= 2 * report["budgets"]["latency_ms"]
+    assert report["baselines"][0]["name"].startswith("plain CNN")
+    assert {g["goal"] for g in report["goals"]} >= {">= 100x fewer parameters"}
+    for name in ("report.md", "pareto.png", "trials.sqlite", "best.pt", "artifacts/artifacts.json"):
+        assert (run / name).is_file(), name
+    artifacts = json.loads((run / "artifacts" / "artifacts.json").read_text())["artifacts"]
+    assert {a["format"] for a in artifacts} >= {"onnx", "ort", "int8"}
+    teachers = list((cache / "demo").glob("teacher-*.pt"))
+    assert len(teachers) == 1
+    stamp = teachers[0].stat().st_mtime_ns
+
+    again = _demo(tmp_path / "run2", cache)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert teachers[0].stat().st_mtime_ns == stamp  # the cached teacher was reused, not retrained
+    assert list((cache / "demo").glob("teacher-*.pt")) == teachers

@@ -1,0 +1,185 @@
+"""The constrained search end to end on digits: store, resume after SIGKILL, failures, budgets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressor.errors import UserError
+from compressor.store import RunLock, TrialRecord, TrialStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small and quick: one-epoch fidelities, one member per family, FP32 ONNX export only.
+FAST = dict(trials=3, family_size=1, fidelities=(1,), final_epochs=1, profile_seconds=0.2,
+            export_formats=("onnx",))
+
+
+@pytest.fixture(scope="module")
+def teacher_file(tmp_path_factory) -> str:
+    """A real (tiny, briefly trained) teacher checkpoint made with the project's own trainer."""
+    from compressor.checkpoint import Checkpoint, save_checkpoint
+    from compressor.data import load_dataset
+    from compressor.distill import TrainConfig, train_student
+    from compressor.spaces import build_model, spec_from_ref
+
+    torch.set_num_threads(1)
+    data = load_dataset("digits", image_size=16, channels=1)
+    spec = spec_from_ref("zoo:plain", seed=0)
+    model = build_model(spec, data.input_shape, data.num_classes)
+    result = train_student(model, data, TrainConfig(epochs=2, seed=0), evaluate_test=False)
+    assert result.status == "ok"
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_checkpoint(path, Checkpoint(model.state_dict(), spec.to_json(), data.num_classes, data.input_shape))
+    return str(path)
+
+
+def _compress(teacher_file, out, cache, **kw):
+    from compressor.pipeline import DataOptions, compress
+
+    options = {**FAST, **kw}
+    return compress(teacher_file, out=out, data="digits", target="cpu-1t", cache_dir=cache,
+                    data_options=DataOptions(image_size=16, channels=1), **options)
+
+
+def test_store_round_trip(tmp_path):
+    store = TrialStore(tmp_path / "t.sqlite")
+    rec = TrialRecord(proposal=3, fidelity=1, status="infeasible", params={"arch": {"a": 1}, "lr": 0.1},
+                      seeds=[7, 8], reason="latency p50 0.3 ms > budget 0.1 ms", misc={"vals": {"lr": [0.1]}},
+                      archs=["{}"], profiles=[{"latency_ms": {"p50": 0.3}}], loss=2.0, latency_ms=0.3,
+                      screen_s=1.5, total_s=1.6)
+    store.add(rec)
+    store.set_meta("fingerprint", {"x": [1, 2]})
+    store.close()
+    again = TrialStore(tmp_path / "t.sqlite")
+    [loaded] = again.records()
+    assert loaded == rec
+    assert again.get_meta("fingerprint") == {"x": [1, 2]}
+    with pytest.raises(ValueError):
+        again.add(TrialRecord(proposal=0, fidelity=1, status="weird", params={}, seeds=[]))
+
+
+def test_run_lock_refuses_second_owner(tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(UserError, match="in use by another compressor process"):
+            with RunLock(tmp_path):
+                pass
+    with RunLock(tmp_path):  # released: can be taken again
+        pass
+
+
+def test_short_search_end_to_end(teacher_file, tmp_path):
+    result = _compress(teacher_file, tmp_path / "run", tmp_path / "cache", latency_ms=5.0, trials=4,
+                       fidelities=(1, 2), eta=2)
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    for key in ("target", "budgets", "teacher", "student", "search", "artifacts"):
+        assert key in report
+    for key in ("test_accuracy", "params", "macs", "profile"):
+        assert key in report["teacher"] and key in report["student"]
+    assert 0.0 <= report["student"]["test_accuracy"] <= 1.0
+    assert report["student"]["profile"]["latency_ms"]["p50"] > 0
+    assert report["search"]["trials"] == 4
+    assert report["search"]["feasible"] + report["search"]["infeasible"] + report["search"]["failed"] == 4
+    # successive halving with eta=2 over a round of 2: one proposal per round promoted to 2 epochs
+    records = result.records
+    assert sorted(r.fidelity for r in records).count(2) == 2
+    for rec in records:
+        if rec.status == "ok":
+            assert rec.latency_ms <= 5.0
+    assert (run / "pareto.png").stat().st_size > 1000
+    assert (run / "report.md").read_text().startswith("# Compression report")
+    assert (run / "best.pt").is_file()
+    artifacts = json.loads((run / "artifacts" / "artifacts.json").read_text())["artifacts"]
+    assert artifacts[0]["format"] == "onnx"
+    # a finished run resumed does nothing more
+    again = _compress(teacher_file, run, tmp_path / "cache", latency_ms=5.0, trials=4, fidelities=(1, 2), eta=2,
+                      resume=True)
+    assert len(again.records) == len(records)
+
+
+def test_all_infeasible_budget_is_reported_before_search(teacher_file, tmp_path):
+    with pytest.raises(UserError, match="budgets unreachable"):
+        _compress(teacher_file, tmp_path / "run", tmp_path / "cache", latency_ms=1e-5)
+    with sqlite3.connect(tmp_path / "run" / "trials.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 0
+
+
+def test_every_trial_failing_says_why(teacher_file, tmp_path):
+    with pytest.raises(UserError, match=r"no feasible student in 3 evaluations: 3 failed \(trial timeout"):
+        _compress(teacher_file, tmp_path / "run", tmp_path / "cache", trial_timeout_s=1e-6)
+
+
+def test_injected_failing_candidate_is_a_failed_trial(teacher_file, tmp_path):
+    from compressor.spaces import SPACES, get_space
+
+    nago = get_space("nago")
+
+    class Broken:
+        """The nago space, but every other proposal's network cannot be built."""
+
+        name = "broken-for-test"
+
+        def __getattr__(self, item):
+            return getattr(nago, item)
+
+        def build(self, spec, input_shape, num_classes):
+            if spec.seed % 2:
+                raise RuntimeError("injected build failure")
+            return nago.build(spec, input_shape, num_classes)
+
+    if "broken-for-test" not in SPACES:
+        SPACES.add("broken-for-test", Broken())
+    result = _compress(teacher_file, tmp_path / "run", tmp_path / "cache", space="broken-for-test", trials=4)
+    statuses = {r.seeds[0] % 2: r.status for r in result.records}
+    assert statuses.get(1) == "failed"
+    failed = [r for r in result.records if r.status == "failed"]
+    assert failed and all("injected build failure" in r.reason for r in failed)
+    assert result.report["student"] is not None
+
+
+def test_resume_after_sigkill_keeps_finished_trials(teacher_file, tmp_path):
+    run = tmp_path / "run"
+    code = (
+        "import sys, torch; torch.set_num_threads(1); sys.path.insert(0, %r);"
+        "from tests.test_search import _compress; _compress(%r, %r, %r, trials=6)"
+        % (str(ROOT), teacher_file, str(run), str(tmp_path / "cache"))
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    db_path = run / "trials.sqlite"
+    deadline = time.time() + 240
+    finished = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if db_path.exists():
+            try:
+                with sqlite3.connect(db_path) as db:
+                    finished = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if finished >= 2:
+                break
+    assert proc.poll() is None, "the search ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db_path) as db:
+        before = db.execute("SELECT id, proposal, status, params FROM trials ORDER BY id").fetchall()
+    assert len(before) >= 2
+    result = _compress(teacher_file, run, tmp_path / "cache", trials=6, resume=True)
+    with sqlite3.connect(db_path) as db:
+        after = db.execute("SELECT id, proposal, status, params FROM trials ORDER BY id").fetchall()
+    assert after[: len(before)] == before
+    assert sorted(r.proposal for r in result.records) == list(range(6))
+    # a different configuration on --resume is refused
+    with pytest.raises(UserError, match="different configuration"):
+        _compress(teacher_file, run, tmp_path / "cache", trials=6, resume=True, strategy="random")
