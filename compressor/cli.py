@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from profilers import ProfileError
+    from profilers import ProfileError, RemoteError
     from targets import TargetError
 
     parser = build_parser()
@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"compressor {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RemoteError as exc:
+        # Not bad input: the device went away. Exit 1, still one line.
+        if args.verbose:
+            traceback.print_exc()
+        print(f"compressor {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"compressor {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -67,7 +67,7 @@ def demo_teacher(config: DemoConfig, dataset, say) -> Path:
     torch.manual_seed(config.seed)
     model = build_from_arch(config.teacher_arch, dataset.num_classes, dataset.input_shape)
     result = train_student(model, dataset, TrainConfig(epochs=config.teacher_epochs, seed=config.seed, augment=True,
-                                                      alpha=0.0),
+                                                      alpha=0.0, lr=0.05, batch_size=64),
                            evaluate_test=True)
     if result.status != "ok":
         raise RuntimeError(f"teacher training failed: {result.reason}")

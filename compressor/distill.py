@@ -211,7 +211,7 @@ def _train(model, dataset, config, teacher_logits, teacher, evaluate_test) -> Tr
                 loss = kd_loss(model(x).float(), t, y, alpha=config.alpha, tau=config.tau)
             if not torch.isfinite(loss):
                 result.status = "failed"
-                result.reason = f"non-finite loss ({float(loss)}) at epoch {epoch + 1}, step {step + 1}"
+                result.reason = f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}"
                 result.seconds = time.perf_counter() - started
                 result.epochs_run = epoch
                 return result

@@ -32,10 +32,11 @@ import os
 from typing import Any
 
 from profilers import stats
-from profilers.errors import ProfileError
+from profilers.errors import ProfileError, RemoteError
 
 __all__ = [
     "ProfileError",
+    "RemoteError",
     "available",
     "backend",
     "load_onnx_checked",

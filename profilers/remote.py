@@ -40,7 +40,7 @@ from typing import Any, Callable
 from targets import Target, availability
 
 from profilers.agent import MODEL_CONTENT_TYPE, PROTOCOL_VERSION, SETTINGS_HEADER, encode_settings
-from profilers.errors import ProfileError
+from profilers.errors import ProfileError, RemoteError
 
 __all__ = ["RemoteBackend", "RemoteError", "RetryPolicy"]
 
@@ -48,10 +48,6 @@ __all__ = ["RemoteBackend", "RemoteError", "RetryPolicy"]
 _RETRY_STATUSES = (502, 503, 504)
 # The health request (fingerprint, limits) precedes an upload: a cheap reachability probe.
 _HEALTH_TIMEOUT_S = 30.0
-
-
-class RemoteError(RuntimeError):
-    """The remote device could not deliver a measurement (unreachable, busy, or it failed there)."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx

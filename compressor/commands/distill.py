@@ -9,6 +9,7 @@ from compressor.commands.common import positive_float, positive_int
 
 def register(sub: argparse._SubParsersAction) -> None:
     from compressor.data import add_data_args
+    from compressor.distill import TrainConfig
     from compressor.teachers import add_teacher_args
 
     parser = sub.add_parser(
@@ -24,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=positive_int, default=15, help="epochs (default %(default)s)")
     parser.add_argument("--alpha", type=float, default=0.5, help="KD weight α in [0, 1] (default %(default)s)")
     parser.add_argument("--tau", type=positive_float, default=4.0, help="KD temperature τ (default %(default)s)")
-    parser.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (default %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=TrainConfig.lr, help="peak learning rate (default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size, help="batch size (default %(default)s)")
     parser.add_argument("--no-kd", action="store_true", help="plain cross-entropy, no teacher")
     parser.add_argument("--seed", type=int, default=0, help="seed of the student's initialisation and training")
     parser.add_argument("--cache-dir", help="teacher-logits cache (default $COMPRESSOR_CACHE or ~/.cache/compressor)")

@@ -109,6 +109,8 @@ def print_artifacts(manifest: dict) -> None:
             status = "ok, slower than FP32"
         elif a.get("profile_error"):
             status = f"ok, not profiled: {a['profile_error']}"
+        elif a.get("over_budget"):
+            status = f"ok, over budget: {'; '.join(a['over_budget'])}"
         else:
             status = "ok"
         rows.append((a["format"], a["file"], a.get("size_mb"), parity.get("max_abs_diff"), parity.get("top1_agreement"),

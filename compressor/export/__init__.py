@@ -99,12 +99,13 @@ def default_formats(target: Target) -> tuple[str, ...]:
     return ("onnx", "ort", "int8")
 
 
-def engine_precision(target: Target) -> str:
-    return target.precision
-
-
 def engine_file(target: Target) -> str:
-    return f"model.{engine_precision(target)}.engine"
+    return f"model.{target.precision}.engine"
+
+
+def engine_source(target: Target) -> str:
+    """The ONNX file a TensorRT engine is built from: the QDQ model for INT8, else the FP32 one."""
+    return FILE_NAMES["int8" if target.precision == "int8" else "onnx"]
 
 
 def runtime_missing(fmt: str, target: Target) -> str | None:
@@ -388,14 +389,12 @@ class _BundleBuilder:
         elif fmt == "tensorrt":
             from compressor.export import tensorrt
 
-            precision = engine_precision(self.target)
-            engine_source = self.root / FILE_NAMES["int8" if precision == "int8" else "onnx"]
-            entry["source"] = engine_source.name
-            entry["precision"] = precision
+            entry["source"] = engine_source(self.target)
+            entry["precision"] = self.target.precision
             plan = tensorrt.build_engine(
-                engine_source.read_bytes(),
+                (self.root / entry["source"]).read_bytes(),
                 self.input_shape,
-                precision,
+                self.target.precision,
                 workspace_mb=self.target.workspace_mb,
                 opt_batch=self.target.batch_size,
             )
@@ -413,7 +412,7 @@ class _BundleBuilder:
         import profilers
 
         # The tensorrt backend of profilers builds its engine from ONNX itself.
-        measured = self.root / (FILE_NAMES["int8" if engine_precision(self.target) == "int8" else "onnx"] if fmt == "tensorrt" else path.name)
+        measured = self.root / engine_source(self.target) if fmt == "tensorrt" else path
         try:
             profile = profilers.measure(
                 str(measured),

@@ -1,0 +1,233 @@
+"""Data, teachers and distillation: KD loss, logits cache, reproducibility, ONNX teacher, error paths."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compressor.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from compressor.data import load_dataset
+from compressor.distill import LogitsCache, TrainConfig, kd_loss, train_student
+from compressor.errors import UserError
+from compressor.models import build_from_arch
+from compressor.teachers import load_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(image_size=8, channels=1)  # the digits at their native 8 px: fast
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    torch.set_num_threads(1)
+    return load_dataset("digits", **SMALL)
+
+
+@pytest.fixture()
+def teacher_ckpt(tmp_path, small_data) -> Path:
+    torch.manual_seed(0)
+    arch = "zoo:plain:widths=8-8-8"
+    model = build_from_arch(arch, small_data.num_classes, small_data.input_shape)
+    path = tmp_path / "teacher.pt"
+    from compressor.spaces import spec_from_ref
+
+    save_checkpoint(path, Checkpoint(model.state_dict(), spec_from_ref(arch).to_json(), small_data.num_classes,
+                                     small_data.input_shape))
+    return path
+
+
+def _softmax(v, tau):
+    e = [math.exp(x / tau) for x in v]
+    return [x / sum(e) for x in e]
+
+
+def test_kd_loss_matches_hand_computation():
+    s = [[1.0, 2.0, 0.5]]
+    t = [[0.2, 3.0, -1.0]]
+    y = [1]
+    alpha, tau = 0.7, 2.0
+    ce = -math.log(_softmax(s[0], 1.0)[1])
+    p_t, p_s = _softmax(t[0], tau), _softmax(s[0], tau)
+    kl = sum(a * math.log(a / b) for a, b in zip(p_t, p_s))
+    expected = (1 - alpha) * ce + alpha * tau * tau * kl
+    got = kd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), alpha=alpha, tau=tau)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    plain = kd_loss(torch.tensor(s), None, torch.tensor(y), alpha=alpha, tau=tau)
+    assert float(plain) == pytest.approx(ce, rel=1e-5)
+
+
+def test_kd_loss_hidden_labels_use_only_the_kd_term():
+    s, t = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    hidden = kd_loss(s, t, torch.tensor([-1, -1]), alpha=0.3, tau=1.0)
+    kl_only = torch.nn.functional.kl_div(torch.log_softmax(s, 1), torch.log_softmax(t, 1), reduction="batchmean",
+                                         log_target=True)
+    assert float(hidden) == pytest.approx(float(kl_only), rel=1e-6)
+    mixed = kd_loss(s, t, torch.tensor([0, -1]), alpha=0.3, tau=1.0)
+    ce_first = torch.nn.functional.cross_entropy(s[:1], torch.tensor([0]))
+    assert float(mixed) == pytest.approx(0.7 * float(ce_first) + 0.3 * float(kl_only), rel=1e-5)
+
+
+def test_digits_split_is_stratified_seeded_and_label_fraction_hides_labels():
+    a = load_dataset("digits", **SMALL, seed=1)
+    b = load_dataset("digits", **SMALL, seed=1)
+    c = load_dataset("digits", **SMALL, seed=2)
+    assert torch.equal(a.train_x, b.train_x) and a.identity == b.identity
+    assert a.identity != c.identity
+    assert len(a.train_x) + len(a.val_x) + len(a.test_x) == 1797
+    assert torch.bincount(a.test_y).min() >= 30  # stratified: every class in the test split
+    low = load_dataset("digits", **SMALL, seed=1, label_fraction=0.1)
+    labelled = low.train_y >= 0
+    assert 0.08 < float(labelled.float().mean()) < 0.12
+    assert torch.bincount(low.train_y[labelled]).min() >= 5
+    assert low.identity == a.identity  # same images: the teacher-logits cache is shared
+    assert load_dataset("digits", image_size=32, channels=3).input_shape == (3, 32, 32)
+
+
+def test_logits_cache_hit_miss_and_invalidation(tmp_path, small_data, teacher_ckpt):
+    cache = LogitsCache(tmp_path / "cache")
+    teacher = load_teacher(str(teacher_ckpt), num_classes=10, input_shape=small_data.input_shape)
+    first = cache.get(teacher, small_data)
+    assert (cache.hits, cache.misses) == (0, 1)
+    again = cache.get(teacher, small_data)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert torch.equal(first["train"], again["train"])
+    assert torch.allclose(first["val"], teacher.logits(small_data.val_x))
+    # a changed teacher (same architecture, other weights) is a miss
+    ckpt = load_checkpoint(teacher_ckpt)
+    ckpt.state_dict = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt.state_dict.items()}
+    save_checkpoint(tmp_path / "other.pt", ckpt)
+    other = load_teacher(str(tmp_path / "other.pt"), num_classes=10, input_shape=small_data.input_shape)
+    cache.get(other, small_data)
+    assert cache.misses == 2
+    # changed preprocessing is a miss too
+    cache.get(teacher, load_dataset("digits", image_size=8, channels=1, seed=5))
+    assert cache.misses == 3
+
+
+def test_training_is_reproducible_on_cpu(small_data):
+    states = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = build_from_arch("zoo:plain:widths=8-8-8", 10, small_data.input_shape)
+        result = train_student(model, small_data, TrainConfig(epochs=1, seed=3, threads=1), evaluate_test=False)
+        assert result.status == "ok" and result.epochs_run == 1 and len(result.loss_curve) == 1
+        states.append(model.state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_nan_loss_is_a_failed_result(small_data):
+    import dataclasses
+
+    broken = dataclasses.replace(small_data, train_x=small_data.train_x.clone())
+    broken.train_x[:] = float("nan")
+    model = build_from_arch("zoo:plain:widths=8-8-8", 10, small_data.input_shape)
+    result = train_student(model, broken, TrainConfig(epochs=1, threads=1))
+    assert result.status == "failed" and "non-finite loss" in result.reason
+
+
+def test_kd_from_cached_logits_trains(small_data, teacher_ckpt, tmp_path):
+    teacher = load_teacher(str(teacher_ckpt), num_classes=10, input_shape=small_data.input_shape)
+    logits = LogitsCache(tmp_path).get(teacher, small_data)
+    torch.manual_seed(0)
+    model = build_from_arch("zoo:plain:widths=8-16-16", 10, small_data.input_shape)
+    result = train_student(model, small_data, TrainConfig(epochs=2, alpha=0.5, threads=1), teacher_logits=logits)
+    assert result.status == "ok" and result.val_accuracy > 0.2  # well above chance (0.1) after two epochs
+
+
+def test_onnx_teacher_matches_its_pytorch_source(tmp_path, small_data, teacher_ckpt):
+    from compressor.onnx_export import export_onnx
+
+    torch_teacher = load_teacher(str(teacher_ckpt), num_classes=10, input_shape=small_data.input_shape)
+    onnx_path = tmp_path / "teacher.onnx"
+    export_onnx(torch_teacher.module, (1, *small_data.input_shape), onnx_path)
+    onnx_teacher = load_teacher(str(onnx_path), num_classes=10, input_shape=small_data.input_shape)
+    x = small_data.test_x[:100]
+    assert torch.allclose(onnx_teacher.logits(x), torch_teacher.logits(x), atol=1e-4)
+    with pytest.raises(UserError, match="3 classes"):
+        load_teacher(str(onnx_path), num_classes=3, input_shape=small_data.input_shape)
+
+
+class Payload:
+    """Anything pickled that is not plain data; must never be instantiated by loading."""
+
+    def __reduce__(self):
+        return (print, ("executed!",))
+
+
+def test_pickled_payload_is_refused(tmp_path, small_data):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "compressor-checkpoint/1", "state_dict": {}, "arch": Payload()}, path)
+    with pytest.raises(UserError, match="refused"):
+        load_teacher(str(path), num_classes=10, input_shape=small_data.input_shape)
+    with pytest.raises(UserError, match="refused"):
+        load_teacher("torchvision:resnet18", weights=str(path), num_classes=10, input_shape=small_data.input_shape)
+
+
+def test_teacher_class_mismatch_is_refused(teacher_ckpt, small_data):
+    with pytest.raises(UserError, match="has 10 classes but the data has 4"):
+        load_teacher(str(teacher_ckpt), num_classes=4, input_shape=small_data.input_shape)
+
+
+def test_data_error_paths(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no class sub-folders"):
+        load_dataset(f"imagefolder:{tmp_path / 'empty'}")
+    mixed = tmp_path / "mixed"
+    for label in ("a", "b"):
+        (mixed / label).mkdir(parents=True)
+        for i in range(6):
+            size = 10 if i % 2 else 12
+            Image.fromarray(np.full((size, size, 3), 40 * i, dtype=np.uint8)).save(mixed / label / f"{i}.png")
+    with pytest.raises(UserError, match="mixed sizes"):
+        load_dataset(f"imagefolder:{mixed}", image_size=None)
+    folder = load_dataset(f"imagefolder:{mixed}", image_size=8, channels=3)
+    assert folder.num_classes == 2 and folder.input_shape == (3, 8, 8)
+    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 8, 8)))
+    with pytest.raises(UserError, match="needs arrays named 'x' and 'y'"):
+        load_dataset(f"npz:{tmp_path / 'bad.npz'}")
+    np.savez(tmp_path / "ok.npz", x=np.random.default_rng(0).random((40, 8, 8)), y=np.arange(40) % 4)
+    assert load_dataset(f"npz:{tmp_path / 'ok.npz'}", image_size=8, channels=1).num_classes == 4
+    with pytest.raises(UserError, match="--data-root DIR"):
+        load_dataset("cifar10")
+    with pytest.raises(UserError, match="unknown dataset"):
+        load_dataset("imagenet21k")
+
+
+def _cli(capsys, *args) -> tuple[int, str]:
+    """Run the real CLI entry point in-process (a subprocess would pay torch's import each time)."""
+    from compressor.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_distill_cli_trains_and_saves_a_checkpoint(tmp_path, teacher_ckpt, capsys):
+    code, err = _cli(capsys, "distill", "--teacher", str(teacher_ckpt), "--student", "zoo:plain:widths=8-8-8", "--data", "digits",
+                "--image-size", "8", "--channels", "1", "--epochs", "1", "--cache-dir", str(tmp_path / "c"),
+                "--out", str(tmp_path / "out"), "--json")
+    assert code == 0, err
+    ckpt = load_checkpoint(tmp_path / "out" / "student.pt")
+    assert ckpt.arch.startswith("{") and ckpt.meta["kd"] is True
+
+
+@pytest.mark.parametrize("args, message", [
+    (("distill", "--student", "zoo:plain", "--data", "nope", "--no-kd", "--out", "x"), "unknown dataset"),
+    (("distill", "--student", "zoo:plain", "--epochs", "1", "--out", "x"), "--teacher is required"),
+    (("train-teacher", "--arch", "torchvision:notanet", "--out", "x.pt", "--image-size", "8"), "unknown torchvision"),
+    (("train-teacher", "--data", "npz:/no/such.npz", "--out", "x.pt"), "no such file"),
+])
+def test_cli_errors_are_one_line_exit_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli(capsys, *args)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
