@@ -74,7 +74,7 @@ class TorchBackend:
         generator = torch.Generator().manual_seed(0)
         example = torch.randn(*input_shape, generator=generator).to(device)
         threads = target.threads or host.physical_cores()
-        macs = _count_macs(model, example)
+        macs = count_macs(model, example)
         warnings = []
         with host.pinned_to(target.cpu_affinity), torch.inference_mode(), _threads(torch, threads, use_cuda):
             if use_cuda:
@@ -138,7 +138,8 @@ def _threads(torch, threads: int, use_cuda: bool):
         torch.set_num_threads(previous)
 
 
-def _count_macs(model, example) -> int:
+def count_macs(model, example) -> int:
+    """MACs of one forward pass of `model` on `example` (convolutions, transposed convolutions, linear layers)."""
     import torch
 
     total = 0

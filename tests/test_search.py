@@ -151,7 +151,7 @@ def test_resume_after_sigkill_keeps_finished_trials(teacher_file, tmp_path):
     run = tmp_path / "run"
     code = (
         "import sys, torch; torch.set_num_threads(1); sys.path.insert(0, %r);"
-        "from tests.test_search import _compress; _compress(%r, %r, %r, trials=6)"
+        "from tests.test_search import _compress; _compress(%r, %r, %r, trials=5)"
         % (str(ROOT), teacher_file, str(run), str(tmp_path / "cache"))
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -167,19 +167,19 @@ def test_resume_after_sigkill_keeps_finished_trials(teacher_file, tmp_path):
                     finished = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
             except sqlite3.OperationalError:
                 continue
-            if finished >= 2:
+            if finished >= 1:
                 break
     assert proc.poll() is None, "the search ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     with sqlite3.connect(db_path) as db:
         before = db.execute("SELECT id, proposal, status, params FROM trials ORDER BY id").fetchall()
-    assert len(before) >= 2
-    result = _compress(teacher_file, run, tmp_path / "cache", trials=6, resume=True)
+    assert len(before) >= 1
+    result = _compress(teacher_file, run, tmp_path / "cache", trials=5, resume=True)
     with sqlite3.connect(db_path) as db:
         after = db.execute("SELECT id, proposal, status, params FROM trials ORDER BY id").fetchall()
     assert after[: len(before)] == before
-    assert sorted(r.proposal for r in result.records) == list(range(6))
+    assert sorted(r.proposal for r in result.records) == list(range(5))
     # a different configuration on --resume is refused
     with pytest.raises(UserError, match="different configuration"):
-        _compress(teacher_file, run, tmp_path / "cache", trials=6, resume=True, strategy="random")
+        _compress(teacher_file, run, tmp_path / "cache", trials=5, resume=True, strategy="random")

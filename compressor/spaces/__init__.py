@@ -11,7 +11,7 @@ num_classes)` makes the `torch.nn.Module`. Two spaces are registered:
   the `plain` conv-BN-ReLU baseline.
 
 `spec_from_ref` reads the short forms users type (`zoo:resnet:depths=1-1-1-1,width=16`,
-`nago`, or a spec file). Sampling a nago member needs no torch; building does.
+`nago`, or a spec file). Sampling a nago member needs no torch (unless `param_budget` is set); building does.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Static size of a built network: parameters and multiply-accumulates (MACs).
 
 MACs count convolutions and linear layers (what dominates a CNN's compute),
-measured with forward hooks on one sample of the real input shape, so strides
-and the small-image stem are accounted for exactly.
+measured with forward hooks on one sample of the real input shape
+(`profilers.torch_eager.count_macs`, the same counter the torch profiler
+uses), so strides and the small-image stem are accounted for exactly.
 """
 
 from __future__ import annotations
@@ -23,32 +24,12 @@ def count_macs(model, input_shape: tuple[int, int, int]) -> int:
         Multiply-accumulates per image.
     """
     import torch
-    from torch import nn
 
-    total = 0
+    from profilers.torch_eager import count_macs as count_forward_macs
 
-    def conv_hook(module: nn.Conv2d, _inputs, output) -> None:
-        nonlocal total
-        kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-        total += output.numel() * kernel
-
-    def linear_hook(module: nn.Linear, _inputs, output) -> None:
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
     was_training = model.training
+    model.eval()
     try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+        return count_forward_macs(model, torch.zeros(1, *input_shape))
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
-    return total
