@@ -112,6 +112,8 @@ class TrainConfig:
     augment: bool = False
     shift_px: int = 3
     device: str = "auto"
+    # The KD term's gradient grows with τ (τ²·KL): clipping keeps high-τ, high-lr proposals trainable.
+    clip_grad_norm: float | None = 2.0
     # Tiny students train fastest on one thread: PyTorch's per-op threading overhead exceeds their work.
     threads: int | None = None
 
@@ -217,6 +219,9 @@ def _train(model, dataset, config, teacher_logits, teacher, evaluate_test) -> Tr
                 return result
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if config.clip_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             schedule.step()

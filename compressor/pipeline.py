@@ -362,6 +362,14 @@ class _Progress:
     def event(self, kind: str, info: dict) -> None:
         if kind == "start":
             self._refresh(f"proposal {info['proposal']} @ {info['fidelity']} ep")
-        else:
-            self._count(info["record"])
-            self._refresh("")
+            return
+        rec = info["record"]
+        self._count(rec)
+        self._refresh("")
+        if not self.quiet and not self._progress.console.is_terminal:
+            # Logs and pipes get one line per evaluation instead of a live bar.
+            outcome = (f"val {100 * rec.val_accuracy:.2f}%" if rec.status == "ok" else f"{rec.status}: {rec.reason}")
+            self._progress.console.print(
+                f"proposal {rec.proposal} @ {rec.fidelity} ep: {outcome} "
+                f"({rec.latency_ms or 0:.3f} ms, {rec.total_s:.1f} s) | {self.done}/{self.config.trials} done, "
+                f"{self.feasible} feasible, best {'-' if self.best is None else f'{100 * self.best:.2f}%'}")

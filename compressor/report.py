@@ -36,7 +36,7 @@ def plot_pareto(records: list[TrialRecord], report: dict[str, Any], path: Path) 
 
     budgets = report["budgets"]
     percentile = budgets.get("latency_percentile", "p50")
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     latest: dict[int, TrialRecord] = {}
     for rec in records:
         if rec.status == "ok" and (rec.proposal not in latest or rec.fidelity > latest[rec.proposal].fidelity):
@@ -55,7 +55,7 @@ def plot_pareto(records: list[TrialRecord], report: dict[str, Any], path: Path) 
         ax.plot([p["latency_ms"] for p in front], [100 * p["val_accuracy"] for p in front], "-", c="tab:blue",
                 alpha=0.5, label="Pareto front")
     if budgets.get("latency_ms"):
-        ax.axvline(budgets["latency_ms"], ls="--", c="k", label=f"latency budget ({budgets['latency_ms']:g} ms)")
+        ax.axvline(budgets["latency_ms"], ls="--", c="k", label=f"latency budget ({budgets['latency_ms']:.3g} ms)")
     teacher = report["teacher"]
     if teacher.get("profile") and teacher.get("test_accuracy") is not None:
         ax.scatter([teacher["profile"]["latency_ms"][percentile]], [100 * teacher["test_accuracy"]], marker="*",
@@ -64,12 +64,15 @@ def plot_pareto(records: list[TrialRecord], report: dict[str, Any], path: Path) 
     if student and student.get("profile"):
         ax.scatter([student["profile"]["latency_ms"][percentile]], [100 * student["test_accuracy"]], marker="D",
                    s=70, c="tab:green", label="final student (test acc.)", zorder=4)
+    for baseline in report.get("baselines", []):
+        ax.scatter([baseline["profile"]["latency_ms"][percentile]], [100 * baseline["test_accuracy"]], marker="s",
+                   s=60, c="tab:purple", label=f"hand-designed: {baseline['name']} (test acc.)", zorder=4)
     ax.set_xscale("log")
     ax.set_xlabel(f"latency {percentile} on {report['target']['name']} (ms, log scale)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{report['search']['strategy'].upper()} search: {report['search']['trials']} proposals")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)

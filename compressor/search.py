@@ -109,12 +109,19 @@ class CompressResult:
 
 
 def kd_hyperopt_space() -> dict[str, Any]:
-    """The distillation knobs searched beside the architecture (ranges: REFERENCES.md)."""
+    """The distillation knobs searched beside the architecture.
+
+    α starts at 0 so that the search can turn KD off where it hurts a small
+    student. τ stops at 6 rather than REFERENCES.md's 10: with a confident
+    teacher (logit std ~13 on digits) the τ²-weighted KL term at τ≈10 drowned
+    the cross-entropy and a 19k-parameter student stalled at 47% after 20
+    epochs, while τ=4 trained normally.
+    """
     from hyperopt import hp
 
     return {
-        "kd_alpha": hp.uniform("kd_alpha", 0.0, 0.95),
-        "kd_tau": hp.uniform("kd_tau", 1.0, 10.0),
+        "kd_alpha": hp.uniform("kd_alpha", 0.0, 0.9),
+        "kd_tau": hp.uniform("kd_tau", 1.0, 6.0),
         "lr": hp.loguniform("lr", math.log(0.01), math.log(0.2)),
     }
 

@@ -119,7 +119,7 @@ def test_every_trial_failing_says_why(teacher_file, tmp_path):
         _compress(teacher_file, tmp_path / "run", tmp_path / "cache", trial_timeout_s=1e-6)
 
 
-def test_injected_failing_candidate_is_a_failed_trial(teacher_file, tmp_path):
+def test_injected_failing_candidate_is_a_failed_trial(teacher_file, tmp_path, monkeypatch):
     from compressor.spaces import SPACES, get_space
 
     nago = get_space("nago")
@@ -137,8 +137,8 @@ def test_injected_failing_candidate_is_a_failed_trial(teacher_file, tmp_path):
                 raise RuntimeError("injected build failure")
             return nago.build(spec, input_shape, num_classes)
 
-    if "broken-for-test" not in SPACES:
-        SPACES.add("broken-for-test", Broken())
+    # registered for this test only (other tests sweep every registered space)
+    monkeypatch.setitem(SPACES._items, "broken-for-test", Broken())
     result = _compress(teacher_file, tmp_path / "run", tmp_path / "cache", space="broken-for-test", trials=4)
     statuses = {r.seeds[0] % 2: r.status for r in result.records}
     assert statuses.get(1) == "failed"
