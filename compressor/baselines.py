@@ -38,7 +38,6 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
 
     from compressor.distill import LogitsCache, TrainConfig, train_student
     from compressor.onnx_export import export_onnx
-    from compressor.search import budget_violations
     from compressor.spaces import build_model, spec_from_ref
 
     if not isinstance(target, Target):
@@ -51,7 +50,7 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
         model = build_model(spec, dataset.input_shape, dataset.num_classes)
         profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape,
                                     memory=target.budgets.memory_mb is not None)
-        fits = not budget_violations(profile, target.budgets)
+        fits = not profilers.budget_violations(profile, target.budgets)
         if chosen is None or fits:
             chosen = (widths, spec, profile, fits)
         if not fits:

@@ -25,7 +25,6 @@ from compressor.search import (
     Search,
     SearchConfig,
     best_record,
-    budget_violations,
     failure_summary,
     json_safe,
     pareto_front,
@@ -117,7 +116,8 @@ def _compress_locked(config, target, teacher_ref, teacher_weights, data, data_op
     teacher = load_teacher(teacher_ref, weights=teacher_weights, num_classes=dataset.num_classes,
                            input_shape=dataset.input_shape)
     fingerprint = json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash,
-                             "dataset": dataset.identity, "target": _target_key(target)})
+                             "dataset": dataset.identity, "label_fraction": dataset.label_fraction,
+                             "target": _target_key(target)})
     existing = store.get_meta("fingerprint")
     if existing is None:
         if store.records():
@@ -156,7 +156,8 @@ def _compress_locked(config, target, teacher_ref, teacher_weights, data, data_op
         from compressor.report import write_report
 
         write_report(run_dir, report, records)
-        raise UserError(f"no feasible student in {len(records)} evaluations: {report['failure']}")
+        raise UserError(f"no feasible student in {len(records)} evaluations: {report['failure']}; loosen the budgets, "
+                        "raise --trials, or try another --space")
 
     final = store.get_meta("final")
     checkpoint = run_dir / "best.pt"
@@ -227,7 +228,7 @@ def _check_reachable(config, target, dataset) -> None:
     model = space.build(spec, dataset.input_shape, dataset.num_classes)
     profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape,
                                 max_seconds=config.profile_seconds, memory=target.budgets.memory_mb is not None)
-    violations = budget_violations(profile, target.budgets)
+    violations = profilers.budget_violations(profile, target.budgets)
     if violations:
         raise UserError(
             f"budgets unreachable on {target.name}: even the smallest network of the {config.space!r} space "
@@ -291,6 +292,7 @@ def _base_report(config, target, teacher_info, records, seconds) -> dict[str, An
         "student": None,
         "search": {
             "strategy": config.strategy, "space": config.space, "trials": len(proposals),
+            "trained": sum(r.status != "infeasible" for r in at_first),
             "evaluations": len(records),
             "feasible": sum(r.status == "ok" for r in at_first),
             "infeasible": sum(r.status == "infeasible" for r in at_first),
@@ -318,6 +320,7 @@ class _Progress:
         self.config = config
         self.quiet = quiet
         self.done = 0
+        self.screened = 0
         self.feasible = 0
         self.best: float | None = None
         self._progress = None
@@ -347,7 +350,8 @@ class _Progress:
 
     def _count(self, rec) -> None:
         if rec.fidelity == self.config.fidelities[0]:
-            self.done += 1
+            self.screened += 1
+            self.done += rec.status != "infeasible"
             self.feasible += rec.status == "ok"
         if rec.status == "ok" and (self.best is None or rec.val_accuracy > self.best):
             self.best = rec.val_accuracy
@@ -357,7 +361,8 @@ class _Progress:
             return
         best = "-" if self.best is None else f"{100 * self.best:.2f}%"
         self._progress.update(self._task, completed=self.done,
-                              description=f"feasible {self.feasible} | best val {best} | {doing}")
+                              description=f"screened {self.screened} | feasible {self.feasible} | "
+                                          f"best val {best} | {doing}")
 
     def event(self, kind: str, info: dict) -> None:
         if kind == "start":
@@ -371,5 +376,5 @@ class _Progress:
             outcome = (f"val {100 * rec.val_accuracy:.2f}%" if rec.status == "ok" else f"{rec.status}: {rec.reason}")
             self._progress.console.print(
                 f"proposal {rec.proposal} @ {rec.fidelity} ep: {outcome} "
-                f"({rec.latency_ms or 0:.3f} ms, {rec.total_s:.1f} s) | {self.done}/{self.config.trials} done, "
-                f"{self.feasible} feasible, best {'-' if self.best is None else f'{100 * self.best:.2f}%'}")
+                f"({rec.latency_ms or 0:.3f} ms, {rec.total_s:.1f} s) | {self.done}/{self.config.trials} trained, "
+                f"{self.screened} screened, best {'-' if self.best is None else f'{100 * self.best:.2f}%'}")

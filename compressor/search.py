@@ -13,8 +13,13 @@ How the parts fit (DESIGN.md, "Data flow of compressor compress"):
   deploy must fit. The first member over budget ends the screen: the trial is
   recorded `infeasible` with the measured values and the reason, and no
   training is spent on it.
-* **Multi-fidelity** (successive halving, BOHB-style): proposals come in
-  rounds of η^(L-1) at the smallest fidelity (epochs); the best 1/η of a
+* **Trials are trained families.** An over-budget proposal costs one
+  screening (about a second) and no training, so it does not count towards
+  `trials`; at most `trials * screen_factor` proposals are screened. Under a
+  tight budget most of a space is over budget, and counting those would spend
+  the whole search on screenings.
+* **Multi-fidelity** (successive halving, BOHB-style): trained families come
+  in rounds of η^(L-1) at the smallest fidelity (epochs); the best 1/η of a
   round's feasible families are trained again at the next fidelity, and so
   on. A family's score is its members' mean validation accuracy (std kept).
 * **Strategy.** hyperopt TPE (default) or random, driven ask/tell style: the
@@ -71,6 +76,9 @@ class SearchConfig:
     final_epochs: int = 15
     seed: int = 0
     trial_timeout_s: float | None = None
+    # Over-budget proposals cost one screening, no training, and do not count as trials; at most
+    # trials x screen_factor proposals are screened, so that a tight budget cannot loop forever.
+    screen_factor: int = 10
     profile_seconds: float = 0.6
     # Small batches: digits has ~1,100 training images, and one-epoch fidelities need enough SGD steps.
     batch_size: int = 16
@@ -86,6 +94,8 @@ class SearchConfig:
             raise UserError(f"--family-size must be >= 1, got {self.family_size}")
         if not self.fidelities or any(f <= 0 for f in self.fidelities) or list(self.fidelities) != sorted(set(self.fidelities)):
             raise UserError(f"--fidelities must be increasing positive epochs like 1,3,9, got {self.fidelities}")
+        if self.screen_factor < 1:
+            raise UserError(f"screen_factor must be >= 1, got {self.screen_factor}")
         if self.eta < 2:
             raise UserError(f"--eta must be >= 2, got {self.eta}")
         if self.final_epochs <= 0:
@@ -129,25 +139,6 @@ def kd_hyperopt_space() -> dict[str, Any]:
 def member_seeds(run_seed: int, proposal: int, family_size: int) -> list[int]:
     """Seeds of a family's members: distinct per proposal and member, stable across resumes."""
     return [(run_seed * 1_000_003 + proposal * 101 + j) % (2**31 - 1) for j in range(family_size)]
-
-
-def budget_violations(profile: dict[str, Any], budgets) -> list[tuple[str, float]]:
-    """[(reason, relative overshoot)] for every budget the profile exceeds."""
-    out = []
-    if budgets.latency_ms is not None:
-        value = profile["latency_ms"][budgets.latency_percentile]
-        if value > budgets.latency_ms:
-            out.append((f"latency {budgets.latency_percentile} {value:.3f} ms > budget {budgets.latency_ms:g} ms",
-                        value / budgets.latency_ms - 1))
-    if budgets.memory_mb is not None and profile.get("peak_memory_mb") is not None:
-        value = profile["peak_memory_mb"]
-        if value > budgets.memory_mb:
-            out.append((f"peak memory {value:.1f} MiB > budget {budgets.memory_mb:g} MiB", value / budgets.memory_mb - 1))
-    if budgets.size_mb is not None:
-        value = profile["model_size_mb"]
-        if value > budgets.size_mb:
-            out.append((f"size {value:.3f} MiB > budget {budgets.size_mb:g} MiB", value / budgets.size_mb - 1))
-    return out
 
 
 class _Timeout(Exception):
@@ -243,25 +234,40 @@ class Search:
         return None
 
     def run(self) -> list[TrialRecord]:
+        """Propose, screen and train until `trials` families have been trained (see `screen_factor`)."""
         cfg = self.config
-        levels = len(cfg.fidelities)
-        round_size = cfg.eta ** (levels - 1)
-        for start in range(0, cfg.trials, round_size):
-            members = list(range(start, min(start + round_size, cfg.trials)))
-            for proposal in members:
-                if self._done(proposal, cfg.fidelities[0]) is None:
-                    params, misc = self._ask(proposal)
-                    rec = self._evaluate(proposal, params, misc, cfg.fidelities[0], previous=None)
-                    self._tell(rec)
-            for level in range(1, levels):
-                previous = [self._done(p, cfg.fidelities[level - 1]) for p in members]
-                ranked = sorted((r for r in previous if r is not None and r.status == "ok"),
-                                key=lambda r: (-r.val_accuracy, r.proposal))
-                keep = max(1, len(members) // cfg.eta ** level)
-                for rec in ranked[:keep]:
-                    if self._done(rec.proposal, cfg.fidelities[level]) is None:
-                        self._evaluate(rec.proposal, rec.params, rec.misc, cfg.fidelities[level], previous=rec)
+        first = cfg.fidelities[0]
+        round_size = cfg.eta ** (len(cfg.fidelities) - 1)
+        proposal, trained, members = 0, 0, []
+        while trained < cfg.trials and proposal < cfg.trials * cfg.screen_factor:
+            rec = self._done(proposal, first)
+            if rec is None:
+                params, misc = self._ask(proposal)
+                rec = self._evaluate(proposal, params, misc, first, previous=None)
+                self._tell(rec)
+            proposal += 1
+            if rec.status == "infeasible":
+                continue
+            trained += 1
+            members.append(proposal - 1)
+            if len(members) == round_size or trained == cfg.trials:
+                self._promote(members)
+                members = []
+        if members:
+            self._promote(members)
         return self.records
+
+    def _promote(self, members: list[int]) -> None:
+        """Successive halving within one round: the best 1/η go on to the next fidelity."""
+        cfg = self.config
+        for level in range(1, len(cfg.fidelities)):
+            previous = [self._done(p, cfg.fidelities[level - 1]) for p in members]
+            ranked = sorted((r for r in previous if r is not None and r.status == "ok"),
+                            key=lambda r: (-r.val_accuracy, r.proposal))
+            keep = max(1, len(members) // cfg.eta ** level)
+            for rec in ranked[:keep]:
+                if self._done(rec.proposal, cfg.fidelities[level]) is None:
+                    self._evaluate(rec.proposal, rec.params, rec.misc, cfg.fidelities[level], previous=rec)
 
     # -- one evaluation ----------------------------------------------------
     def _evaluate(self, proposal: int, params: dict, misc: dict | None, fidelity: int,
@@ -317,7 +323,7 @@ class Search:
             rec.size_mb = max(rec.size_mb or 0.0, profile["model_size_mb"])
             rec.n_params = max(rec.n_params or 0, int(profile["params"]))
             rec.macs = max(rec.macs or 0, int(profile["macs"]))
-            violations = budget_violations(profile, budgets)
+            violations = profilers.budget_violations(profile, budgets)
             if violations:
                 rec.status = "infeasible"
                 rec.reason = "; ".join(v[0] for v in violations)
@@ -386,17 +392,17 @@ def best_record(records: list[TrialRecord], fidelities: tuple[int, ...]) -> Tria
 
 
 def failure_summary(records: list[TrialRecord]) -> str:
-    """'12 over budget (latency p50 ...), 2 errors (...)': the most common reasons, for a person."""
+    """'28 over budget (latency p50 # ms > budget # ms), 2 failed (...)': the most common reasons, for a person."""
+    import re
+
     reasons = Counter()
     for rec in records:
         if rec.status == "ok":
             continue
-        reason = rec.reason.split(";")[0]
-        # Group numeric variations of the same reason ("latency p50 0.31 ms > ..." and "... 0.42 ms > ...").
-        key = " ".join("N" if any(c.isdigit() for c in w) else w for w in reason.split()[:6])
-        reasons[(rec.status, key)] += 1
-    parts = [f"{n} {status} ({key})" for (status, key), n in reasons.most_common(3)]
-    return ", ".join(parts)
+        # Group numeric variations of one reason ("... 0.31 ms > ..." and "... 0.42 ms > ...").
+        key = re.sub(r"\b\d+(\.\d+)?(e-?\d+)?\b", "#", rec.reason.split(";")[0].splitlines()[0])[:80]
+        reasons[("over budget" if rec.status == "infeasible" else "failed", key)] += 1
+    return ", ".join(f"{n} {status} ({key})" for (status, key), n in reasons.most_common(3))
 
 
 def pareto_front(records: list[TrialRecord]) -> list[dict[str, Any]]:

@@ -33,11 +33,13 @@ from typing import Any
 
 from profilers import stats
 from profilers.errors import ProfileError, RemoteError
+from profilers.profile import budget_violations
 
 __all__ = [
     "ProfileError",
     "RemoteError",
     "available",
+    "budget_violations",
     "backend",
     "load_onnx_checked",
     "measure",

@@ -68,3 +68,25 @@ def build_profile(
     if keep_samples:
         profile["latency_ms_samples"] = list(timing.samples_ms)
     return profile
+
+
+def budget_violations(profile: dict, budgets) -> list[tuple[str, float]]:
+    """The budgets a Profile misses: [(reason, relative overshoot)], empty when every budget is met.
+
+    Args:
+        profile: a Profile dict (latency at `budgets.latency_percentile`, peak memory, file size).
+        budgets: a `targets.Budgets`; None fields are unconstrained, and an unmeasured memory is not judged.
+    """
+    out = []
+    if budgets.latency_ms is not None:
+        value = profile["latency_ms"][budgets.latency_percentile]
+        if value > budgets.latency_ms:
+            out.append((f"latency {budgets.latency_percentile} {value:.3f} ms > budget {budgets.latency_ms:.3g} ms",
+                        value / budgets.latency_ms - 1))
+    memory = profile.get("peak_memory_mb")
+    if budgets.memory_mb is not None and memory is not None and memory > budgets.memory_mb:
+        out.append((f"peak memory {memory:.1f} MiB > budget {budgets.memory_mb:.3g} MiB", memory / budgets.memory_mb - 1))
+    size = profile.get("model_size_mb")
+    if budgets.size_mb is not None and size is not None and size > budgets.size_mb:
+        out.append((f"size {size:.3f} MiB > budget {budgets.size_mb:.3g} MiB", size / budgets.size_mb - 1))
+    return out

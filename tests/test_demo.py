@@ -45,7 +45,12 @@ def test_demo_smallest_setting_satisfies_the_run_directory_contract(tmp_path):
     assert len(teachers) == 1
     stamp = teachers[0].stat().st_mtime_ns
 
-    again = _demo(tmp_path / "run2", cache, "--trials", "1")
+    # running it again reuses the cached teacher and continues (here: finishes) the same run
+    again = _demo(run, cache)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert teachers[0].stat().st_mtime_ns == stamp  # the cached teacher was reused, not retrained
+    assert teachers[0].stat().st_mtime_ns == stamp  # not retrained
     assert list((cache / "demo").glob("teacher-*.pt")) == teachers
+    rerun = json.loads((run / "report.json").read_text())
+    assert rerun["search"]["evaluations"] == report["search"]["evaluations"]
+    assert rerun["student"]["test_accuracy"] == report["student"]["test_accuracy"]
+    assert rerun["baselines"][0]["test_accuracy"] == report["baselines"][0]["test_accuracy"]

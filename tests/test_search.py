@@ -115,7 +115,7 @@ def test_all_infeasible_budget_is_reported_before_search(teacher_file, tmp_path)
 
 
 def test_every_trial_failing_says_why(teacher_file, tmp_path):
-    with pytest.raises(UserError, match=r"no feasible student in 3 evaluations: 3 failed \(trial timeout"):
+    with pytest.raises(UserError, match=r"no feasible student in 3 evaluations: 3 failed \(trial timeout: over # s\)"):
         _compress(teacher_file, tmp_path / "run", tmp_path / "cache", trial_timeout_s=1e-6)
 
 

@@ -98,9 +98,12 @@ def print_summary(report: dict, run_dir) -> None:
     rows += [(f"hand-designed: {b['name']}", b) for b in report.get("baselines", [])]
     teacher_p50 = report["teacher"]["profile"]["latency_ms"]["p50"]
     recommended = next((a for a in report.get("artifacts", []) if a.get("recommended")), None)
+    budgets = report["budgets"]
+    described = [f"latency {budgets['latency_ms']:.3g} ms {percentile}" if budgets.get("latency_ms") else "",
+                 f"peak memory {budgets['memory_mb']:.3g} MiB" if budgets.get("memory_mb") else "",
+                 f"size {budgets['size_mb']:.3g} MiB" if budgets.get("size_mb") else ""]
     print_table(
-        f"{report['target']['name']}: budgets "
-        + ", ".join(f"{k}={v}" for k, v in report["budgets"].items() if v is not None and k != "latency_percentile"),
+        f"{report['target']['name']}: budgets " + (", ".join(d for d in described if d) or "none"),
         ["model", "test acc %", "params", "MACs", "p50 ms", "p90 ms", "peak mem MiB", "size MiB", "speed-up"],
         [
             (
@@ -119,9 +122,9 @@ def print_summary(report: dict, run_dir) -> None:
     )
     search = report["search"]
     console.print(
-        f"search: {search['strategy']} over {search['space']}, {search['trials']} proposals "
-        f"({search['feasible']} feasible, {search['infeasible']} over budget, {search['failed']} failed) "
-        f"in {search['seconds']:.0f} s; budget percentile {percentile}"
+        f"search: {search['strategy']} over {search['space']}, {search['trials']} proposals screened "
+        f"({search['feasible']} feasible and trained, {search['infeasible']} over budget, {search['failed']} failed) "
+        f"in {search['seconds']:.0f} s"
     )
     if recommended:
         console.print(f"recommended artifact: {run_dir}/artifacts/{recommended['file']}")

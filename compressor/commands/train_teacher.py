@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_args(parser)
     parser.add_argument("--epochs", type=positive_int, default=15, help="epochs (default %(default)s)")
     parser.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate (default %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="batch size (default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default %(default)s)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="random shifts of up to 3 px (default on)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")

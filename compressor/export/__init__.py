@@ -296,18 +296,9 @@ def recommend(artifacts: list[dict[str, Any]], percentile: str = "p50") -> tuple
 
 def over_budget(profile: dict[str, Any], target: Target) -> list[str]:
     """The target budgets a profiled artifact misses, each as a short phrase (empty: all met)."""
-    budgets = target.budgets
-    misses = []
-    latency = profile["latency_ms"][budgets.latency_percentile]
-    if budgets.latency_ms is not None and latency > budgets.latency_ms:
-        misses.append(f"latency {latency:.3g} ms {budgets.latency_percentile} > {budgets.latency_ms:g} ms")
-    memory = profile.get("peak_memory_mb")
-    if budgets.memory_mb is not None and memory is not None and memory > budgets.memory_mb:
-        misses.append(f"peak memory {memory:.1f} MiB > {budgets.memory_mb:g} MiB")
-    size = profile.get("model_size_mb")
-    if budgets.size_mb is not None and size is not None and size > budgets.size_mb:
-        misses.append(f"size {size:.2f} MiB > {budgets.size_mb:g} MiB")
-    return misses
+    import profilers
+
+    return [reason for reason, _ in profilers.budget_violations(profile, target.budgets)]
 
 
 class _BundleBuilder:
