@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label-fractions", type=float, nargs="+", default=[1.0, 0.1])
-    parser.add_argument("--latency-ms", type=float, help="default: teacher p50 / 20")
+    parser.add_argument("--latency-ms", type=float, help="latency budget (default: the teacher's p50 / 20)")
     parser.add_argument("--fidelities", default="1,3")
     parser.add_argument("--family-size", type=int, default=1)
     parser.add_argument("--out", default="runs/bench_search")
@@ -56,13 +56,24 @@ def main() -> int:
     from compressor.pipeline import DataOptions, compress
     from compressor.teachers import load_teacher
 
+    import profilers
+    from targets import load_target
+
     torch.set_num_threads(1)
     fidelities = tuple(int(x) for x in args.fidelities.split(","))
     out = Path(args.out)
+    latency = args.latency_ms
+    if latency is None:
+        data = load_dataset("digits")
+        teacher = load_teacher(args.teacher, num_classes=data.num_classes, input_shape=data.input_shape)
+        shape = (1, *data.input_shape)
+        teacher_p50 = profilers.measure(teacher.onnx_bytes(shape), load_target("cpu-1t"), input_shape=shape,
+                                        memory=False)["latency_ms"]["p50"]
+        latency = teacher_p50 / 20
+        print(f"teacher p50 {teacher_p50:.3f} ms on cpu-1t -> latency budget {latency:.3f} ms", flush=True)
     results = {}
     for fraction in args.label_fractions:
         options = DataOptions(label_fraction=fraction)
-        latency = args.latency_ms
         runs = {"tpe": [], "random": []}
         for seed in args.seeds:
             for strategy in ("tpe", "random"):
@@ -71,8 +82,6 @@ def main() -> int:
                                   target="cpu-1t", latency_ms=latency, data_options=options, trials=args.trials,
                                   strategy=strategy, seed=seed, family_size=args.family_size,
                                   fidelities=fidelities, final_epochs=1, export=False, quiet=True)
-                if latency is None:
-                    latency = result.report["budgets"]["latency_ms"]
                 records = result.records
                 runs[strategy].append({
                     "curve": best_so_far(records, args.trials, fidelities[0]),
