@@ -42,21 +42,36 @@ CACHE_VERSION = "logits-v1"
 
 def kd_loss(student_logits, teacher_logits, targets, *, alpha: float, tau: float):
     """The KD loss of the module docstring; `teacher_logits=None` gives plain cross-entropy."""
-    import torch
     import torch.nn.functional as F
 
-    labelled = targets >= 0
-    if labelled.any():
-        ce = F.cross_entropy(student_logits[labelled], targets[labelled])
+    teacher_log_probs = None if teacher_logits is None else F.log_softmax(teacher_logits / tau, dim=1)
+    return kd_loss_from_log_probs(student_logits, teacher_log_probs, targets, alpha=alpha, tau=tau)
+
+
+def kd_loss_from_log_probs(student_logits, teacher_log_probs, targets, *, alpha: float, tau: float,
+                           all_labelled: bool | None = None):
+    """`kd_loss` with the teacher's log-probabilities at temperature τ already computed.
+
+    The trainer computes them once per run from the cached logits, and passes
+    `all_labelled` when it knows no label is hidden: both keep a KD step as
+    cheap as a cross-entropy step.
+    """
+    import torch.nn.functional as F
+
+    if all_labelled:
+        ce = F.cross_entropy(student_logits, targets)
+        has_labels = True
     else:
-        ce = student_logits.sum() * 0.0
-    if teacher_logits is None:
-        return ce
-    kl = F.kl_div(F.log_softmax(student_logits / tau, dim=1), F.log_softmax(teacher_logits / tau, dim=1),
-                  reduction="batchmean", log_target=True) * (tau * tau)
-    if not labelled.any():
+        labelled = targets >= 0
+        has_labels = bool(labelled.any())
+        ce = F.cross_entropy(student_logits[labelled], targets[labelled]) if has_labels else None
+    if teacher_log_probs is None:
+        return ce if has_labels else student_logits.sum() * 0.0
+    kl = F.kl_div(F.log_softmax(student_logits / tau, dim=1), teacher_log_probs, reduction="batchmean",
+                  log_target=True) * (tau * tau)
+    if not has_labels:
         return kl
-    return (1.0 - alpha) * ce + alpha * kl + torch.zeros((), device=student_logits.device)
+    return (1.0 - alpha) * ce + alpha * kl
 
 
 def default_cache_root() -> Path:
@@ -183,7 +198,10 @@ def _train(model, dataset, config, teacher_logits, teacher, evaluate_test) -> Tr
     online = use_kd and (config.augment or teacher_logits is None)
     generator = torch.Generator().manual_seed(config.seed)
     x_all, y_all = dataset.train_x, dataset.train_y
-    t_all = teacher_logits["train"] if (use_kd and not online) else None
+    t_all = None
+    if use_kd and not online:
+        t_all = torch.log_softmax(teacher_logits["train"].float() / config.tau, dim=1)
+    all_labelled = bool((y_all >= 0).all())
     n = len(x_all)
     steps_per_epoch = max(1, n // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -205,12 +223,13 @@ def _train(model, dataset, config, teacher_logits, teacher, evaluate_test) -> Tr
                 x = shift_batch(x, config.shift_px, generator)
             y = y_all[index].to(device)
             if online:
-                t = teacher.logits(x).to(device)
+                t = torch.log_softmax(teacher.logits(x).to(device) / config.tau, dim=1)
             else:
                 t = t_all[index].to(device) if t_all is not None else None
             x = x.to(device)
             with torch.autocast(device.type, enabled=amp):
-                loss = kd_loss(model(x).float(), t, y, alpha=config.alpha, tau=config.tau)
+                loss = kd_loss_from_log_probs(model(x).float(), t, y, alpha=config.alpha, tau=config.tau,
+                                              all_labelled=all_labelled)
             if not torch.isfinite(loss):
                 result.status = "failed"
                 result.reason = f"non-finite loss ({float(loss.detach())}) at epoch {epoch + 1}, step {step + 1}"
