@@ -46,3 +46,8 @@ def fmt(value: Any) -> str:
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def epoch_progress(epoch: int, epochs: int, loss: float, seconds: float) -> None:
+    """A per-epoch line on stderr for training commands."""
+    err_console.print(f"epoch {epoch}/{epochs}: loss {loss:.4f} ({seconds:.0f} s)")

@@ -159,7 +159,7 @@ def evaluate(model, x, y, batch_size: int = 512) -> float:
 
 
 def train_student(model, dataset, config: TrainConfig, *, teacher_logits: dict | None = None, teacher=None,
-                  evaluate_test: bool = True) -> TrainResult:
+                  evaluate_test: bool = True, progress=None) -> TrainResult:
     """Train `model` on `dataset` with KD from `teacher_logits` (or online `teacher`), or plain CE.
 
     Args:
@@ -169,6 +169,7 @@ def train_student(model, dataset, config: TrainConfig, *, teacher_logits: dict |
         teacher_logits: the LogitsCache dict; used when augmentation is off.
         teacher: a compressor.teachers.Teacher, run online on augmented batches.
         evaluate_test: also measure test accuracy.
+        progress: called as progress(epoch, epochs, mean_loss, seconds) after each epoch.
 
     Returns:
         A TrainResult (status "failed" with the reason on a non-finite loss).
@@ -176,16 +177,16 @@ def train_student(model, dataset, config: TrainConfig, *, teacher_logits: dict |
     import torch
 
     if config.threads is None:
-        return _train(model, dataset, config, teacher_logits, teacher, evaluate_test)
+        return _train(model, dataset, config, teacher_logits, teacher, evaluate_test, progress)
     previous = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _train(model, dataset, config, teacher_logits, teacher, evaluate_test)
+        return _train(model, dataset, config, teacher_logits, teacher, evaluate_test, progress)
     finally:
         torch.set_num_threads(previous)
 
 
-def _train(model, dataset, config, teacher_logits, teacher, evaluate_test) -> TrainResult:
+def _train(model, dataset, config, teacher_logits, teacher, evaluate_test, progress) -> TrainResult:
     import torch
 
     started = time.perf_counter()
@@ -249,6 +250,8 @@ def _train(model, dataset, config, teacher_logits, teacher, evaluate_test) -> Tr
             if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
                 break
         result.loss_curve.append(epoch_loss / max(1, batches))
+        if progress is not None:
+            progress(epoch + 1, config.epochs, result.loss_curve[-1], time.perf_counter() - started)
         if batches == steps_per_epoch:
             result.epochs_run = epoch + 1
         if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:

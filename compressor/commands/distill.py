@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from compressor.console import epoch_progress
     import json
     from pathlib import Path
 
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     model = build_from_arch(arch, dataset.num_classes, dataset.input_shape)
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
                          alpha=0.0 if args.no_kd else args.alpha, tau=args.tau)
-    result = train_student(model, dataset, config, teacher_logits=logits, evaluate_test=True)
+    result = train_student(model, dataset, config, teacher_logits=logits, evaluate_test=True,
+                           progress=None if args.json else epoch_progress)
     if result.status != "ok":
         raise UserError(f"training failed: {result.reason}")
     out = Path(args.out)

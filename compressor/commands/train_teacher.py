@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from compressor.console import epoch_progress
     import torch
 
     from compressor.checkpoint import Checkpoint, save_checkpoint
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
                           f"{dataset.input_shape}) for {args.epochs} epochs...")
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, augment=args.augment,
                          seed=args.seed, alpha=0.0)
-    result = train_student(model, dataset, config, evaluate_test=True)
+    result = train_student(model, dataset, config, evaluate_test=True,
+                           progress=None if args.json else epoch_progress)
     if result.status != "ok":
         from compressor.errors import UserError
 
