@@ -86,6 +86,9 @@ def compress(
     if "fidelities" in search_knobs:
         search_knobs["fidelities"] = tuple(search_knobs["fidelities"])
     config = SearchConfig(**search_knobs).validate()
+    from compressor.spaces import get_space
+
+    get_space(config.space)  # an unknown space fails here, before any data or teacher is loaded
     if not isinstance(target, Target):
         target = load_target(target)
     target = target.with_budgets(latency_ms=latency_ms, memory_mb=memory_mb, size_mb=size_mb)
@@ -96,25 +99,26 @@ def compress(
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a directory")
+    from compressor.data import load_dataset
+    from compressor.teachers import load_teacher
+
+    # Bad data or a bad teacher fail before anything is written.
+    dataset = load_dataset(data, **dataclasses.asdict(data_options))
+    teacher_model = load_teacher(teacher, weights=teacher_weights, num_classes=dataset.num_classes,
+                                 input_shape=dataset.input_shape)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         store = TrialStore(run_dir / "trials.sqlite")
         try:
-            return _compress_locked(config, target, teacher, teacher_weights, data, data_options, run_dir,
-                                    store, resume, quiet, cache_dir)
+            return _compress_locked(config, target, teacher_model, dataset, run_dir, store, resume, quiet,
+                                    cache_dir)
         finally:
             store.close()
 
 
-def _compress_locked(config, target, teacher_ref, teacher_weights, data, data_options, run_dir, store,
-                     resume, quiet, cache_dir) -> CompressResult:
-    from compressor.data import load_dataset
+def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, quiet, cache_dir) -> CompressResult:
     from compressor.distill import LogitsCache
-    from compressor.teachers import load_teacher
 
-    dataset = load_dataset(data, **dataclasses.asdict(data_options))
-    teacher = load_teacher(teacher_ref, weights=teacher_weights, num_classes=dataset.num_classes,
-                           input_shape=dataset.input_shape)
     fingerprint = json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash,
                              "dataset": dataset.identity, "label_fraction": dataset.label_fraction,
                              "target": _target_key(target)})
