@@ -12,7 +12,9 @@ preprocessing) and stored under `$COMPRESSOR_CACHE/logits/` (default
 `~/.cache/compressor/logits/`), written atomically and read back with
 `torch.load(weights_only=True)`. A changed teacher or dataset is a new key, so
 stale logits are never used. With the cache, a KD epoch costs what a plain
-cross-entropy epoch costs (no teacher forward pass).
+cross-entropy epoch costs: no teacher forward pass, and the teacher's soft
+targets and their entropy are computed once per run so that the KL term is
+one soft-target cross-entropy per step (KL(p||q) = H(p, q) - H(p)).
 
 Augmentation policy: cached logits belong to un-augmented images, so when
 `augment` is on and a teacher is given, the teacher runs *online* on each
@@ -42,20 +44,37 @@ CACHE_VERSION = "logits-v1"
 
 def kd_loss(student_logits, teacher_logits, targets, *, alpha: float, tau: float):
     """The KD loss of the module docstring; `teacher_logits=None` gives plain cross-entropy."""
-    import torch.nn.functional as F
-
-    teacher_log_probs = None if teacher_logits is None else F.log_softmax(teacher_logits / tau, dim=1)
-    return kd_loss_from_log_probs(student_logits, teacher_log_probs, targets, alpha=alpha, tau=tau)
+    teacher = None if teacher_logits is None else SoftTargets.from_logits(teacher_logits, tau)
+    return kd_step_loss(student_logits, teacher, targets, alpha=alpha, tau=tau)
 
 
-def kd_loss_from_log_probs(student_logits, teacher_log_probs, targets, *, alpha: float, tau: float,
-                           all_labelled: bool | None = None):
-    """`kd_loss` with the teacher's log-probabilities at temperature τ already computed.
+@dataclass
+class SoftTargets:
+    """The teacher's probabilities at temperature τ and their per-sample entropy.
 
-    The trainer computes them once per run from the cached logits, and passes
-    `all_labelled` when it knows no label is hidden: both keep a KD step as
-    cheap as a cross-entropy step.
+    KL(p || q) = H(p, q) - H(p): the cross-entropy with soft targets is one
+    fused op, and the entropy H(p) is a constant computed once per run from
+    the cached logits. Both keep a KD step as cheap as a cross-entropy step.
     """
+
+    probs: Any
+    entropy: Any
+
+    @classmethod
+    def from_logits(cls, logits, tau: float) -> "SoftTargets":
+        import torch
+
+        log_probs = torch.log_softmax(logits.float() / tau, dim=1)
+        probs = log_probs.exp()
+        return cls(probs=probs, entropy=-(probs * log_probs).sum(1))
+
+    def select(self, index, device) -> "SoftTargets":
+        return SoftTargets(probs=self.probs[index].to(device), entropy=self.entropy[index].to(device))
+
+
+def kd_step_loss(student_logits, teacher: SoftTargets | None, targets, *, alpha: float, tau: float,
+                 all_labelled: bool | None = None):
+    """`kd_loss` with the teacher's soft targets already computed (`all_labelled`: no label is hidden)."""
     import torch.nn.functional as F
 
     if all_labelled:
@@ -65,10 +84,9 @@ def kd_loss_from_log_probs(student_logits, teacher_log_probs, targets, *, alpha:
         labelled = targets >= 0
         has_labels = bool(labelled.any())
         ce = F.cross_entropy(student_logits[labelled], targets[labelled]) if has_labels else None
-    if teacher_log_probs is None:
+    if teacher is None:
         return ce if has_labels else student_logits.sum() * 0.0
-    kl = F.kl_div(F.log_softmax(student_logits / tau, dim=1), teacher_log_probs, reduction="batchmean",
-                  log_target=True) * (tau * tau)
+    kl = (F.cross_entropy(student_logits / tau, teacher.probs) - teacher.entropy.mean()) * (tau * tau)
     if not has_labels:
         return kl
     return (1.0 - alpha) * ce + alpha * kl
@@ -199,9 +217,7 @@ def _train(model, dataset, config, teacher_logits, teacher, evaluate_test, progr
     online = use_kd and (config.augment or teacher_logits is None)
     generator = torch.Generator().manual_seed(config.seed)
     x_all, y_all = dataset.train_x, dataset.train_y
-    t_all = None
-    if use_kd and not online:
-        t_all = torch.log_softmax(teacher_logits["train"].float() / config.tau, dim=1)
+    soft_all = SoftTargets.from_logits(teacher_logits["train"], config.tau) if use_kd and not online else None
     all_labelled = bool((y_all >= 0).all())
     n = len(x_all)
     steps_per_epoch = max(1, n // config.batch_size)
@@ -224,12 +240,12 @@ def _train(model, dataset, config, teacher_logits, teacher, evaluate_test, progr
                 x = shift_batch(x, config.shift_px, generator)
             y = y_all[index].to(device)
             if online:
-                t = torch.log_softmax(teacher.logits(x).to(device) / config.tau, dim=1)
+                soft = SoftTargets.from_logits(teacher.logits(x), config.tau).select(slice(None), device)
             else:
-                t = t_all[index].to(device) if t_all is not None else None
+                soft = soft_all.select(index, device) if soft_all is not None else None
             x = x.to(device)
             with torch.autocast(device.type, enabled=amp):
-                loss = kd_loss_from_log_probs(model(x).float(), t, y, alpha=config.alpha, tau=config.tau,
+                loss = kd_step_loss(model(x).float(), soft, y, alpha=config.alpha, tau=config.tau,
                                               all_labelled=all_labelled)
             if not torch.isfinite(loss):
                 result.status = "failed"

@@ -139,6 +139,11 @@ def _onnx_teacher(ref: str, num_classes: int, input_shape: tuple[int, int, int])
     dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
     if dims and dims[-1] and dims[-1] != num_classes:
         raise UserError(f"teacher {ref} has {dims[-1]} outputs but the data has {num_classes} classes")
+    expected = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim][1:]
+    if len(expected) == 3 and any(e and e != got for e, got in zip(expected, input_shape)):
+        wanted = "x".join(str(e or "?") for e in expected)
+        raise UserError(f"teacher {ref} takes {wanted} inputs but the data is {'x'.join(map(str, input_shape))}; "
+                        f"pass --channels {expected[0] or input_shape[0]} --image-size {expected[1] or input_shape[1]}")
     params = int(sum(np.prod(init.dims) for init in model.graph.initializer))
     return Teacher(ref=ref, arch=f"onnx:{Path(ref).name}", content_hash=hashlib.sha256(data).hexdigest(),
                    num_classes=num_classes, params=params, onnx_model=data)

@@ -1,42 +1,18 @@
-"""Data, teachers and distillation: KD loss, logits cache, reproducibility, ONNX teacher, error paths."""
+"""Distillation: KD loss, logits cache, reproducibility, NaN handling, augmentation policy, the CLI."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from compressor.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from compressor.checkpoint import load_checkpoint, save_checkpoint
 from compressor.data import load_dataset
 from compressor.distill import LogitsCache, TrainConfig, kd_loss, train_student
-from compressor.errors import UserError
 from compressor.models import build_from_arch
 from compressor.teachers import load_teacher
-
-ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(image_size=8, channels=1)  # the digits at their native 8 px: fast
-
-
-@pytest.fixture(scope="module")
-def small_data():
-    torch.set_num_threads(1)
-    return load_dataset("digits", **SMALL)
-
-
-@pytest.fixture()
-def teacher_ckpt(tmp_path, small_data) -> Path:
-    torch.manual_seed(0)
-    arch = "zoo:plain:widths=8-8-8"
-    model = build_from_arch(arch, small_data.num_classes, small_data.input_shape)
-    path = tmp_path / "teacher.pt"
-    from compressor.spaces import spec_from_ref
-
-    save_checkpoint(path, Checkpoint(model.state_dict(), spec_from_ref(arch).to_json(), small_data.num_classes,
-                                     small_data.input_shape))
-    return path
+from test_teachers import small_data, teacher_ckpt  # noqa: F401 - shared fixtures
 
 
 def _softmax(v, tau):
@@ -68,22 +44,6 @@ def test_kd_loss_hidden_labels_use_only_the_kd_term():
     mixed = kd_loss(s, t, torch.tensor([0, -1]), alpha=0.3, tau=1.0)
     ce_first = torch.nn.functional.cross_entropy(s[:1], torch.tensor([0]))
     assert float(mixed) == pytest.approx(0.7 * float(ce_first) + 0.3 * float(kl_only), rel=1e-5)
-
-
-def test_digits_split_is_stratified_seeded_and_label_fraction_hides_labels():
-    a = load_dataset("digits", **SMALL, seed=1)
-    b = load_dataset("digits", **SMALL, seed=1)
-    c = load_dataset("digits", **SMALL, seed=2)
-    assert torch.equal(a.train_x, b.train_x) and a.identity == b.identity
-    assert a.identity != c.identity
-    assert len(a.train_x) + len(a.val_x) + len(a.test_x) == 1797
-    assert torch.bincount(a.test_y).min() >= 30  # stratified: every class in the test split
-    low = load_dataset("digits", **SMALL, seed=1, label_fraction=0.1)
-    labelled = low.train_y >= 0
-    assert 0.08 < float(labelled.float().mean()) < 0.12
-    assert torch.bincount(low.train_y[labelled]).min() >= 5
-    assert low.identity == a.identity  # same images: the teacher-logits cache is shared
-    assert load_dataset("digits", image_size=32, channels=3).input_shape == (3, 32, 32)
 
 
 def test_logits_cache_hit_miss_and_invalidation(tmp_path, small_data, teacher_ckpt):
@@ -138,65 +98,28 @@ def test_kd_from_cached_logits_trains(small_data, teacher_ckpt, tmp_path):
     assert result.status == "ok" and result.val_accuracy > 0.2  # well above chance (0.1) after two epochs
 
 
-def test_onnx_teacher_matches_its_pytorch_source(tmp_path, small_data, teacher_ckpt):
-    from compressor.onnx_export import export_onnx
+def test_augmentation_runs_the_teacher_online(small_data, teacher_ckpt, tmp_path):
+    from compressor.distill import shift_batch
 
-    torch_teacher = load_teacher(str(teacher_ckpt), num_classes=10, input_shape=small_data.input_shape)
-    onnx_path = tmp_path / "teacher.onnx"
-    export_onnx(torch_teacher.module, (1, *small_data.input_shape), onnx_path)
-    onnx_teacher = load_teacher(str(onnx_path), num_classes=10, input_shape=small_data.input_shape)
-    x = small_data.test_x[:100]
-    assert torch.allclose(onnx_teacher.logits(x), torch_teacher.logits(x), atol=1e-4)
-    with pytest.raises(UserError, match="3 classes"):
-        load_teacher(str(onnx_path), num_classes=3, input_shape=small_data.input_shape)
-
-
-class Payload:
-    """Anything pickled that is not plain data; must never be instantiated by loading."""
-
-    def __reduce__(self):
-        return (print, ("executed!",))
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    shifted = shift_batch(x, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == x.shape and not torch.equal(shifted, x)
+    assert torch.equal(shift_batch(x, 0, torch.Generator()), x)
+    teacher = load_teacher(str(teacher_ckpt), num_classes=10, input_shape=small_data.input_shape)
+    logits = LogitsCache(tmp_path).get(teacher, small_data)
+    config = TrainConfig(epochs=1, augment=True, threads=1)
+    model = build_from_arch("zoo:plain:widths=8-8-8", 10, small_data.input_shape)
+    with pytest.raises(ValueError, match="run it online"):
+        train_student(model, small_data, config, teacher_logits=logits)
+    result = train_student(model, small_data, config, teacher_logits=logits, teacher=teacher, evaluate_test=False)
+    assert result.status == "ok" and result.epochs_run == 1
 
 
-def test_pickled_payload_is_refused(tmp_path, small_data):
-    path = tmp_path / "evil.pt"
-    torch.save({"format": "compressor-checkpoint/1", "state_dict": {}, "arch": Payload()}, path)
-    with pytest.raises(UserError, match="refused"):
-        load_teacher(str(path), num_classes=10, input_shape=small_data.input_shape)
-    with pytest.raises(UserError, match="refused"):
-        load_teacher("torchvision:resnet18", weights=str(path), num_classes=10, input_shape=small_data.input_shape)
-
-
-def test_teacher_class_mismatch_is_refused(teacher_ckpt, small_data):
-    with pytest.raises(UserError, match="has 10 classes but the data has 4"):
-        load_teacher(str(teacher_ckpt), num_classes=4, input_shape=small_data.input_shape)
-
-
-def test_data_error_paths(tmp_path):
-    from PIL import Image
-
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="no class sub-folders"):
-        load_dataset(f"imagefolder:{tmp_path / 'empty'}")
-    mixed = tmp_path / "mixed"
-    for label in ("a", "b"):
-        (mixed / label).mkdir(parents=True)
-        for i in range(6):
-            size = 10 if i % 2 else 12
-            Image.fromarray(np.full((size, size, 3), 40 * i, dtype=np.uint8)).save(mixed / label / f"{i}.png")
-    with pytest.raises(UserError, match="mixed sizes"):
-        load_dataset(f"imagefolder:{mixed}", image_size=None)
-    folder = load_dataset(f"imagefolder:{mixed}", image_size=8, channels=3)
-    assert folder.num_classes == 2 and folder.input_shape == (3, 8, 8)
-    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 8, 8)))
-    with pytest.raises(UserError, match="needs arrays named 'x' and 'y'"):
-        load_dataset(f"npz:{tmp_path / 'bad.npz'}")
-    np.savez(tmp_path / "ok.npz", x=np.random.default_rng(0).random((40, 8, 8)), y=np.arange(40) % 4)
-    assert load_dataset(f"npz:{tmp_path / 'ok.npz'}", image_size=8, channels=1).num_classes == 4
-    with pytest.raises(UserError, match="--data-root DIR"):
-        load_dataset("cifar10")
-    with pytest.raises(UserError, match="unknown dataset"):
-        load_dataset("imagenet21k")
+def test_time_budget_stops_early(small_data):
+    model = build_from_arch("zoo:plain:widths=8-8-8", 10, small_data.input_shape)
+    result = train_student(model, small_data, TrainConfig(epochs=50, time_budget_s=0.0, threads=1))
+    assert result.status == "ok" and result.epochs_run == 0 and len(result.loss_curve) == 1
+    assert result.val_accuracy is not None
 
 
 def _cli(capsys, *args) -> tuple[int, str]:
