@@ -25,16 +25,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def best_so_far(records, trials: int, first_fidelity: int) -> list[float]:
-    """Best feasible validation accuracy at the smallest fidelity after 1..trials proposals."""
-    by_proposal = {r.proposal: r for r in records if r.fidelity == first_fidelity}
+def summarize(records, trials: int, fidelities: tuple[int, ...]) -> dict:
+    """Best feasible validation accuracy after 1..trials trained families (at the smallest fidelity, the
+    one every family has), the best at the highest fidelity, and how many proposals were screened."""
+    first = [r for r in sorted(records, key=lambda r: r.id) if r.fidelity == fidelities[0]]
     curve, best = [], 0.0
-    for p in range(trials):
-        rec = by_proposal.get(p)
-        if rec is not None and rec.status == "ok":
+    for rec in first:
+        if rec.status == "infeasible":
+            continue
+        if rec.status == "ok":
             best = max(best, rec.val_accuracy)
         curve.append(best)
-    return curve
+    curve += [best] * (trials - len(curve))
+    top = [r.val_accuracy for r in records if r.status == "ok" and r.fidelity == fidelities[-1]]
+    return {"curve": curve[:trials], "best_top": max(top, default=0.0), "screened": len(first),
+            "feasible": sum(r.status == "ok" for r in first)}
+
+
+def existing_budget(out: Path) -> float | None:
+    """The latency budget of earlier runs in `out` (so that they resume instead of being refused)."""
+    from compressor.store import TrialStore
+
+    for path in sorted(out.glob("*/trials.sqlite")):
+        store = TrialStore(path)
+        try:
+            fingerprint = store.get_meta("fingerprint")
+        finally:
+            store.close()
+        if fingerprint:
+            return fingerprint["target"]["budgets"]["latency_ms"]
+    return None
 
 
 def main() -> int:
@@ -62,7 +82,7 @@ def main() -> int:
     torch.set_num_threads(1)
     fidelities = tuple(int(x) for x in args.fidelities.split(","))
     out = Path(args.out)
-    latency = args.latency_ms
+    latency = args.latency_ms or existing_budget(out)
     if latency is None:
         data = load_dataset("digits")
         teacher = load_teacher(args.teacher, num_classes=data.num_classes, input_shape=data.input_shape)
@@ -81,16 +101,18 @@ def main() -> int:
                 result = compress(args.teacher, out=out / f"lf{fraction}-{strategy}-s{seed}", data="digits",
                                   target="cpu-1t", latency_ms=latency, data_options=options, trials=args.trials,
                                   strategy=strategy, seed=seed, family_size=args.family_size,
-                                  fidelities=fidelities, final_epochs=1, export=False, quiet=True)
+                                  fidelities=fidelities, final_epochs=1, export=False, quiet=True, resume=True)
                 records = result.records
                 runs[strategy].append({
-                    "curve": best_so_far(records, args.trials, fidelities[0]),
+                    **summarize(records, args.trials, fidelities),
                     "screen_s": statistics.median(r.screen_s for r in records if r.fidelity == fidelities[0]),
                     "outside_training": 1 - sum(r.train_s for r in records) / sum(r.total_s for r in records),
-                    "seconds": time.time() - started,
+                    "seconds": sum(r.total_s for r in records),
                 })
-                print(f"lf={fraction} {strategy} seed={seed}: best {runs[strategy][-1]['curve'][-1]:.4f} "
-                      f"in {runs[strategy][-1]['seconds']:.0f} s", flush=True)
+                run = runs[strategy][-1]
+                print(f"lf={fraction} {strategy} seed={seed}: {run['feasible']} feasible of {run['screened']} screened, "
+                      f"best {run['curve'][-1]:.4f} at {fidelities[0]} ep, {run['best_top']:.4f} at {fidelities[-1]} ep "
+                      f"({run['seconds']:.0f} s of search, {time.time() - started:.0f} s now)", flush=True)
         dataset = load_dataset("digits", label_fraction=fraction)
         teacher = load_teacher(args.teacher, num_classes=dataset.num_classes, input_shape=dataset.input_shape)
         baseline = hand_designed_baseline(teacher, dataset, "cpu-1t", latency_ms=latency, epochs=fidelities[-1])
@@ -99,7 +121,8 @@ def main() -> int:
     print()
     for fraction, res in results.items():
         print(f"## label fraction {fraction}: latency budget {res['latency_ms']:.3f} ms p50 on cpu-1t")
-        print("| proposals | " + " | ".join(f"{s} median best val acc" for s in ("tpe", "random")) + " |")
+        print(f"| trained families | " + " | ".join(f"{s} median best val acc ({fidelities[0]} ep)"
+                                                  for s in ("tpe", "random")) + " |")
         print("|---|---|---|")
         median_curve = {s: [statistics.median(run["curve"][i] for run in res["runs"][s]) for i in range(args.trials)]
                         for s in ("tpe", "random")}
@@ -108,7 +131,13 @@ def main() -> int:
         random_final = median_curve["random"][-1]
         reach = next((i + 1 for i, v in enumerate(median_curve["tpe"]) if v >= random_final), None)
         print(f"\nTPE reaches random's final best ({100 * random_final:.2f}%) after "
-              f"{reach if reach else 'more than ' + str(args.trials)} proposals (median over seeds).")
+              f"{reach if reach else 'more than ' + str(args.trials)} trained families (median over seeds).")
+        for strategy in ("tpe", "random"):
+            runs = res["runs"][strategy]
+            counts = ", ".join(f"{r['feasible']}/{r['screened']}" for r in runs)
+            tops = ", ".join(f"{100 * r['best_top']:.2f}%" for r in runs)
+            print(f"{strategy}: feasible/screened per seed {counts}; best val acc at {fidelities[-1]} epochs "
+                  f"per seed {tops}")
         all_runs = res["runs"]["tpe"] + res["runs"]["random"]
         print(f"median screening cost per candidate: {statistics.median(r['screen_s'] for r in all_runs):.2f} s; "
               f"time outside training: {100 * statistics.median(r['outside_training'] for r in all_runs):.0f}%")
