@@ -7,10 +7,10 @@
    pinned core); the latency budget is a fraction of its p50 (1/20) and the
    memory budget a fraction of its peak memory (1/2).
 3. `compressor.pipeline.compress` searches (TPE, successive halving), trains
-   the winner, exports the bundle and writes the report.
-4. The best hand-designed student at the same budget (compressor.baselines)
-   is trained with the same teacher and epochs and added to the report, so
-   the summary compares teacher, searched student and baseline side by side,
+   the winner and, with `baseline=True`, the best hand-designed student at
+   the same budget (compressor.baselines, same teacher and epochs), exports
+   the bundle and writes the report.
+4. The summary compares teacher, searched student and baseline side by side
    and checks the goals (accuracy within 0.5 point of the teacher, >= 100x
    fewer parameters, >= 10x lower p50, at least as accurate as the baseline).
 """
@@ -83,10 +83,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     import profilers
     from targets import load_target
 
-    from compressor.baselines import hand_designed_baseline
     from compressor.console import err_console
     from compressor.data import load_dataset
-    from compressor.distill import LogitsCache
     from compressor.pipeline import DataOptions, compress
     from compressor.report import write_report
     from compressor.teachers import load_teacher
@@ -102,8 +100,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     target = load_target(config.target)
     run_dir = Path(config.out)
     previous = _previous_budgets(run_dir)
-    report_file = run_dir / "report.json"
-    earlier = json.loads(report_file.read_text()) if previous and report_file.is_file() else {}
     if previous:
         # The run exists: keep its budgets (a re-measured teacher would differ by noise and the
         # resume would be refused as a different configuration).
@@ -121,18 +117,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                                                                     seed=config.seed),
                       resume=(run_dir / "trials.sqlite").exists(), quiet=config.quiet, cache_dir=config.cache_dir,
                       trials=config.trials, family_size=config.family_size, fidelities=config.fidelities,
-                      final_epochs=config.final_epochs, seed=config.seed)
+                      final_epochs=config.final_epochs, seed=config.seed, baseline=True)
     report = result.report
-    if earlier.get("baselines"):
-        baseline = earlier["baselines"][0]
-        say(f"reusing the hand-designed baseline of {run_dir}")
-    else:
-        say("training the hand-designed baseline at the same budget")
-        baseline = hand_designed_baseline(teacher, dataset, target, latency_ms=latency_ms, memory_mb=memory_mb,
-                                          epochs=config.final_epochs,
-                                          teacher_logits=LogitsCache(config.cache_dir).get(teacher, dataset),
-                                          seed=config.seed)
-    report["baselines"] = [baseline]
     report["goals"] = goal_checks(report)
     report["demo"] = {"seconds": time.time() - started, "config": {k: str(v) for k, v in asdict(config).items()}}
     write_report(run_dir, report, result.records)

@@ -6,7 +6,9 @@ accuracy and profile (kept in the run's store, so a resume does not measure
 again) -> screen the space's smallest network against the budgets (an
 unreachable budget is reported in seconds, not after an hour) -> the search
 (compressor.search) -> final training of the best family's best member ->
-`best.pt` -> profile -> export bundle (compressor.export) -> report.
+`best.pt` -> profile -> optionally the hand-designed baseline at the same
+budget (compressor.baselines, same teacher and epochs, kept in the store) ->
+export bundle (compressor.export) -> report.
 
 Every stage that has finished is on disk before the next begins; a resumed
 run skips them. A finished run resumed again does nothing more.
@@ -58,6 +60,7 @@ def compress(
     resume: bool = False,
     quiet: bool = True,
     cache_dir: str | Path | None = None,
+    baseline: bool = False,
     **search_knobs: Any,
 ) -> CompressResult:
     """Find the most accurate student family that meets the target's budgets, train and export its best member.
@@ -72,6 +75,7 @@ def compress(
         resume: continue the run in `out` up to the requested number of trials.
         quiet: no live progress display.
         cache_dir: the teacher-logits cache (default: $COMPRESSOR_CACHE or ~/.cache/compressor).
+        baseline: also train the best hand-designed student at the same budget (report["baselines"]).
         **search_knobs: fields of `SearchConfig` (trials, strategy, space, family_size, fidelities,
             eta, final_epochs, seed, trial_timeout_s, profile_seconds, batch_size, export, export_formats).
 
@@ -111,12 +115,13 @@ def compress(
         store = TrialStore(run_dir / "trials.sqlite")
         try:
             return _compress_locked(config, target, teacher_model, dataset, run_dir, store, resume, quiet,
-                                    cache_dir)
+                                    cache_dir, baseline)
         finally:
             store.close()
 
 
-def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, quiet, cache_dir) -> CompressResult:
+def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, quiet, cache_dir,
+                     baseline) -> CompressResult:
     from compressor.distill import LogitsCache
 
     fingerprint = json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash,
@@ -172,6 +177,8 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
     report["student"] = final
     report["speedup_p50"] = (teacher_info["profile"]["latency_ms"]["p50"] / final["profile"]["latency_ms"]["p50"])
     report["param_reduction"] = teacher_info["params"] / max(1, final["params"])
+    if baseline:
+        report["baselines"] = [_baseline(config, store, teacher, dataset, logits, target, quiet)]
     if config.export:
         bundle = run_dir / "artifacts"
         artifacts = store.get_meta("artifacts")
@@ -274,6 +281,21 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
     profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape, memory=True)
     return {**meta, "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
+
+
+def _baseline(config, store, teacher, dataset, logits, target, quiet: bool) -> dict[str, Any]:
+    """The hand-designed student at the run's budget, trained once per run (a resume reads it from the store)."""
+    from compressor.baselines import hand_designed_baseline
+    from compressor.console import err_console
+
+    found = store.get_meta("baseline")
+    if found is None:
+        if not quiet:
+            err_console.print(f"baseline: the best hand-designed student at the same budget, {config.final_epochs} epochs")
+        found = json_safe(hand_designed_baseline(teacher, dataset, target, epochs=config.final_epochs,
+                                                 teacher_logits=logits, seed=config.seed))
+        store.set_meta("baseline", found)
+    return found
 
 
 def _load_student(checkpoint: Path):

@@ -79,7 +79,7 @@ def test_run_lock_refuses_second_owner(tmp_path):
 
 def test_short_search_end_to_end(teacher_file, tmp_path):
     result = _compress(teacher_file, tmp_path / "run", tmp_path / "cache", latency_ms=5.0, trials=4,
-                       fidelities=(1, 2), eta=2)
+                       fidelities=(1, 2), eta=2, baseline=True)
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
     for key in ("target", "budgets", "teacher", "student", "search", "artifacts"):
@@ -101,10 +101,17 @@ def test_short_search_end_to_end(teacher_file, tmp_path):
     assert (run / "best.pt").is_file()
     artifacts = json.loads((run / "artifacts" / "artifacts.json").read_text())["artifacts"]
     assert artifacts[0]["format"] == "onnx"
-    # a finished run resumed does nothing more
+    # the hand-designed baseline is measured at the same budget and reported beside the student
+    [baseline] = report["baselines"]
+    assert baseline["name"].startswith("plain CNN") and baseline["epochs"] == 1
+    assert baseline["meets_budget"] and baseline["profile"]["latency_ms"]["p50"] > 0
+    assert 0.0 <= baseline["test_accuracy"] <= 1.0
+    assert f"baseline: {baseline['name']}" in (run / "report.md").read_text()
+    # a finished run resumed does nothing more: same trials, and the stored baseline, not a retrained one
     again = _compress(teacher_file, run, tmp_path / "cache", latency_ms=5.0, trials=4, fidelities=(1, 2), eta=2,
-                      resume=True)
+                      resume=True, baseline=True)
     assert len(again.records) == len(records)
+    assert again.report["baselines"] == report["baselines"]
 
 
 def test_all_infeasible_budget_is_reported_before_search(teacher_file, tmp_path):

@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds, help="time cap of each screening profile (default %(default)s)")
     parser.add_argument("--formats", help="export formats, e.g. onnx,ort,int8 (default: by target)")
     parser.add_argument("--no-export", action="store_true", help="skip the export bundle")
+    parser.add_argument("--baseline", action="store_true", help="also train the best hand-designed student (a plain CNN) at the same budget, same teacher and epochs, and report it side by side")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR up to --trials")
     parser.add_argument("--cache-dir", help="teacher-logits cache (default $COMPRESSOR_CACHE or ~/.cache/compressor)")
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         args.teacher, out=args.out, data=args.data, target=args.target, teacher_weights=args.teacher_weights,
         latency_ms=args.latency_ms, memory_mb=args.memory_mb, size_mb=args.size_mb,
         data_options=data_options_from_args(args), resume=args.resume, quiet=args.quiet or args.json,
-        cache_dir=args.cache_dir, trials=args.trials, strategy=args.strategy, space=args.space,
+        cache_dir=args.cache_dir, baseline=args.baseline, trials=args.trials, strategy=args.strategy, space=args.space,
         family_size=args.family_size, fidelities=parse_fidelities(args.fidelities), eta=args.eta,
         final_epochs=args.final_epochs, seed=args.seed, trial_timeout_s=args.trial_timeout,
         profile_seconds=args.profile_seconds, export=not args.no_export,
