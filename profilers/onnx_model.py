@@ -33,6 +33,8 @@ __all__ = [
     "input_specs",
     "load_onnx_checked",
     "make_inputs",
+    "PreparedModel",
+    "prepare_model",
     "resolve_input_shapes",
     "static_analysis",
 ]
@@ -199,6 +201,28 @@ def resolve_input_shapes(
             )
         shapes[spec.name] = tuple(dims)
     return shapes
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """What every ONNX backend starts from: the checked model, concrete input shapes, static analysis."""
+
+    checked: CheckedModel
+    specs: list[InputSpec]
+    shapes: dict[str, tuple[int, ...]]
+    static: dict
+
+    @property
+    def first_shape(self) -> tuple[int, ...]:
+        return self.shapes[self.specs[0].name]
+
+
+def prepare_model(model, input_shape: tuple[int, ...] | None, batch_size: int) -> PreparedModel:
+    """Check `model`, resolve its input shapes (see `resolve_input_shapes`) and analyse it statically."""
+    checked = check_model_source(model)
+    specs = input_specs(checked.proto)
+    shapes = resolve_input_shapes(specs, input_shape, batch_size)
+    return PreparedModel(checked, specs, shapes, static_analysis(checked, shapes[specs[0].name]))
 
 
 def make_inputs(specs: list[InputSpec], shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.ndarray]:

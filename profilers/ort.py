@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: the runtime most CPU and edge deployments serve with.
 
-One measurement: check the model (`onnx_model.check_model_source`), derive
+One measurement: check and analyse the model (`onnx_model.prepare_model`), derive
 the inputs from its signature, pin the measuring thread to the target's
 `cpu_affinity`, create the session with the target's options (see
 `_memprobe.SessionSettings`), time it adaptively (`stats.time_adaptively`),
@@ -22,14 +22,7 @@ from pathlib import Path
 from profilers import host
 from profilers._memprobe import SessionSettings, create_session
 from profilers.errors import ProfileError
-from profilers.onnx_model import (
-    CheckedModel,
-    check_model_source,
-    input_specs,
-    make_inputs,
-    resolve_input_shapes,
-    static_analysis,
-)
+from profilers.onnx_model import CheckedModel, make_inputs, prepare_model
 from profilers.profile import build_profile
 from profilers.stats import time_adaptively
 
@@ -85,12 +78,9 @@ class OnnxRuntimeBackend:
         label: str | None = None,
     ) -> dict:
         """Profile `model` (path, bytes or ModelProto) on `target`; see `profilers.measure`."""
-        checked = check_model_source(model)
-        specs = input_specs(checked.proto)
-        shapes = resolve_input_shapes(specs, input_shape, target.batch_size)
+        prepared = prepare_model(model, input_shape, target.batch_size)
+        checked, specs, shapes = prepared.checked, prepared.specs, prepared.shapes
         feeds = make_inputs(specs, shapes)
-        first_shape = shapes[specs[0].name]
-        static = static_analysis(checked, first_shape)
         settings = session_settings(target)
 
         with host.pinned_to(target.cpu_affinity):
@@ -132,10 +122,10 @@ class OnnxRuntimeBackend:
             target=target,
             runtime=self.name,
             label=label or checked.label,
-            input_shape=first_shape,
+            input_shape=prepared.first_shape,
             timing=timing,
             peak_memory_mb=peak,
-            static=static,
+            static=prepared.static,
             environment=environment,
             warnings=warnings,
             keep_samples=keep_samples,

@@ -27,7 +27,7 @@ import importlib.util
 
 from profilers import host
 from profilers.errors import ProfileError
-from profilers.onnx_model import check_model_source, input_specs, resolve_input_shapes, static_analysis
+from profilers.onnx_model import prepare_model
 from profilers.profile import build_profile
 from profilers.stats import time_adaptively
 
@@ -128,12 +128,9 @@ class TensorRTBackend:
         import tensorrt as trt
         import torch
 
-        checked = check_model_source(model)
-        specs = input_specs(checked.proto)
-        shapes = resolve_input_shapes(specs, input_shape, target.batch_size)
-        first_shape = shapes[specs[0].name]
-        static = static_analysis(checked, first_shape)
-        plan = self.build_engine(checked.data, target, shapes)
+        prepared = prepare_model(model, input_shape, target.batch_size)
+        shapes = prepared.shapes
+        plan = self.build_engine(prepared.checked.data, target, shapes)
 
         torch.cuda.synchronize()
         free_before, _ = torch.cuda.mem_get_info()
@@ -193,11 +190,11 @@ class TensorRTBackend:
         return build_profile(
             target=target,
             runtime=self.name,
-            label=label or checked.label,
-            input_shape=first_shape,
+            label=label or prepared.checked.label,
+            input_shape=prepared.first_shape,
             timing=timing,
             peak_memory_mb=peak,
-            static=static,
+            static=prepared.static,
             environment=environment,
             warnings=[],
             keep_samples=keep_samples,
