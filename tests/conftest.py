@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny hand-built ONNX models and fast measurement settings.
+"""Shared fixtures: tiny hand-built ONNX models, fast measurement settings and a tiny teacher.
 
 `make_conv_gemm_model` builds input[N,3,8,8] -> Conv(4 filters, 3x3, pad 1) ->
 Relu -> Flatten -> Gemm(256 -> 10) with onnx.helper, so its parameters and
@@ -61,3 +61,24 @@ def fast_target():
         target,
         measure=dataclasses.replace(target.measure, warmup_runs=2, min_runs=20, min_seconds=0.05, max_seconds=0.3),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A real (tiny, briefly trained) teacher checkpoint made with the project's own trainer."""
+    import torch
+
+    from compressor.checkpoint import Checkpoint, save_checkpoint
+    from compressor.data import load_dataset
+    from compressor.distill import TrainConfig, train_student
+    from compressor.spaces import build_model, spec_from_ref
+
+    torch.set_num_threads(1)
+    data = load_dataset("digits", image_size=16, channels=1)
+    spec = spec_from_ref("zoo:plain", seed=0)
+    model = build_model(spec, data.input_shape, data.num_classes)
+    result = train_student(model, data, TrainConfig(epochs=2, seed=0), evaluate_test=False)
+    assert result.status == "ok"
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_checkpoint(path, Checkpoint(model.state_dict(), spec.to_json(), data.num_classes, data.input_shape))
+    return str(path)

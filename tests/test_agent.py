@@ -425,27 +425,7 @@ def test_loopback_detection():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20") and not is_loopback("pi.local")
 
 
-@pytest.fixture(scope="module")
-def teacher_checkpoint(tmp_path_factory) -> str:
-    """A tiny teacher trained briefly on digits with the project's own trainer."""
-    import torch
-
-    from compressor.checkpoint import Checkpoint, save_checkpoint
-    from compressor.data import load_dataset
-    from compressor.distill import TrainConfig, train_student
-    from compressor.spaces import build_model, spec_from_ref
-
-    torch.set_num_threads(1)
-    data = load_dataset("digits", image_size=16, channels=1)
-    spec = spec_from_ref("zoo:plain", seed=0)
-    model = build_model(spec, data.input_shape, data.num_classes)
-    assert train_student(model, data, TrainConfig(epochs=1, seed=0), evaluate_test=False).status == "ok"
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_checkpoint(path, Checkpoint(model.state_dict(), spec.to_json(), data.num_classes, data.input_shape))
-    return str(path)
-
-
-def test_search_on_a_remote_target_survives_losing_the_device_and_resumes(teacher_checkpoint, tmp_path, token):
+def test_search_on_a_remote_target_survives_losing_the_device_and_resumes(tiny_teacher, tmp_path, token):
     """A device that goes away mid-search gives failed trials with the reason; --resume finishes the run."""
     import torch
 
@@ -469,7 +449,7 @@ def test_search_on_a_remote_target_survives_losing_the_device_and_resumes(teache
 
     def first_run() -> None:
         try:
-            compress(teacher_checkpoint, trials=2, **options)
+            compress(tiny_teacher, trials=2, **options)
             outcome.append(None)
         except (UserError, RemoteError) as exc:
             outcome.append(exc)
@@ -486,7 +466,7 @@ def test_search_on_a_remote_target_survives_losing_the_device_and_resumes(teache
 
     device = start_agent(tmp_path / "agent", port=port)
     try:
-        result = compress(teacher_checkpoint, trials=3, resume=True, **options)
+        result = compress(tiny_teacher, trials=3, resume=True, **options)
     finally:
         assert device.stop() == 0
     failed = [r for r in result.records if r.status == "failed"]

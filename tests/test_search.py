@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from compressor.errors import UserError
 from compressor.store import RunLock, TrialRecord, TrialStore
@@ -24,30 +23,11 @@ FAST = dict(trials=3, family_size=1, fidelities=(1,), final_epochs=1, profile_se
             export_formats=("onnx",))
 
 
-@pytest.fixture(scope="module")
-def teacher_file(tmp_path_factory) -> str:
-    """A real (tiny, briefly trained) teacher checkpoint made with the project's own trainer."""
-    from compressor.checkpoint import Checkpoint, save_checkpoint
-    from compressor.data import load_dataset
-    from compressor.distill import TrainConfig, train_student
-    from compressor.spaces import build_model, spec_from_ref
-
-    torch.set_num_threads(1)
-    data = load_dataset("digits", image_size=16, channels=1)
-    spec = spec_from_ref("zoo:plain", seed=0)
-    model = build_model(spec, data.input_shape, data.num_classes)
-    result = train_student(model, data, TrainConfig(epochs=2, seed=0), evaluate_test=False)
-    assert result.status == "ok"
-    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    save_checkpoint(path, Checkpoint(model.state_dict(), spec.to_json(), data.num_classes, data.input_shape))
-    return str(path)
-
-
-def _compress(teacher_file, out, cache, **kw):
+def _compress(teacher, out, cache, **kw):
     from compressor.pipeline import DataOptions, compress
 
     options = {**FAST, **kw}
-    return compress(teacher_file, out=out, data="digits", target="cpu-1t", cache_dir=cache,
+    return compress(teacher, out=out, data="digits", target="cpu-1t", cache_dir=cache,
                     data_options=DataOptions(image_size=16, channels=1), **options)
 
 
@@ -77,8 +57,8 @@ def test_run_lock_refuses_second_owner(tmp_path):
         pass
 
 
-def test_short_search_end_to_end(teacher_file, tmp_path):
-    result = _compress(teacher_file, tmp_path / "run", tmp_path / "cache", latency_ms=5.0, trials=4,
+def test_short_search_end_to_end(tiny_teacher, tmp_path):
+    result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", latency_ms=5.0, trials=4,
                        fidelities=(1, 2), eta=2, baseline=True)
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
@@ -108,25 +88,25 @@ def test_short_search_end_to_end(teacher_file, tmp_path):
     assert 0.0 <= baseline["test_accuracy"] <= 1.0
     assert f"baseline: {baseline['name']}" in (run / "report.md").read_text()
     # a finished run resumed does nothing more: same trials, and the stored baseline, not a retrained one
-    again = _compress(teacher_file, run, tmp_path / "cache", latency_ms=5.0, trials=4, fidelities=(1, 2), eta=2,
+    again = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=5.0, trials=4, fidelities=(1, 2), eta=2,
                       resume=True, baseline=True)
     assert len(again.records) == len(records)
     assert again.report["baselines"] == report["baselines"]
 
 
-def test_all_infeasible_budget_is_reported_before_search(teacher_file, tmp_path):
+def test_all_infeasible_budget_is_reported_before_search(tiny_teacher, tmp_path):
     with pytest.raises(UserError, match="budgets unreachable"):
-        _compress(teacher_file, tmp_path / "run", tmp_path / "cache", latency_ms=1e-5)
+        _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", latency_ms=1e-5)
     with sqlite3.connect(tmp_path / "run" / "trials.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 0
 
 
-def test_every_trial_failing_says_why(teacher_file, tmp_path):
+def test_every_trial_failing_says_why(tiny_teacher, tmp_path):
     with pytest.raises(UserError, match=r"no feasible student in 3 evaluations: 3 failed \(trial timeout: over # s\)"):
-        _compress(teacher_file, tmp_path / "run", tmp_path / "cache", trial_timeout_s=1e-6)
+        _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", trial_timeout_s=1e-6)
 
 
-def test_injected_failing_candidate_is_a_failed_trial(teacher_file, tmp_path, monkeypatch):
+def test_injected_failing_candidate_is_a_failed_trial(tiny_teacher, tmp_path, monkeypatch):
     from compressor.spaces import SPACES, get_space
 
     nago = get_space("nago")
@@ -146,7 +126,7 @@ def test_injected_failing_candidate_is_a_failed_trial(teacher_file, tmp_path, mo
 
     # registered for this test only (other tests sweep every registered space)
     monkeypatch.setitem(SPACES._items, "broken-for-test", Broken())
-    result = _compress(teacher_file, tmp_path / "run", tmp_path / "cache", space="broken-for-test", trials=4)
+    result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", space="broken-for-test", trials=4)
     statuses = {r.seeds[0] % 2: r.status for r in result.records}
     assert statuses.get(1) == "failed"
     failed = [r for r in result.records if r.status == "failed"]
@@ -154,12 +134,12 @@ def test_injected_failing_candidate_is_a_failed_trial(teacher_file, tmp_path, mo
     assert result.report["student"] is not None
 
 
-def test_resume_after_sigkill_keeps_finished_trials(teacher_file, tmp_path):
+def test_resume_after_sigkill_keeps_finished_trials(tiny_teacher, tmp_path):
     run = tmp_path / "run"
     code = (
         "import sys, torch; torch.set_num_threads(1); sys.path.insert(0, %r);"
         "from tests.test_search import _compress; _compress(%r, %r, %r, trials=5)"
-        % (str(ROOT), teacher_file, str(run), str(tmp_path / "cache"))
+        % (str(ROOT), tiny_teacher, str(run), str(tmp_path / "cache"))
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -182,11 +162,11 @@ def test_resume_after_sigkill_keeps_finished_trials(teacher_file, tmp_path):
     with sqlite3.connect(db_path) as db:
         before = db.execute("SELECT id, proposal, status, params FROM trials ORDER BY id").fetchall()
     assert len(before) >= 1
-    result = _compress(teacher_file, run, tmp_path / "cache", trials=5, resume=True)
+    result = _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True)
     with sqlite3.connect(db_path) as db:
         after = db.execute("SELECT id, proposal, status, params FROM trials ORDER BY id").fetchall()
     assert after[: len(before)] == before
     assert sorted(r.proposal for r in result.records) == list(range(5))
     # a different configuration on --resume is refused
     with pytest.raises(UserError, match="different configuration"):
-        _compress(teacher_file, run, tmp_path / "cache", trials=5, resume=True, strategy="random")
+        _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True, strategy="random")
