@@ -2,11 +2,11 @@
 
 Packages (DESIGN.md): `targets` (what a device is), `profilers` (how a model
 is measured there), and this package, the pipeline: student spaces
-(`compressor.spaces`), data and teachers (`compressor.data`,
-`compressor.teachers`), distillation (`compressor.distill`), the constrained
-search (`compressor.search`, `compressor.store`), the orchestration behind
-`compressor compress` (`compressor.pipeline`), export (`compressor.export`),
-reports (`compressor.report`) and the CLI (`compressor.cli`).
+(`compressor.spaces`), data and teachers (`compressor.data.datasets`,
+`compressor.models.teachers`), distillation (`compressor.train.distill`), the constrained
+search (`compressor.search.loop`, `compressor.search.store`), the orchestration behind
+`compressor compress` (`compressor.pipeline.compress`), export (`compressor.export`),
+reports (`compressor.pipeline.report`) and the CLI (`compressor.cli`).
 
 The Python API mirrors the CLI:
 
@@ -26,10 +26,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "compress": ("compressor.pipeline", "compress"),
-    "DataOptions": ("compressor.pipeline", "DataOptions"),
-    "SearchConfig": ("compressor.search", "SearchConfig"),
-    "CompressResult": ("compressor.search", "CompressResult"),
+    "compress": ("compressor.pipeline.compress", "compress"),
+    "DataOptions": ("compressor.pipeline.compress", "DataOptions"),
+    "SearchConfig": ("compressor.search.loop", "SearchConfig"),
+    "CompressResult": ("compressor.search.loop", "CompressResult"),
 }
 
 

@@ -1,7 +1,7 @@
-"""The one exception type a user sees as a one-line message (exit code 2)."""
+"""The error a user sees as one line with exit code 2: the toolkit's `UserError` (defined in `targets.errors`)."""
 
 from __future__ import annotations
 
+from targets.errors import UserError
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line on stderr, exit code 2, no traceback."""
+__all__ = ["UserError"]

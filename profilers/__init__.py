@@ -5,13 +5,13 @@ can run the target (`targets.availability`), picks the backend registered for
 `target.runtime` and returns the Profile contract of DESIGN.md. Backends are
 small classes with `available()`, `measure(...)` and `describe()`:
 
-- `onnxruntime` (`profilers.ort`): sessions configured from the target,
+- `onnxruntime` (`profilers.backends.ort`): sessions configured from the target,
   adaptive timing, peak memory in a fresh child process;
-- `tensorrt` (`profilers.trt`): a TensorRT 10 engine built from the ONNX file,
+- `tensorrt` (`profilers.backends.trt`): a TensorRT 10 engine built from the ONNX file,
   timed with CUDA events;
-- `torch` (`profilers.torch_eager`): eager PyTorch, the baseline deployment is
+- `torch` (`profilers.backends.torch_eager`): eager PyTorch, the baseline deployment is
   compared against;
-- `remote` (`profilers.remote`): the same measurement on an edge device
+- `remote` (`profilers.backends.remote`): the same measurement on an edge device
   through `compressor agent`.
 
 Every ONNX model passes `load_onnx_checked` (protobuf parse + `onnx.checker`)
@@ -51,10 +51,10 @@ __all__ = [
 # runtime name -> "module:Class"; imported on first use so that a runtime's
 # dependencies are only needed when it is measured.
 _BACKENDS = {
-    "onnxruntime": "profilers.ort:OnnxRuntimeBackend",
-    "tensorrt": "profilers.trt:TensorRTBackend",
-    "torch": "profilers.torch_eager:TorchBackend",
-    "remote": "profilers.remote:RemoteBackend",
+    "onnxruntime": "profilers.backends.ort:OnnxRuntimeBackend",
+    "tensorrt": "profilers.backends.trt:TensorRTBackend",
+    "torch": "profilers.backends.torch_eager:TorchBackend",
+    "remote": "profilers.backends.remote:RemoteBackend",
 }
 
 
@@ -139,7 +139,7 @@ def measure(
         raise ProfileError(f"target {target.name!r} ({target.runtime}) cannot run here: {why}")
     if _is_torch_module(model) and target.runtime != "torch":
         raise ProfileError(
-            f"target {target.name!r} runs ONNX models; export the module first (compressor.onnx_export.export_onnx)"
+            f"target {target.name!r} runs ONNX models; export the module first (compressor.models.onnx_export.export_onnx)"
         )
     options: dict[str, Any] = {"input_shape": input_shape, "max_seconds": max_seconds, "memory": memory}
     # The remote backend lives in another module with the core signature; pass the

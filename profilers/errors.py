@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from targets.errors import UserError
 
-class ProfileError(ValueError):
+
+class ProfileError(UserError, ValueError):
     """Bad input to a profiler (a missing or invalid model, a wrong input shape, a
     runtime this machine cannot run): one line naming the problem and the fix."""
 

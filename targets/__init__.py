@@ -29,11 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from targets.errors import TargetError, UserError
+
 __all__ = [
     "Budgets",
     "Measurement",
     "Target",
     "TargetError",
+    "UserError",
     "availability",
     "list_targets",
     "load_target",
@@ -59,10 +62,6 @@ PROVIDERS = (
     "QNNExecutionProvider",
     "XnnpackExecutionProvider",
 )
-
-
-class TargetError(ValueError):
-    """A target definition is invalid; the message names the key and the fix."""
 
 
 @dataclass(frozen=True)

@@ -68,9 +68,9 @@ def tiny_teacher(tmp_path_factory) -> str:
     """A real (tiny, briefly trained) teacher checkpoint made with the project's own trainer."""
     import torch
 
-    from compressor.checkpoint import Checkpoint, save_checkpoint
-    from compressor.data import load_dataset
-    from compressor.distill import TrainConfig, train_student
+    from compressor.models.checkpoint import Checkpoint, save_checkpoint
+    from compressor.data.datasets import load_dataset
+    from compressor.train.distill import TrainConfig, train_student
     from compressor.spaces import build_model, spec_from_ref
 
     torch.set_num_threads(1)

@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 from conftest import make_conv_gemm_model
 from profilers import ProfileError, measure
 from profilers.agent import SETTINGS_HEADER, encode_settings
-from profilers.remote import RemoteBackend, RemoteError, RetryPolicy
+from profilers.backends.remote import RemoteBackend, RemoteError, RetryPolicy
 from targets import target_from_dict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -430,7 +430,7 @@ def test_search_on_a_remote_target_survives_losing_the_device_and_resumes(tiny_t
     import torch
 
     from compressor.errors import UserError
-    from compressor.pipeline import DataOptions, compress
+    from compressor.pipeline.compress import DataOptions, compress
 
     torch.set_num_threads(1)
     port = closed_port()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.data import load_dataset
+from compressor.data.datasets import load_dataset
 from compressor.errors import UserError
 
 SMALL = dict(image_size=8, channels=1)  # the digits at their native 8 px: fast

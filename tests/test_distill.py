@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from compressor.checkpoint import load_checkpoint, save_checkpoint
-from compressor.data import load_dataset
-from compressor.distill import LogitsCache, TrainConfig, kd_loss, train_student
-from compressor.models import build_from_arch
-from compressor.teachers import load_teacher
+from compressor.models.checkpoint import load_checkpoint, save_checkpoint
+from compressor.data.datasets import load_dataset
+from compressor.train.distill import LogitsCache, TrainConfig, kd_loss, train_student
+from compressor.models.build import build_from_arch
+from compressor.models.teachers import load_teacher
 from test_teachers import small_data, teacher_ckpt  # noqa: F401 - shared fixtures
 
 
@@ -99,7 +99,7 @@ def test_kd_from_cached_logits_trains(small_data, teacher_ckpt, tmp_path):
 
 
 def test_augmentation_runs_the_teacher_online(small_data, teacher_ckpt, tmp_path):
-    from compressor.distill import shift_batch
+    from compressor.train.distill import shift_batch
 
     x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
     shifted = shift_batch(x, 2, torch.Generator().manual_seed(0))

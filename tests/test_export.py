@@ -287,9 +287,9 @@ def test_tensorrt_engine_passes_parity(preset, model, digits, tmp_path):
 
 @pytest.fixture(scope="module")
 def student_checkpoint(tmp_path_factory):
-    pytest.importorskip("compressor.data", reason="the data area is not in the tree yet")
-    pytest.importorskip("compressor.models", reason="the models area is not in the tree yet")
-    from compressor.checkpoint import Checkpoint, save_checkpoint
+    pytest.importorskip("compressor.data.datasets", reason="the data area is not in the tree yet")
+    pytest.importorskip("compressor.models.build", reason="the models area is not in the tree yet")
+    from compressor.models.checkpoint import Checkpoint, save_checkpoint
     from compressor.spaces import build_model, spec_from_ref
 
     torch.manual_seed(0)

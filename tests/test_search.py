@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from compressor.errors import UserError
-from compressor.store import RunLock, TrialRecord, TrialStore
+from compressor.search.store import RunLock, TrialRecord, TrialStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ FAST = dict(trials=3, family_size=1, fidelities=(1,), final_epochs=1, profile_se
 
 
 def _compress(teacher, out, cache, **kw):
-    from compressor.pipeline import DataOptions, compress
+    from compressor.pipeline.compress import DataOptions, compress
 
     options = {**FAST, **kw}
     return compress(teacher, out=out, data="digits", target="cpu-1t", cache_dir=cache,

@@ -11,7 +11,7 @@ from hyperopt.pyll.base import as_apply, dfs
 from hyperopt.pyll.stochastic import sample as hyperopt_sample
 
 from compressor.errors import UserError
-from compressor.onnx_export import export_onnx
+from compressor.models.onnx_export import export_onnx
 from compressor.spaces import SPACES, ArchSpec, build_model, get_space, load_spec, spec_from_ref
 from compressor.spaces.stats import count_macs, count_params
 from compressor.spaces.zoo import FAMILIES

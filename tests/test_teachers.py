@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor.checkpoint import Checkpoint, save_checkpoint
-from compressor.data import load_dataset
+from compressor.models.checkpoint import Checkpoint, save_checkpoint
+from compressor.data.datasets import load_dataset
 from compressor.errors import UserError
-from compressor.models import build_from_arch
-from compressor.teachers import load_teacher
+from compressor.models.build import build_from_arch
+from compressor.models.teachers import load_teacher
 
 SMALL = dict(image_size=8, channels=1)  # the digits at their native 8 px: fast
 
@@ -36,7 +36,7 @@ def teacher_ckpt(tmp_path, small_data) -> Path:
 
 
 def test_onnx_teacher_matches_its_pytorch_source(tmp_path, small_data, teacher_ckpt):
-    from compressor.onnx_export import export_onnx
+    from compressor.models.onnx_export import export_onnx
 
     torch_teacher = load_teacher(str(teacher_ckpt), num_classes=10, input_shape=small_data.input_shape)
     onnx_path = tmp_path / "teacher.onnx"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import profilers  # noqa: E402
 from targets import load_target  # noqa: E402
 
-from compressor.console import print_table  # noqa: E402
+from compressor.cli.console import print_table  # noqa: E402
 from compressor.export import ExportConfig, export_bundle  # noqa: E402
 
 TARGET = "cpu-1t"
@@ -62,8 +62,8 @@ def candidates(dataset, args):
     from compressor.spaces import build_model, spec_from_ref
 
     if args.student:
-        from compressor.checkpoint import load_checkpoint
-        from compressor.models import model_from_checkpoint
+        from compressor.models.checkpoint import load_checkpoint
+        from compressor.models.build import model_from_checkpoint
 
         path = Path(args.student)
         ckpt = load_checkpoint(path / "best.pt" if path.is_dir() else path)
@@ -91,7 +91,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=5.0, help="time cap of each latency measurement")
     args = parser.parse_args()
 
-    from compressor.data import load_dataset
+    from compressor.data.datasets import load_dataset
 
     torch.set_num_threads(1)
     dataset = load_dataset("digits", image_size=32, channels=3, seed=0)

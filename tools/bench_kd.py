@@ -36,10 +36,10 @@ def main() -> int:
 
     import torch
 
-    from compressor.data import load_dataset
-    from compressor.distill import LogitsCache, TrainConfig, evaluate, train_student
-    from compressor.models import build_from_arch
-    from compressor.teachers import load_teacher
+    from compressor.data.datasets import load_dataset
+    from compressor.train.distill import LogitsCache, TrainConfig, evaluate, train_student
+    from compressor.models.build import build_from_arch
+    from compressor.models.teachers import load_teacher
 
     torch.set_num_threads(1)
     data = load_dataset("digits")

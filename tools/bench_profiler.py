@@ -29,8 +29,8 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import profilers  # noqa: E402
-from compressor.console import print_table  # noqa: E402
-from compressor.onnx_export import export_onnx  # noqa: E402
+from compressor.cli.console import print_table  # noqa: E402
+from compressor.models.onnx_export import export_onnx  # noqa: E402
 from targets import load_target  # noqa: E402
 
 ARCHS = [("resnet18", 112), ("mobilenet_v3_small", 160), ("squeezenet1_1", 160), ("shufflenet_v2_x0_5", 160)]

@@ -44,7 +44,7 @@ def summarize(records, trials: int, fidelities: tuple[int, ...]) -> dict:
 
 def existing_budget(out: Path) -> float | None:
     """The latency budget of earlier runs in `out` (so that they resume instead of being refused)."""
-    from compressor.store import TrialStore
+    from compressor.search.store import TrialStore
 
     for path in sorted(out.glob("*/trials.sqlite")):
         store = TrialStore(path)
@@ -71,10 +71,10 @@ def main() -> int:
 
     import torch
 
-    from compressor.baselines import hand_designed_baseline
-    from compressor.data import load_dataset
-    from compressor.pipeline import DataOptions, compress
-    from compressor.teachers import load_teacher
+    from compressor.pipeline.baselines import hand_designed_baseline
+    from compressor.data.datasets import load_dataset
+    from compressor.pipeline.compress import DataOptions, compress
+    from compressor.models.teachers import load_teacher
 
     import profilers
     from targets import load_target

@@ -11,7 +11,7 @@
 3. ONNX Runtime latency (1 thread, batch 1, 32 px) of each space's default
    member and of the `plain` baseline, measured side by side in this run.
 4. With `--accuracy`: test accuracy on the bundled digits (32 px, plain
-   cross-entropy, `compressor.distill.train_student` defaults, 8 epochs) of
+   cross-entropy, `compressor.train.distill.train_student` defaults, 8 epochs) of
    the default members, the adapted `mobilenet_v3_small` and torchvision's
    stock `mobilenet_v3_small` (the small-image adaptation's reason to exist).
 """
@@ -42,7 +42,7 @@ def random_params(space, seed: int) -> dict:
 
 def candidate_cost(space, seeds: list[int]) -> dict[str, list[float]]:
     """Seconds for sample, build and export of students under MAX_PARAMS."""
-    from compressor.onnx_export import export_onnx
+    from compressor.models.onnx_export import export_onnx
     from compressor.spaces import build_model
 
     times: dict[str, list[float]] = {"sample": [], "build": [], "export": [], "total": []}
@@ -77,7 +77,7 @@ def span(space, seeds: list[int]) -> tuple[list[int], list[int]]:
 def ort_latency_ms(model, runs: int = 2000) -> float:
     import onnxruntime as ort
 
-    from compressor.onnx_export import export_onnx
+    from compressor.models.onnx_export import export_onnx
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -109,11 +109,11 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from compressor.console import print_table
+    from compressor.cli.console import print_table
     from compressor.spaces import SPACES, build_model, get_space, spec_from_ref
     from compressor.spaces.stats import count_macs, count_params
 
-    from compressor.onnx_export import export_onnx
+    from compressor.models.onnx_export import export_onnx
 
     # Warm-up: the first export pays for torch.onnx's imports, which a long search pays once.
     export_onnx(build_model(spec_from_ref("nago"), SHAPE, NUM_CLASSES), (1, *SHAPE))
@@ -170,8 +170,8 @@ def accuracy_table(result: dict) -> list[tuple]:
     import torch
     import torchvision
 
-    from compressor.data import load_dataset
-    from compressor.distill import TrainConfig, train_student
+    from compressor.data.datasets import load_dataset
+    from compressor.train.distill import TrainConfig, train_student
     from compressor.spaces import build_model, spec_from_ref
 
     dataset = load_dataset("digits", image_size=32, channels=3)

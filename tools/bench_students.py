@@ -37,12 +37,12 @@ def main() -> int:
     import torch
     from targets import load_target
 
-    from compressor.checkpoint import load_checkpoint
-    from compressor.data import load_dataset
-    from compressor.distill import LogitsCache, TrainConfig, train_student
-    from compressor.models import build_from_arch
-    from compressor.onnx_export import export_onnx
-    from compressor.teachers import load_teacher
+    from compressor.models.checkpoint import load_checkpoint
+    from compressor.data.datasets import load_dataset
+    from compressor.train.distill import LogitsCache, TrainConfig, train_student
+    from compressor.models.build import build_from_arch
+    from compressor.models.onnx_export import export_onnx
+    from compressor.models.teachers import load_teacher
 
     torch.set_num_threads(1)
     run = Path(args.run)

@@ -44,7 +44,7 @@ from targets import Target, availability
 from compressor.errors import UserError
 from compressor.export import builders, parity
 from compressor.export.deploy import render_deploy
-from compressor.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME
+from compressor.models.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME
 
 __all__ = ["FORMATS", "ExportConfig", "default_formats", "export_bundle", "recommend", "plan_formats"]
 
@@ -175,7 +175,7 @@ def export_bundle(
     Args:
         model: the trained torch.nn.Module (the parity reference).
         arch: its ArchSpec JSON string or "torchvision:NAME", recorded in the bundle.
-        dataset: a `compressor.data.Dataset`-like object (input_shape, train_x, test_x, test_y).
+        dataset: a `compressor.data.datasets.Dataset`-like object (input_shape, train_x, test_x, test_y).
         target: where the artifacts will run.
         out_dir: the bundle directory; an existing bundle there is replaced once the new one is complete.
         config: formats and gate thresholds.

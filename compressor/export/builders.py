@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from compressor.onnx_export import INPUT_NAME, export_onnx
+from compressor.models.onnx_export import INPUT_NAME, export_onnx
 
 GRAPH_OPTIMIZATION_LEVELS = {
     "disable": "ORT_DISABLE_ALL",

@@ -2,7 +2,7 @@
 
 MACs count convolutions and linear layers (what dominates a CNN's compute),
 measured with forward hooks on one sample of the real input shape
-(`profilers.torch_eager.count_macs`, the same counter the torch profiler
+(`profilers.backends.torch_eager.count_macs`, the same counter the torch profiler
 uses), so strides and the small-image stem are accounted for exactly.
 """
 
@@ -25,7 +25,7 @@ def count_macs(model, input_shape: tuple[int, int, int]) -> int:
     """
     import torch
 
-    from profilers.torch_eager import count_macs as count_forward_macs
+    from profilers.backends.torch_eager import count_macs as count_forward_macs
 
     was_training = model.training
     model.eval()

@@ -16,8 +16,8 @@ import json
 import os
 from pathlib import Path
 
-from compressor.commands.common import parse_shape, positive_int
-from compressor.console import console, print_json, print_table
+from compressor.cli.common import parse_shape, positive_int
+from compressor.cli.console import console, print_json, print_table
 from compressor.errors import UserError
 
 

@@ -1,6 +1,6 @@
 """The `compressor` command line.
 
-Each sub-command lives in `compressor/commands/<name>.py` and exposes
+Each sub-command lives in `compressor/cli/commands/<name>.py` and exposes
 `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
 This module only assembles them and applies the conventions every command
 shares: `--help`; a `UserError` (or a `TargetError`, a bad input by
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"compressor.commands.{name}").register(sub)
+        importlib.import_module(f"compressor.cli.commands.{name}").register(sub)
     return parser
 
 

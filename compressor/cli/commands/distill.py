@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from compressor.commands.common import positive_float, positive_int
+from compressor.cli.common import positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from compressor.data import add_data_args
-    from compressor.distill import TrainConfig
-    from compressor.teachers import add_teacher_args
+    from compressor.data.datasets import add_data_args
+    from compressor.train.distill import TrainConfig
+    from compressor.models.teachers import add_teacher_args
 
     parser = sub.add_parser(
         "distill",
@@ -36,19 +36,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressor.console import epoch_progress
+    from compressor.cli.console import epoch_progress
     import json
     from pathlib import Path
 
     import torch
 
-    from compressor.checkpoint import Checkpoint, save_checkpoint
-    from compressor.console import print_json, print_table
-    from compressor.data import dataset_from_args
-    from compressor.distill import LogitsCache, TrainConfig, train_student
+    from compressor.models.checkpoint import Checkpoint, save_checkpoint
+    from compressor.cli.console import print_json, print_table
+    from compressor.data.datasets import dataset_from_args
+    from compressor.train.distill import LogitsCache, TrainConfig, train_student
     from compressor.errors import UserError
-    from compressor.models import build_from_arch
-    from compressor.teachers import teacher_from_args
+    from compressor.models.build import build_from_arch
+    from compressor.models.teachers import teacher_from_args
 
     if not 0.0 <= args.alpha <= 1.0:
         raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")

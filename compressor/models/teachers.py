@@ -3,14 +3,14 @@
 Three kinds, one interface (`Teacher.logits`, `Teacher.onnx_bytes`):
 - `torchvision:ARCH` with `--teacher-weights FILE`: a state dict read with
   `torch.load(weights_only=True)`;
-- a compressor checkpoint (state dict + architecture, compressor.checkpoint);
+- a compressor checkpoint (state dict + architecture, compressor.models.checkpoint);
 - an `.onnx` file from any framework: checked with `onnx.checker`, then run
   with ONNX Runtime.
 
 `content_hash` covers the architecture and the weights (or the ONNX bytes),
 so the teacher-logits cache is invalidated whenever the teacher changes.
 Nothing read from a file is executed: a checkpoint carrying pickled objects
-is refused (compressor.checkpoint.safe_torch_load).
+is refused (compressor.models.checkpoint.safe_torch_load).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Teacher:
         """The teacher as ONNX (for profiling it on a target): exported, or the file itself."""
         if self.onnx_model is not None:
             return self.onnx_model
-        from compressor.onnx_export import export_onnx
+        from compressor.models.onnx_export import export_onnx
 
         return export_onnx(self.module, tuple(input_shape))
 
@@ -94,8 +94,8 @@ def load_teacher(ref: str, *, weights: str | None = None, num_classes: int,
     Raises:
         UserError: missing or unreadable files, pickled payloads, mismatched classes or weights.
     """
-    from compressor.checkpoint import load_checkpoint, safe_torch_load
-    from compressor.models import model_from_checkpoint, torchvision_model
+    from compressor.models.checkpoint import load_checkpoint, safe_torch_load
+    from compressor.models.build import model_from_checkpoint, torchvision_model
 
     if ref.endswith(".onnx"):
         return _onnx_teacher(ref, num_classes, input_shape)

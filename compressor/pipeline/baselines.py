@@ -23,8 +23,8 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
     """Pick, train and measure the best plain CNN that meets the budgets.
 
     Args:
-        teacher: a compressor.teachers.Teacher.
-        dataset: a compressor.data.Dataset.
+        teacher: a compressor.models.teachers.Teacher.
+        dataset: a compressor.data.datasets.Dataset.
         target: a preset name, TOML path or targets.Target; budget arguments override its budgets.
         epochs: training epochs (use the searched student's final epochs).
         teacher_logits: the logits cache's dict (computed if None).
@@ -36,8 +36,8 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
     import torch
     from targets import Target, load_target
 
-    from compressor.distill import LogitsCache, TrainConfig, train_student
-    from compressor.onnx_export import export_onnx
+    from compressor.train.distill import LogitsCache, TrainConfig, train_student
+    from compressor.models.onnx_export import export_onnx
     from compressor.spaces import build_model, spec_from_ref
 
     if not isinstance(target, Target):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compressor.commands.common import positive_float, positive_int
+from compressor.cli.common import positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from compressor.demo import DemoConfig
+    from compressor.pipeline.demo import DemoConfig
 
     d = DemoConfig()
     parser = sub.add_parser(
@@ -37,9 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressor.commands.compress import parse_fidelities, print_summary
-    from compressor.console import console, print_json, print_table
-    from compressor.demo import DemoConfig, run_demo
+    from compressor.cli.commands.compress import parse_fidelities, print_summary
+    from compressor.cli.console import console, print_json, print_table
+    from compressor.pipeline.demo import DemoConfig, run_demo
 
     report = run_demo(DemoConfig(
         out=args.out, target=args.target, image_size=args.image_size, teacher_epochs=args.teacher_epochs,

@@ -182,10 +182,10 @@ def train_student(model, dataset, config: TrainConfig, *, teacher_logits: dict |
 
     Args:
         model: a torch.nn.Module (initialised by the caller).
-        dataset: a compressor.data.Dataset.
+        dataset: a compressor.data.datasets.Dataset.
         config: TrainConfig.
         teacher_logits: the LogitsCache dict; used when augmentation is off.
-        teacher: a compressor.teachers.Teacher, run online on augmented batches.
+        teacher: a compressor.models.teachers.Teacher, run online on augmented batches.
         evaluate_test: also measure test accuracy.
         progress: called as progress(epoch, epochs, mean_loss, seconds) after each epoch.
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compressor.commands.common import add_target_args, positive_float, positive_int, resolve_target
-from compressor.console import err_console, print_json, print_table
+from compressor.cli.common import add_target_args, positive_float, positive_int, resolve_target
+from compressor.cli.console import err_console, print_json, print_table
 from compressor.errors import UserError
 
 FORMATS_HELP = "onnx,ort,int8,fp16,tensorrt"
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement (faster)")
     parser.add_argument("--out", required=True, metavar="DIR", help="bundle directory")
     parser.add_argument("--json", action="store_true", help="print artifacts.json on stdout")
-    from compressor.data import add_data_args
+    from compressor.data.datasets import add_data_args
 
     add_data_args(parser)
     # The checkpoint knows its input shape; the dataset follows it unless the user says otherwise.
@@ -51,10 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressor.checkpoint import load_checkpoint
-    from compressor.data import dataset_from_args
+    from compressor.models.checkpoint import load_checkpoint
+    from compressor.data.datasets import dataset_from_args
     from compressor.export import ExportConfig, export_bundle
-    from compressor.models import model_from_checkpoint
+    from compressor.models.build import model_from_checkpoint
 
     target = resolve_target(args.target, args)
     path = _checkpoint_path(Path(args.checkpoint))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from compressor.commands.common import positive_float, positive_int
+from compressor.cli.common import positive_float, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from compressor.data import add_data_args
+    from compressor.data.datasets import add_data_args
 
     parser = sub.add_parser(
         "train-teacher",
@@ -30,14 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressor.console import epoch_progress
+    from compressor.cli.console import epoch_progress
     import torch
 
-    from compressor.checkpoint import Checkpoint, save_checkpoint
-    from compressor.console import err_console, print_json, print_table
-    from compressor.data import dataset_from_args
-    from compressor.distill import TrainConfig, train_student
-    from compressor.models import build_from_arch
+    from compressor.models.checkpoint import Checkpoint, save_checkpoint
+    from compressor.cli.console import err_console, print_json, print_table
+    from compressor.data.datasets import dataset_from_args
+    from compressor.train.distill import TrainConfig, train_student
+    from compressor.models.build import build_from_arch
 
     dataset = dataset_from_args(args)
     torch.manual_seed(args.seed)

@@ -6,9 +6,9 @@
 2. It is profiled on the target (`cpu-1t`: one ONNX Runtime thread on one
    pinned core); the latency budget is a fraction of its p50 (1/20) and the
    memory budget a fraction of its peak memory (1/2).
-3. `compressor.pipeline.compress` searches (TPE, successive halving), trains
+3. `compressor.pipeline.compress.compress` searches (TPE, successive halving), trains
    the winner and, with `baseline=True`, the best hand-designed student at
-   the same budget (compressor.baselines, same teacher and epochs), exports
+   the same budget (compressor.pipeline.baselines, same teacher and epochs), exports
    the bundle and writes the report.
 4. The summary compares teacher, searched student and baseline side by side
    and checks the goals (accuracy within 0.5 point of the teacher, >= 100x
@@ -52,9 +52,9 @@ def demo_teacher(config: DemoConfig, dataset, say) -> Path:
     """The cached demo teacher's checkpoint, trained first if absent."""
     import torch
 
-    from compressor.checkpoint import Checkpoint, save_checkpoint
-    from compressor.distill import TrainConfig, train_student
-    from compressor.models import build_from_arch
+    from compressor.models.checkpoint import Checkpoint, save_checkpoint
+    from compressor.train.distill import TrainConfig, train_student
+    from compressor.models.build import build_from_arch
 
     key = hashlib.sha256(json.dumps([config.teacher_arch, dataset.identity, config.teacher_epochs, config.seed,
                                      "augment", "bs32-lr0.05"]).encode()).hexdigest()[:12]
@@ -83,11 +83,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     import profilers
     from targets import load_target
 
-    from compressor.console import err_console
-    from compressor.data import load_dataset
-    from compressor.pipeline import DataOptions, compress
-    from compressor.report import write_report
-    from compressor.teachers import load_teacher
+    from compressor.cli.console import err_console
+    from compressor.data.datasets import load_dataset
+    from compressor.pipeline.compress import DataOptions, compress
+    from compressor.pipeline.report import write_report
+    from compressor.models.teachers import load_teacher
 
     def say(text: str) -> None:
         if not config.quiet:
@@ -127,7 +127,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
 def _previous_budgets(run_dir: Path) -> dict[str, Any] | None:
     """The budgets of an existing run in `run_dir`, if there is one."""
-    from compressor.store import TrialStore
+    from compressor.search.store import TrialStore
 
     if not (run_dir / "trials.sqlite").is_file():
         return None

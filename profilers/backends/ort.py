@@ -3,9 +3,9 @@
 One measurement: check and analyse the model (`onnx_model.prepare_model`), derive
 the inputs from its signature, pin the measuring thread to the target's
 `cpu_affinity`, create the session with the target's options (see
-`_memprobe.SessionSettings`), time it adaptively (`stats.time_adaptively`),
+`memprobe.SessionSettings`), time it adaptively (`stats.time_adaptively`),
 restore the affinity, and finally measure peak memory in a fresh child
-process (`_memprobe.py`) so that nothing of this process (torch, earlier
+process (`memprobe.py`) so that nothing of this process (torch, earlier
 sessions) is counted.
 """
 
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from profilers import host
-from profilers._memprobe import SessionSettings, create_session
+from profilers.backends.memprobe import SessionSettings, create_session
 from profilers.errors import ProfileError
 from profilers.onnx_model import CheckedModel, make_inputs, prepare_model
 from profilers.profile import build_profile
@@ -28,7 +28,7 @@ from profilers.stats import time_adaptively
 
 __all__ = ["OnnxRuntimeBackend", "session_settings"]
 
-MEMPROBE = Path(__file__).with_name("_memprobe.py")
+MEMPROBE = Path(__file__).with_name("memprobe.py")
 MEMPROBE_RUNS = 3
 MEMPROBE_TIMEOUT_S = 300
 
@@ -132,7 +132,7 @@ class OnnxRuntimeBackend:
         )
 
     def _peak_memory(self, checked: CheckedModel, settings: SessionSettings, specs, shapes) -> tuple[float | None, str]:
-        from profilers._memprobe import request_for
+        from profilers.backends.memprobe import request_for
 
         inputs = [{"name": s.name, "dtype": s.dtype.str, "shape": list(shapes[s.name])} for s in specs]
         with tempfile.TemporaryDirectory(prefix="compressor-memprobe-") as tmp:

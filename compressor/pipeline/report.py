@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from compressor.store import TrialRecord
+from compressor.search.store import TrialRecord
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

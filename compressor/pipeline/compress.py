@@ -5,9 +5,9 @@ Order of work, cheapest first (DESIGN.md): resolve the target and its budgets
 accuracy and profile (kept in the run's store, so a resume does not measure
 again) -> screen the space's smallest network against the budgets (an
 unreachable budget is reported in seconds, not after an hour) -> the search
-(compressor.search) -> final training of the best family's best member ->
+(compressor.search.loop) -> final training of the best family's best member ->
 `best.pt` -> profile -> optionally the hand-designed baseline at the same
-budget (compressor.baselines, same teacher and epochs, kept in the store) ->
+budget (compressor.pipeline.baselines, same teacher and epochs, kept in the store) ->
 export bundle (compressor.export) -> report.
 
 Every stage that has finished is on disk before the next begins; a resumed
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import UserError
-from compressor.search import (
+from compressor.search.loop import (
     CompressResult,
     Search,
     SearchConfig,
@@ -31,12 +31,12 @@ from compressor.search import (
     json_safe,
     pareto_front,
 )
-from compressor.store import RunLock, TrialStore
+from compressor.search.store import RunLock, TrialStore
 
 
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
-    """How the dataset is read (mirrors compressor.data.load_dataset's keywords)."""
+    """How the dataset is read (mirrors compressor.data.datasets.load_dataset's keywords)."""
 
     image_size: int | None = 32
     channels: int | None = 3
@@ -103,8 +103,8 @@ def compress(
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a directory")
-    from compressor.data import load_dataset
-    from compressor.teachers import load_teacher
+    from compressor.data.datasets import load_dataset
+    from compressor.models.teachers import load_teacher
 
     # Bad data or a bad teacher fail before anything is written.
     dataset = load_dataset(data, **dataclasses.asdict(data_options))
@@ -122,7 +122,7 @@ def compress(
 
 def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, quiet, cache_dir,
                      baseline) -> CompressResult:
-    from compressor.distill import LogitsCache
+    from compressor.train.distill import LogitsCache
 
     fingerprint = json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash,
                              "dataset": dataset.identity, "label_fraction": dataset.label_fraction,
@@ -162,7 +162,7 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
     report = _base_report(config, target, teacher_info, records, seconds)
     if best is None:
         report["failure"] = failure_summary(records)
-        from compressor.report import write_report
+        from compressor.pipeline.report import write_report
 
         write_report(run_dir, report, records)
         raise UserError(f"no feasible student in {len(records)} evaluations: {report['failure']}; loosen the budgets, "
@@ -195,7 +195,7 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
                 report["artifacts_error"] = f"{type(exc).__name__}: {exc}"
                 artifacts = []
         report["artifacts"] = artifacts
-    from compressor.report import write_report
+    from compressor.pipeline.report import write_report
 
     write_report(run_dir, report, records)
     return CompressResult(run_dir=run_dir, report=report, checkpoint=checkpoint, records=records)
@@ -228,7 +228,7 @@ def _check_reachable(config, target, dataset) -> None:
     """Fail in seconds if even the space's smallest network is over budget."""
     import profilers
 
-    from compressor.onnx_export import export_onnx
+    from compressor.models.onnx_export import export_onnx
     from compressor.spaces import get_space
 
     if not target.budgets.any():
@@ -253,10 +253,10 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
     import profilers
     import torch
 
-    from compressor.checkpoint import Checkpoint, save_checkpoint
-    from compressor.console import err_console
-    from compressor.distill import TrainConfig, train_student
-    from compressor.onnx_export import export_onnx
+    from compressor.models.checkpoint import Checkpoint, save_checkpoint
+    from compressor.cli.console import err_console
+    from compressor.train.distill import TrainConfig, train_student
+    from compressor.models.onnx_export import export_onnx
     from compressor.spaces import ArchSpec, build_model
 
     member = max(range(len(best.member_accuracies)), key=lambda i: best.member_accuracies[i])
@@ -285,8 +285,8 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
 
 def _baseline(config, store, teacher, dataset, logits, target, quiet: bool) -> dict[str, Any]:
     """The hand-designed student at the run's budget, trained once per run (a resume reads it from the store)."""
-    from compressor.baselines import hand_designed_baseline
-    from compressor.console import err_console
+    from compressor.pipeline.baselines import hand_designed_baseline
+    from compressor.cli.console import err_console
 
     found = store.get_meta("baseline")
     if found is None:
@@ -299,8 +299,8 @@ def _baseline(config, store, teacher, dataset, logits, target, quiet: bool) -> d
 
 
 def _load_student(checkpoint: Path):
-    from compressor.checkpoint import load_checkpoint
-    from compressor.models import model_from_checkpoint
+    from compressor.models.checkpoint import load_checkpoint
+    from compressor.models.build import model_from_checkpoint
 
     return model_from_checkpoint(load_checkpoint(checkpoint))
 
@@ -356,7 +356,7 @@ class _Progress:
         if not self.quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-            from compressor.console import err_console
+            from compressor.cli.console import err_console
 
             self._progress = Progress(TextColumn("[bold]search[/]"), BarColumn(), MofNCompleteColumn(),
                                       TextColumn("{task.description}"), TimeElapsedColumn(), TextColumn("ETA"),

@@ -32,13 +32,13 @@ How the parts fit (DESIGN.md, "Data flow of compressor compress"):
   over-budget families. Errors (exceptions, NaN losses, timeouts) are failed
   trials to hyperopt too.
 * **Nothing lost.** Every evaluation is committed to `trials.sqlite` when it
-  ends (compressor.store). `resume=True` restores hyperopt's history from the
+  ends (compressor.search.store). `resume=True` restores hyperopt's history from the
   store and replays the same schedule, skipping finished evaluations; at most
   the evaluation in flight is redone.
 * **After the search** the best family's best member at the highest fidelity
   is trained for `final_epochs`, evaluated on the test split, saved as
   `best.pt`, profiled, exported (compressor.export) and reported
-  (compressor.report).
+  (compressor.pipeline.report).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from typing import Any, Callable
 import numpy as np
 
 from compressor.errors import UserError
-from compressor.store import RunLock, TrialRecord, TrialStore
+from compressor.search.store import RunLock, TrialRecord, TrialStore
 
 STRATEGIES = ("tpe", "random")
 KD_KNOBS = ("kd_alpha", "kd_tau", "lr")
@@ -306,7 +306,7 @@ class Search:
     def _screen(self, rec: TrialRecord, specs) -> None:
         import profilers
 
-        from compressor.onnx_export import export_onnx
+        from compressor.models.onnx_export import export_onnx
 
         budgets = self.target.budgets
         batch_shape = (self.target.batch_size, *self.dataset.input_shape)
@@ -333,7 +333,7 @@ class Search:
     def _train(self, rec: TrialRecord, specs, fidelity: int, started: float) -> None:
         import torch
 
-        from compressor.distill import TrainConfig, train_student
+        from compressor.train.distill import TrainConfig, train_student
 
         cfg = self.config
         accuracies = []

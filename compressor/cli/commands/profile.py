@@ -2,7 +2,7 @@
 
 MODEL is an .onnx file (checked with onnx.checker before anything runs it)
 or `torchvision:ARCH` (random weights, exported on the fly with
-`compressor.onnx_export.export_onnx` to a temporary file; a `torch` target
+`compressor.models.onnx_export.export_onnx` to a temporary file; a `torch` target
 measures the module itself). Each `--target` is profiled in turn with
 `profilers.measure`; one target prints a table of its figures, several print
 one column per target. `--json` prints the Profile contract (a list of
@@ -16,8 +16,8 @@ import difflib
 import tempfile
 from pathlib import Path
 
-from compressor.commands.common import add_target_args, parse_shape, positive_float, positive_int, resolve_target
-from compressor.console import err_console, fmt, print_json, print_table
+from compressor.cli.common import add_target_args, parse_shape, positive_float, positive_int, resolve_target
+from compressor.cli.console import err_console, fmt, print_json, print_table
 from compressor.errors import UserError
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"--input-shape for a torchvision model must be NxCxHxW, got {args.input_shape!r}")
             module = _torchvision_model(arch, args.num_classes)
             model = Path(tmp) / f"{arch}.onnx"
-            from compressor.onnx_export import export_onnx
+            from compressor.models.onnx_export import export_onnx
 
             with err_console.status(f"exporting {args.model} to ONNX"):
                 export_onnx(module, input_shape, model)

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions as the target configures them, and the peak-memory probe.
 
 This file imports only the standard library, numpy and onnxruntime, because
-it is also run as a script (by path, `python -I .../_memprobe.py`) in a fresh
+it is also run as a script (by path, `python -I .../memprobe.py`) in a fresh
 child process that measures peak memory: importing the `profilers` package
 there would load onnx (and, in a pipeline, torch) and pollute the baseline.
 

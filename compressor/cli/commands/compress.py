@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from compressor.commands.common import add_target_args, positive_float, positive_int
+from compressor.cli.common import add_target_args, positive_float, positive_int
 from compressor.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from compressor.search import STRATEGIES, SearchConfig
+    from compressor.search.loop import STRATEGIES, SearchConfig
 
     defaults = SearchConfig()
     parser = sub.add_parser(
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
-    from compressor.data import add_data_args
+    from compressor.data.datasets import add_data_args
 
     add_data_args(parser)
 
@@ -60,14 +60,14 @@ def parse_fidelities(text: str) -> tuple[int, ...]:
 
 
 def data_options_from_args(args: argparse.Namespace):
-    from compressor.pipeline import DataOptions
+    from compressor.pipeline.compress import DataOptions
 
     return DataOptions(image_size=args.image_size, channels=args.channels, seed=args.split_seed,
                        data_root=args.data_root, download=args.download, label_fraction=args.label_fraction)
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressor.pipeline import compress
+    from compressor.pipeline.compress import compress
 
     result = compress(
         args.teacher, out=args.out, data=args.data, target=args.target, teacher_weights=args.teacher_weights,
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         export_formats=tuple(args.formats.split(",")) if args.formats else None,
     )
     if args.json:
-        from compressor.console import print_json
+        from compressor.cli.console import print_json
 
         print_json(result.report)
     else:
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(report: dict, run_dir) -> None:
     """Teacher vs student (and baselines) side by side, then where the files are."""
-    from compressor.console import console, print_table
+    from compressor.cli.console import console, print_table
 
     percentile = report["budgets"].get("latency_percentile", "p50")
     rows = [("teacher", report["teacher"])]

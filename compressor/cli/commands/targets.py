@@ -7,7 +7,7 @@ import sys
 
 from targets import availability, list_targets, load_target, target_to_toml
 
-from compressor.console import print_json, print_table
+from compressor.cli.console import print_json, print_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

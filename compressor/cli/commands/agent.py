@@ -17,7 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
-from compressor.commands.common import positive_float
+from compressor.cli.common import positive_float
 from compressor.errors import UserError
 
 

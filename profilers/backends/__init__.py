@@ -1,0 +1,7 @@
+"""Runtime backends, one module each, registered by name in `profilers` and imported on first use.
+
+`ort` (ONNX Runtime, with `memprobe` measuring peak memory in a fresh
+process), `trt` (TensorRT 10), `torch_eager` (eager PyTorch) and `remote`
+(a device's `compressor agent`). Each is a small class with `available()`,
+`measure(model, target, ...)` and `describe()`.
+"""
