@@ -19,11 +19,12 @@ import contextlib
 import os
 import platform
 from functools import lru_cache
+from pathlib import Path
 from typing import Iterator
 
 import psutil
 
-__all__ = ["cpu_model", "current_affinity", "environment", "physical_cores", "pinned_to"]
+__all__ = ["cache_root", "cpu_model", "current_affinity", "environment", "physical_cores", "pinned_to"]
 
 
 @lru_cache(maxsize=1)
@@ -76,3 +77,11 @@ def pinned_to(cpus: tuple[int, ...] | list[int]) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, previous)
+
+
+def cache_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """Where the toolkit caches what is expensive to redo (teacher logits, demo teachers, TensorRT timing caches).
+
+    `override` (a `--cache-dir`), else `$COMPRESSOR_CACHE`, else `~/.cache/compressor`.
+    """
+    return Path(override or os.environ.get("COMPRESSOR_CACHE") or Path.home() / ".cache" / "compressor")

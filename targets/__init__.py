@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from targets.errors import TargetError, UserError
+from targets.errors import TargetError, UserError, first_line
 
 __all__ = [
     "Budgets",
@@ -37,6 +37,8 @@ __all__ = [
     "Target",
     "TargetError",
     "UserError",
+    "first_line",
+    "GRAPH_OPTIMIZATION_LEVELS",
     "availability",
     "list_targets",
     "load_target",
@@ -140,7 +142,15 @@ class Target:
         return data
 
 
-_GRAPH_OPTS = ("disable", "basic", "extended", "all")
+# `graph_optimization` values -> the name of ONNX Runtime's GraphOptimizationLevel member (a string,
+# so that this package needs no onnxruntime import; backends getattr() it).
+GRAPH_OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+_GRAPH_OPTS = tuple(GRAPH_OPTIMIZATION_LEVELS)
 
 # key -> (type(s), description for messages)
 _TOP_KEYS: dict[str, tuple[tuple[type, ...], str]] = {

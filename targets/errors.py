@@ -17,3 +17,14 @@ class UserError(Exception):
 
 class TargetError(UserError, ValueError):
     """A target definition is invalid; the message names the key and the fix."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, cut to `limit` characters (its type name if empty).
+
+    Third-party exceptions often carry a multi-line dump (an ONNX graph, a
+    traceback from a worker); a one-line error or a trial's reason keeps the
+    line that names the problem.
+    """
+    lines = str(exc).strip().splitlines()
+    return (lines[0].strip() if lines else type(exc).__name__)[:limit]

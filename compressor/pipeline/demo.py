@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from profilers import host
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -44,10 +46,6 @@ class DemoConfig:
     quiet: bool = False
 
 
-def cache_root(cache_dir: Path | None) -> Path:
-    return Path(cache_dir or os.environ.get("COMPRESSOR_CACHE") or Path.home() / ".cache" / "compressor")
-
-
 def demo_teacher(config: DemoConfig, dataset, say) -> Path:
     """The cached demo teacher's checkpoint, trained first if absent."""
     import torch
@@ -58,7 +56,7 @@ def demo_teacher(config: DemoConfig, dataset, say) -> Path:
 
     key = hashlib.sha256(json.dumps([config.teacher_arch, dataset.identity, config.teacher_epochs, config.seed,
                                      "augment", "bs32-lr0.05"]).encode()).hexdigest()[:12]
-    path = cache_root(config.cache_dir) / "demo" / f"teacher-{config.teacher_arch.split(':')[-1]}-{key}.pt"
+    path = host.cache_root(config.cache_dir) / "demo" / f"teacher-{config.teacher_arch.split(':')[-1]}-{key}.pt"
     if path.is_file():
         say(f"teacher: reusing {path}")
         return path

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from profilers import host
+
 CACHE_VERSION = "logits-v1"
 
 
@@ -92,15 +94,11 @@ def kd_step_loss(student_logits, teacher: SoftTargets | None, targets, *, alpha:
     return (1.0 - alpha) * ce + alpha * kl
 
 
-def default_cache_root() -> Path:
-    return Path(os.environ.get("COMPRESSOR_CACHE") or Path.home() / ".cache" / "compressor")
-
-
 class LogitsCache:
     """Teacher logits per (teacher, dataset), on disk."""
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root) if root is not None else default_cache_root()
+        self.root = host.cache_root(root)
         self.hits = 0
         self.misses = 0
 
