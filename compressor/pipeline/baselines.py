@@ -32,30 +32,26 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
     Returns:
         {"name", "arch", "val_accuracy", "test_accuracy", "params", "macs", "profile", "meets_budget", "kd"}.
     """
-    import profilers
     import torch
     from targets import Target, load_target
 
-    from compressor.train.distill import LogitsCache, TrainConfig, train_student
-    from compressor.models.onnx_export import export_onnx
+    from compressor.models.on_target import check_on_target
     from compressor.spaces import build_model, spec_from_ref
+    from compressor.train.distill import LogitsCache, TrainConfig, train_student
 
     if not isinstance(target, Target):
         target = load_target(target)
     target = target.with_budgets(latency_ms=latency_ms, memory_mb=memory_mb, size_mb=size_mb)
-    shape = (target.batch_size, *dataset.input_shape)
     chosen = None
     for widths in PLAIN_WIDTHS:
         spec = spec_from_ref(f"zoo:plain:widths={widths}", seed=seed)
         model = build_model(spec, dataset.input_shape, dataset.num_classes)
-        profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape,
-                                    memory=target.budgets.memory_mb is not None)
-        fits = not profilers.budget_violations(profile, target.budgets)
+        fits = check_on_target(model, target, dataset.input_shape).fits
         if chosen is None or fits:
-            chosen = (widths, spec, profile, fits)
+            chosen = (widths, spec, fits)
         if not fits:
             break
-    widths, spec, profile, fits = chosen
+    widths, spec, fits = chosen
     if teacher_logits is None:
         teacher_logits = LogitsCache(cache_dir).get(teacher, dataset)
     best = None
@@ -67,7 +63,7 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
         if result.status == "ok" and (best is None or result.val_accuracy > best[1].val_accuracy):
             best = (kd, result, model)
     kd, result, model = best
-    final_profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape, memory=True)
+    final_profile = check_on_target(model, target, dataset.input_shape, memory=True).profile
     return {
         "name": f"plain CNN {widths}",
         "arch": f"zoo:plain:widths={widths}",

@@ -214,49 +214,43 @@ def _target_key(target) -> dict[str, Any]:
 
 
 def _describe_teacher(teacher, dataset, logits, target) -> dict[str, Any]:
-    import profilers
+    from compressor.models.on_target import check_on_target
 
     shape = (target.batch_size, *dataset.input_shape)
     val_acc = float((logits["val"].argmax(1) == dataset.val_y).float().mean())
     test_acc = float((logits["test"].argmax(1) == dataset.test_y).float().mean())
-    profile = profilers.measure(teacher.onnx_bytes(shape), target, input_shape=shape, memory=True)
+    profile = check_on_target(teacher.onnx_bytes(shape), target, dataset.input_shape, memory=True).profile
     return {"ref": teacher.ref, "arch": teacher.arch, "val_accuracy": val_acc, "test_accuracy": test_acc,
             "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile}
 
 
 def _check_reachable(config, target, dataset) -> None:
     """Fail in seconds if even the space's smallest network is over budget."""
-    import profilers
-
-    from compressor.models.onnx_export import export_onnx
+    from compressor.models.on_target import check_on_target
     from compressor.spaces import get_space
 
     if not target.budgets.any():
         return
     space = get_space(config.space)
     spec = space.sample(space.smallest_params(), config.seed)
-    shape = (target.batch_size, *dataset.input_shape)
     model = space.build(spec, dataset.input_shape, dataset.num_classes)
-    profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape,
-                                max_seconds=config.profile_seconds, memory=target.budgets.memory_mb is not None)
-    violations = profilers.budget_violations(profile, target.budgets)
-    if violations:
+    checked = check_on_target(model, target, dataset.input_shape, max_seconds=config.profile_seconds)
+    if not checked.fits:
         raise UserError(
             f"budgets unreachable on {target.name}: even the smallest network of the {config.space!r} space "
-            f"measures {violations[0][0]}; loosen the budget or choose another --space"
+            f"measures {checked.reasons[0]}; loosen the budget or choose another --space"
         )
 
 
 def _final_training(config, best, dataset, logits, target, checkpoint: Path, quiet: bool) -> dict[str, Any]:
     import json
 
-    import profilers
     import torch
 
-    from compressor.models.checkpoint import Checkpoint, save_checkpoint
     from compressor.cli.console import err_console
+    from compressor.models.checkpoint import Checkpoint, save_checkpoint
+    from compressor.models.on_target import check_on_target
     from compressor.train.distill import TrainConfig, train_student
-    from compressor.models.onnx_export import export_onnx
     from compressor.spaces import ArchSpec, build_model
 
     member = max(range(len(best.member_accuracies)), key=lambda i: best.member_accuracies[i])
@@ -277,8 +271,7 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
     save_checkpoint(checkpoint, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
                                            num_classes=dataset.num_classes, input_shape=dataset.input_shape,
                                            meta=meta))
-    shape = (target.batch_size, *dataset.input_shape)
-    profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape, memory=True)
+    profile = check_on_target(model, target, dataset.input_shape, memory=True).profile
     return {**meta, "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
 

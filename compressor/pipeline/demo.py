@@ -77,11 +77,11 @@ def demo_teacher(config: DemoConfig, dataset, say) -> Path:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the demo; returns the run's report with the baseline and the goal checks added."""
-    import profilers
     from targets import load_target
 
     from compressor.cli.console import err_console
     from compressor.data.datasets import load_dataset
+    from compressor.models.on_target import check_on_target
     from compressor.pipeline.compress import DataOptions, compress
     from compressor.pipeline.report import write_report
     from compressor.models.teachers import load_teacher
@@ -104,7 +104,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         say(f"continuing {run_dir} with its budgets: {latency_ms:.3f} ms p50, {memory_mb:.1f} MiB")
     else:
         shape = (target.batch_size, *dataset.input_shape)
-        teacher_profile = profilers.measure(teacher.onnx_bytes(shape), target, input_shape=shape, memory=True)
+        teacher_profile = check_on_target(teacher.onnx_bytes(shape), target, dataset.input_shape, memory=True).profile
         latency_ms = teacher_profile["latency_ms"]["p50"] * config.latency_fraction
         memory_mb = (teacher_profile["peak_memory_mb"] or 0) * config.memory_fraction or None
         say(f"teacher p50 on {target.name}: {teacher_profile['latency_ms']['p50']:.3f} ms -> latency budget "

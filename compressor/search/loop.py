@@ -57,7 +57,7 @@ from typing import Any, Callable
 import numpy as np
 
 from compressor.errors import UserError
-from compressor.search.store import RunLock, TrialRecord, TrialStore
+from compressor.search.store import TrialRecord, TrialStore
 
 STRATEGIES = ("tpe", "random")
 KD_KNOBS = ("kd_alpha", "kd_tau", "lr")
@@ -304,30 +304,24 @@ class Search:
         return rec
 
     def _screen(self, rec: TrialRecord, specs) -> None:
-        import profilers
+        from compressor.models.on_target import check_on_target
 
-        from compressor.models.onnx_export import export_onnx
-
-        budgets = self.target.budgets
-        batch_shape = (self.target.batch_size, *self.dataset.input_shape)
         for spec in specs:
             model = self.space.build(spec, self.dataset.input_shape, self.dataset.num_classes)
-            onnx_bytes = export_onnx(model, batch_shape)
-            profile = profilers.measure(onnx_bytes, self.target, input_shape=batch_shape,
-                                        max_seconds=self.config.profile_seconds,
-                                        memory=budgets.memory_mb is not None)
+            checked = check_on_target(model, self.target, self.dataset.input_shape,
+                                      max_seconds=self.config.profile_seconds)
+            profile = checked.profile
             rec.profiles.append(profile)
-            rec.latency_ms = max(rec.latency_ms or 0.0, profile["latency_ms"][budgets.latency_percentile])
+            rec.latency_ms = max(rec.latency_ms or 0.0, profile["latency_ms"][self.target.budgets.latency_percentile])
             if profile.get("peak_memory_mb") is not None:
                 rec.memory_mb = max(rec.memory_mb or 0.0, profile["peak_memory_mb"])
             rec.size_mb = max(rec.size_mb or 0.0, profile["model_size_mb"])
             rec.n_params = max(rec.n_params or 0, int(profile["params"]))
             rec.macs = max(rec.macs or 0, int(profile["macs"]))
-            violations = profilers.budget_violations(profile, budgets)
-            if violations:
+            if not checked.fits:
                 rec.status = "infeasible"
-                rec.reason = "; ".join(v[0] for v in violations)
-                rec.loss = 1.0 + min(10.0, max(v[1] for v in violations))
+                rec.reason = "; ".join(checked.reasons)
+                rec.loss = 1.0 + min(10.0, checked.overshoot)
                 return
 
     def _train(self, rec: TrialRecord, specs, fidelity: int, started: float) -> None:
