@@ -11,9 +11,8 @@ from compressor.spaces import load_spec
 
 
 @pytest.fixture
-def run(monkeypatch, capsys):
-    """Run the CLI with only this area's command registered (other commands are built in parallel)."""
-    monkeypatch.setattr(cli, "COMMANDS", ("space",))
+def run(capsys):
+    """Run the CLI in-process and capture what it prints."""
 
     def invoke(*argv: str) -> tuple[int, str, str]:
         code = cli.main(list(argv))

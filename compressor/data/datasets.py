@@ -53,6 +53,9 @@ class Dataset:
     test_y: Any
     class_names: list[str] = field(default_factory=list)
     label_fraction: float = 1.0
+    # Which images are train/val/test (source and split seed, not the preprocessing): a teacher records
+    # it, so that using the teacher on another split, whose test images it may have trained on, is flagged.
+    split_identity: str = ""
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -240,12 +243,13 @@ def _finish(ref, x, y, names, splits, *, image_size, channels, seed, label_fract
         hidden = np.ones(len(train_y), dtype=bool)
         hidden[keep] = False
         train_y[torch.from_numpy(hidden)] = -1
-    identity = hashlib.sha256(json.dumps(
-        {"source": _source_key(ref), "seed": seed, "image_size": image_size, "channels": channels,
-         "n": [len(p[1]) for p in parts]}, sort_keys=True).encode()).hexdigest()[:16]
+    split = {"source": _source_key(ref), "seed": seed, "n": [len(p[1]) for p in parts]}
+    identity = hashlib.sha256(json.dumps({**split, "image_size": image_size, "channels": channels},
+                                         sort_keys=True).encode()).hexdigest()[:16]
+    split_identity = hashlib.sha256(json.dumps(split, sort_keys=True).encode()).hexdigest()[:16]
     return Dataset(name=ref, identity=identity, num_classes=num_classes, input_shape=tuple(train_x.shape[1:]),
                    train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, test_x=test_x, test_y=test_y,
-                   class_names=list(names), label_fraction=label_fraction)
+                   class_names=list(names), label_fraction=label_fraction, split_identity=split_identity)
 
 
 def _source_key(ref: str) -> str:

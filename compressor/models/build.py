@@ -9,7 +9,7 @@ without executing anything from the file.
 
 from __future__ import annotations
 
-from compressor.errors import UserError
+from targets.errors import UserError, first_line
 
 
 def build_from_arch(arch: str, num_classes: int, input_shape: tuple[int, ...], seed: int = 0):
@@ -64,5 +64,5 @@ def model_from_checkpoint(ckpt):
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as exc:
-        raise UserError(f"checkpoint weights do not match its architecture: {str(exc).splitlines()[0][:200]}") from None
+        raise UserError(f"checkpoint weights do not match its architecture: {first_line(exc, 200)}") from None
     return model.eval()

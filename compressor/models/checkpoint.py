@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import UserError
+from targets.errors import UserError, first_line
 
 FORMAT = "compressor-checkpoint/1"
 
@@ -30,24 +30,37 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
-    """Write atomically (temporary name, then rename): a crash never leaves a half file."""
+    """Write atomically and durably: a crash or power loss leaves the old file or the new one, never half of one.
+
+    The bytes go to a temporary name and are fsynced before the rename (a
+    rename can reach the disk before the data it names), and the directory is
+    fsynced after it so the rename itself survives.
+    """
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {
+    with open(tmp, "wb") as handle:
+        torch.save(
+            {
             "format": FORMAT,
-            "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
-            "arch": ckpt.arch,
-            "num_classes": int(ckpt.num_classes),
-            "input_shape": [int(d) for d in ckpt.input_shape],
-            "meta": ckpt.meta,
-        },
-        tmp,
-    )
+                "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
+                "arch": ckpt.arch,
+                "num_classes": int(ckpt.num_classes),
+                "input_shape": [int(d) for d in ckpt.input_shape],
+                "meta": ckpt.meta,
+            },
+            handle,
+        )
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def safe_torch_load(path: str | Path) -> Any:
@@ -62,10 +75,10 @@ def safe_torch_load(path: str | Path) -> Any:
     except pickle.UnpicklingError as exc:
         raise UserError(
             f"{path}: refused: the file carries pickled Python objects, which are never loaded "
-            f"(only tensors and plain data are accepted) [{str(exc).splitlines()[0][:120]}]"
+            f"(only tensors and plain data are accepted) [{first_line(exc, 120)}]"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch file ({str(exc).splitlines()[0][:160]})") from None
+        raise UserError(f"{path}: not a readable PyTorch file ({first_line(exc, 160)})") from None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ class Teacher:
     params: int
     module: Any = None
     onnx_model: bytes | None = None
+    # A compressor checkpoint's meta (its training data's `data_split`, accuracies); empty otherwise.
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def logits(self, x, batch_size: int = 256):
         """Teacher logits for images `x` (N,C,H,W), computed in eval mode without gradients; CPU float32."""
@@ -111,6 +113,7 @@ def load_teacher(ref: str, *, weights: str | None = None, num_classes: int,
                 raise UserError(f"{weights}: weights do not fit {ref} with {num_classes} classes "
                                 f"({str(exc).splitlines()[-1].strip()[:160]})") from None
         arch = ref
+        meta = {}
     else:
         if not Path(ref).is_file():
             raise UserError(f"teacher {ref!r}: no such file (use torchvision:ARCH, a checkpoint or an .onnx file)")
@@ -122,9 +125,11 @@ def load_teacher(ref: str, *, weights: str | None = None, num_classes: int,
                             f"{input_shape[0]}; pass --channels {ckpt.input_shape[0]}")
         model = model_from_checkpoint(ckpt)
         arch = ckpt.arch
+        meta = ckpt.meta
     model.eval()
     return Teacher(ref=ref, arch=arch, content_hash=state_dict_hash(arch, model.state_dict()),
-                   num_classes=num_classes, params=sum(p.numel() for p in model.parameters()), module=model)
+                   num_classes=num_classes, params=sum(p.numel() for p in model.parameters()), module=model,
+                   meta=meta)
 
 
 def _onnx_teacher(ref: str, num_classes: int, input_shape: tuple[int, int, int]) -> Teacher:

@@ -30,7 +30,9 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
         teacher_logits: the logits cache's dict (computed if None).
 
     Returns:
-        {"name", "arch", "val_accuracy", "test_accuracy", "params", "macs", "profile", "meets_budget", "kd"}.
+        {"name", "arch", "status": "ok", "val_accuracy", "test_accuracy", "params", "macs", "profile",
+        "meets_budget", "kd", "epochs"}; when both trainings fail, {"name", "arch", "status": "failed",
+        "reason", "meets_budget", "epochs"}.
     """
     import torch
     from targets import Target, load_target
@@ -54,25 +56,29 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
     widths, spec, fits = chosen
     if teacher_logits is None:
         teacher_logits = LogitsCache(cache_dir).get(teacher, dataset)
-    best = None
+    best, reasons = None, []
     for kd in (True, False):
         torch.manual_seed(seed)
         model = build_model(spec, dataset.input_shape, dataset.num_classes)
         result = train_student(model, dataset, TrainConfig(epochs=epochs, seed=seed, threads=1),
                                teacher_logits=teacher_logits if kd else None, evaluate_test=True)
-        if result.status == "ok" and (best is None or result.val_accuracy > best[1].val_accuracy):
+        if result.status != "ok":
+            reasons.append(f"{'with' if kd else 'without'} KD: {result.reason}")
+        elif best is None or result.val_accuracy > best[1].val_accuracy:
             best = (kd, result, model)
+    described = {"name": f"plain CNN {widths}", "arch": f"zoo:plain:widths={widths}", "meets_budget": fits,
+                 "epochs": epochs}
+    if best is None:
+        return {**described, "status": "failed", "reason": "; ".join(reasons)}
     kd, result, model = best
     final_profile = check_on_target(model, target, dataset.input_shape, memory=True).profile
     return {
-        "name": f"plain CNN {widths}",
-        "arch": f"zoo:plain:widths={widths}",
+        **described,
+        "status": "ok",
         "kd": kd,
         "val_accuracy": result.val_accuracy,
         "test_accuracy": result.test_accuracy,
         "params": int(final_profile["params"]),
         "macs": int(final_profile["macs"]),
         "profile": final_profile,
-        "meets_budget": fits,
-        "epochs": epochs,
     }

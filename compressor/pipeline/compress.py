@@ -99,6 +99,10 @@ def compress(
     ok, why = availability(target)
     if not ok:
         raise UserError(f"target {target.name!r} cannot run here: {why}")
+    if config.export:
+        from compressor.export import ExportConfig, plan_formats
+
+        plan_formats(target, ExportConfig(formats=config.export_formats))  # bad --formats fail now, not after the search
 
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -124,13 +128,12 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
                      baseline) -> CompressResult:
     from compressor.train.distill import LogitsCache
 
-    fingerprint = json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash,
-                             "dataset": dataset.identity, "label_fraction": dataset.label_fraction,
-                             "target": _target_key(target)})
+    fingerprint = _fingerprint(config, teacher, dataset, target)
     existing = store.get_meta("fingerprint")
-    if existing is None:
-        if store.records():
-            raise UserError(f"{run_dir}: trial store has trials but no configuration; choose another --out")
+    if existing is None or not store.records():
+        # A run is its evaluations: a directory whose run stopped before the first one (budgets
+        # unreachable, a bad flag, an interrupt) starts afresh with this configuration.
+        store.clear_meta()
         store.set_meta("fingerprint", fingerprint)
         store.set_meta("started_at", time.time())
     elif not resume:
@@ -142,6 +145,11 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
             detail = "search option " + ", ".join(k for k in fingerprint["search"]
                                                    if fingerprint["search"][k] != existing["search"].get(k))
         raise UserError(f"--resume: {run_dir} was created with a different configuration ({detail} differs)")
+    split_warning = _teacher_split_warning(teacher, dataset)
+    if split_warning and not quiet:
+        from compressor.cli.console import err_console
+
+        err_console.print(f"[yellow]warning[/]: {split_warning}")
 
     logits = LogitsCache(cache_dir).get(teacher, dataset)
     teacher_info = store.get_meta("teacher")
@@ -160,6 +168,8 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
     seconds = sum(r.total_s for r in records)
     best = best_record(records, config.fidelities)
     report = _base_report(config, target, teacher_info, records, seconds)
+    if split_warning:
+        report["warnings"].append(split_warning)
     if best is None:
         report["failure"] = failure_summary(records)
         from compressor.pipeline.report import write_report
@@ -170,7 +180,10 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
 
     final = store.get_meta("final")
     checkpoint = run_dir / "best.pt"
-    if final is None or not checkpoint.is_file():
+    if final is None or not checkpoint.is_file() or _identity(final) != _identity(best):
+        # The winner changed (a resume with more trials) or was never trained: what was exported
+        # for the previous winner no longer describes the student.
+        store.set_meta("artifacts", None)
         final = _final_training(config, best, dataset, logits, target, checkpoint, quiet)
         store.set_meta("final", final)
     model = _load_student(checkpoint)
@@ -211,6 +224,34 @@ def _target_key(target) -> dict[str, Any]:
     data = target.to_dict()
     data.pop("source", None)
     return data
+
+
+def _fingerprint(config: SearchConfig, teacher, dataset, target) -> dict[str, Any]:
+    """What a resumed run must share with the original: every knob that shapes the result.
+
+    Only `trials` may change (grow, to search longer); the final epochs, the
+    screening time, the export formats and the rest are part of the result.
+    """
+    search = {k: v for k, v in dataclasses.asdict(config).items() if k != "trials"}
+    return json_safe({"search": search, "teacher": teacher.content_hash, "dataset": dataset.identity,
+                      "label_fraction": dataset.label_fraction, "target": _target_key(target)})
+
+
+def _identity(evaluation) -> tuple[int, int]:
+    """(proposal, fidelity) of the search's best evaluation or of the final student trained from one."""
+    if isinstance(evaluation, dict):
+        return evaluation["proposal"], evaluation.get("fidelity", -1)
+    return evaluation.proposal, evaluation.fidelity
+
+
+def _teacher_split_warning(teacher, dataset) -> str | None:
+    """A warning when a compressor-trained teacher saw another split of this data than the run uses."""
+    trained_on = (teacher.meta or {}).get("data_split")
+    if trained_on is None or trained_on == dataset.split_identity:
+        return None
+    return (f"teacher {teacher.ref} was trained on another split of the data than this run's (split seed or "
+            "data differ): its test accuracy may include images it was trained on; train the teacher with the "
+            "same --data and --split-seed")
 
 
 def _describe_teacher(teacher, dataset, logits, target) -> dict[str, Any]:
@@ -267,7 +308,8 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
         raise UserError(f"final training of the best student failed: {result.reason}")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
             "epochs": config.final_epochs, "kd_alpha": train_config.alpha, "kd_tau": train_config.tau,
-            "lr": train_config.lr, "proposal": best.proposal, "seconds": result.seconds}
+            "lr": train_config.lr, "proposal": best.proposal, "fidelity": best.fidelity, "member": member,
+            "seconds": result.seconds}
     save_checkpoint(checkpoint, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
                                            num_classes=dataset.num_classes, input_shape=dataset.input_shape,
                                            meta=meta))
@@ -323,6 +365,7 @@ def _base_report(config, target, teacher_info, records, seconds) -> dict[str, An
             "pareto": pareto_front(records),
         },
         "artifacts": [],
+        "warnings": [],
     })
 
 

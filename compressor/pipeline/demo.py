@@ -70,7 +70,8 @@ def demo_teacher(config: DemoConfig, dataset, say) -> Path:
         raise RuntimeError(f"teacher training failed: {result.reason}")
     save_checkpoint(path, Checkpoint(model.state_dict(), config.teacher_arch, dataset.num_classes, dataset.input_shape,
                                      meta={"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-                                           "epochs": config.teacher_epochs, "seconds": result.seconds}))
+                                           "epochs": config.teacher_epochs, "seconds": result.seconds,
+                                           "data_split": dataset.split_identity}))
     say(f"teacher: test accuracy {100 * result.test_accuracy:.2f}% after {result.seconds:.0f} s")
     return path
 
@@ -139,7 +140,9 @@ def _previous_budgets(run_dir: Path) -> dict[str, Any] | None:
 def goal_checks(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The demo's claims, each with the measured figures and whether it holds."""
     teacher, student = report["teacher"], report["student"]
-    baseline = report["baselines"][0] if report.get("baselines") else None
+    from compressor.pipeline.report import trained_baselines
+
+    baseline = next(iter(trained_baselines(report)), None)
     gap = 100 * (teacher["test_accuracy"] - student["test_accuracy"])
     param_ratio = teacher["params"] / max(1, student["params"])
     speedup = teacher["profile"]["latency_ms"]["p50"] / student["profile"]["latency_ms"]["p50"]

@@ -64,7 +64,7 @@ def plot_pareto(records: list[TrialRecord], report: dict[str, Any], path: Path) 
     if student and student.get("profile"):
         ax.scatter([student["profile"]["latency_ms"][percentile]], [100 * student["test_accuracy"]], marker="D",
                    s=70, c="tab:green", label="final student (test acc.)", zorder=4)
-    for baseline in report.get("baselines", []):
+    for baseline in trained_baselines(report):
         ax.scatter([baseline["profile"]["latency_ms"][percentile]], [100 * baseline["test_accuracy"]], marker="s",
                    s=60, c="tab:purple", label=f"hand-designed: {baseline['name']} (test acc.)", zorder=4)
     ax.set_xscale("log")
@@ -105,7 +105,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = [("teacher", teacher)] + ([("student", student)] if student else [])
-    rows += [(f"baseline: {b['name']}", b) for b in report.get("baselines", [])]
+    rows += [(f"baseline: {b['name']}", b) for b in trained_baselines(report)]
     for name, entry in rows:
         prof = entry.get("profile")
         lines.append(
@@ -114,6 +114,7 @@ def markdown_report(report: dict[str, Any]) -> str:
             f"{'-' if not prof or prof.get('peak_memory_mb') is None else format(prof['peak_memory_mb'], '.1f')} | "
             f"{'-' if not prof else format(prof['model_size_mb'], '.3f')} |"
         )
+    lines += [f"Baseline {b['name']} failed: {b['reason']}" for b in failed_baselines(report)]
     if student:
         lines += ["", f"Speed-up over the teacher (p50): {report.get('speedup_p50', 0):.1f}x; "
                       f"{report.get('param_reduction', 0):.0f}x fewer parameters.", ""]
@@ -133,6 +134,15 @@ def markdown_report(report: dict[str, Any]) -> str:
         lines += [f"Export failed: {report['artifacts_error']}", ""]
     lines += ["![Pareto plot](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def trained_baselines(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The hand-designed baselines that trained (runs written before baselines had a status all did)."""
+    return [b for b in report.get("baselines", []) if b.get("status", "ok") == "ok"]
+
+
+def failed_baselines(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [b for b in report.get("baselines", []) if b.get("status", "ok") != "ok"]
 
 
 def write_report(run_dir: Path, report: dict[str, Any], records: list[TrialRecord]) -> None:

@@ -124,6 +124,10 @@ class TrialStore:
             (key, json.dumps(value, sort_keys=True)),
         )
 
+    def clear_meta(self) -> None:
+        """Forget the run's metadata (configuration, teacher, final student...); the schema version stays."""
+        self._db.execute("DELETE FROM meta WHERE key != 'schema_version'")
+
     def add(self, record: TrialRecord) -> TrialRecord:
         """Append and commit one record; returns it with its id set."""
         if record.status not in STATUSES:

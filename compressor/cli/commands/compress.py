@@ -91,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(report: dict, run_dir) -> None:
     """Teacher vs student (and baselines) side by side, then where the files are."""
     from compressor.cli.console import console, print_table
+    from compressor.pipeline.report import failed_baselines, trained_baselines
 
     percentile = report["budgets"].get("latency_percentile", "p50")
     rows = [("teacher", report["teacher"])]
     if report.get("student"):
         rows.append(("student (searched)", report["student"]))
-    rows += [(f"hand-designed: {b['name']}", b) for b in report.get("baselines", [])]
+    rows += [(f"hand-designed: {b['name']}", b) for b in trained_baselines(report)]
     teacher_p50 = report["teacher"]["profile"]["latency_ms"]["p50"]
     recommended = next((a for a in report.get("artifacts", []) if a.get("recommended")), None)
     budgets = report["budgets"]
@@ -121,6 +122,8 @@ def print_summary(report: dict, run_dir) -> None:
             for name, e in rows
         ],
     )
+    for failed in failed_baselines(report):
+        console.print(f"hand-designed baseline {failed['name']} failed: {failed['reason']}")
     search = report["search"]
     console.print(
         f"search: {search['strategy']} over {search['space']}, {search['trials']} proposals screened "

@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
         raise UserError(f"training failed: {result.reason}")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy, "epochs": args.epochs,
-            "augment": args.augment, "data": dataset.name, "seconds": result.seconds}
+            "augment": args.augment, "data": dataset.name, "data_split": dataset.split_identity,
+            "seconds": result.seconds}
     save_checkpoint(args.out, Checkpoint(model.state_dict(), args.arch, dataset.num_classes, dataset.input_shape, meta))
     if args.json:
         print_json({**meta, "checkpoint": args.out, "params": sum(p.numel() for p in model.parameters())})

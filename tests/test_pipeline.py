@@ -1,0 +1,113 @@
+"""`compress` keeps its promises: resume follows the winner, a failed start leaves the directory reusable,
+flags fail before any work, a failed baseline is a reason, and checkpoints are durable."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from compressor.errors import UserError
+
+FAST = dict(trials=2, family_size=1, fidelities=(1,), final_epochs=1, profile_seconds=0.2,
+            export_formats=("onnx",))
+
+
+def _compress(teacher, out, cache, **kw):
+    from compressor.pipeline.compress import DataOptions, compress
+
+    return compress(teacher, out=out, data="digits", target="cpu-1t", cache_dir=cache,
+                    data_options=DataOptions(image_size=16, channels=1), **{**FAST, **kw})
+
+
+def test_bad_formats_fail_before_data_teacher_or_run_directory(tmp_path):
+    with pytest.raises(UserError, match="unknown export format 'bogus'"):
+        _compress("no-such-teacher.pt", tmp_path / "run", tmp_path / "cache", export_formats=("onnx", "bogus"))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_unreachable_budget_leaves_the_directory_reusable(tiny_teacher, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="budgets unreachable"):
+        _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=1e-5)
+    # the same command with a looser budget just works: no --resume, no "different configuration"
+    result = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=50.0, trials=1)
+    assert result.report["student"] is not None
+    assert json.loads((run / "report.json").read_text())["budgets"]["latency_ms"] == 50.0
+
+
+@pytest.mark.slow
+def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teacher, tmp_path):
+    from compressor.search.store import TrialStore
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    first = _compress(tiny_teacher, run, cache, latency_ms=50.0)
+    winner = first.report["student"]["proposal"]
+    # The stored winner no longer matches the search's best evaluation: as after a resume with more
+    # trials in which another family won.
+    store = TrialStore(run / "trials.sqlite")
+    final = store.get_meta("final")
+    store.set_meta("final", {**final, "proposal": winner + 100})
+    store.close()
+    (run / "artifacts" / "artifacts.json").write_text("{}")  # a bundle that would be kept if not invalidated
+    again = _compress(tiny_teacher, run, cache, latency_ms=50.0, resume=True)
+    assert again.report["student"]["proposal"] == winner
+    assert again.report["artifacts"] and again.report["artifacts"][0]["format"] == "onnx"
+    assert json.loads((run / "artifacts" / "artifacts.json").read_text())["artifacts"]
+    with pytest.raises(UserError, match="final_epochs differs"):
+        _compress(tiny_teacher, run, cache, latency_ms=50.0, resume=True, final_epochs=2)
+
+
+@pytest.mark.slow
+def test_a_baseline_whose_trainings_both_fail_is_a_failed_baseline_with_its_reason(tiny_teacher, tmp_path):
+    import torch
+
+    from compressor.data.datasets import load_dataset
+    from compressor.models.teachers import load_teacher
+    from compressor.pipeline.baselines import hand_designed_baseline
+
+    data = load_dataset("digits", image_size=16, channels=1)
+    poisoned = dataclasses.replace(data, train_x=torch.full_like(data.train_x, float("nan")))
+    teacher = load_teacher(tiny_teacher, num_classes=data.num_classes, input_shape=data.input_shape)
+    result = hand_designed_baseline(teacher, poisoned, "cpu-1t", latency_ms=50.0, epochs=1,
+                                    cache_dir=tmp_path / "cache")
+    assert result["status"] == "failed"
+    assert "with KD" in result["reason"] and "without KD" in result["reason"]
+    assert "profile" not in result
+
+
+def test_teacher_trained_on_another_split_is_flagged():
+    from compressor.data.datasets import load_dataset
+    from compressor.models.teachers import Teacher
+    from compressor.pipeline.compress import _teacher_split_warning
+
+    seed0 = load_dataset("digits", image_size=8, channels=1, seed=0)
+    seed1 = load_dataset("digits", image_size=8, channels=1, seed=1)
+    resized = load_dataset("digits", image_size=12, channels=1, seed=0)
+    assert seed0.split_identity != seed1.split_identity
+    assert seed0.split_identity == resized.split_identity  # the images' size is not the split
+    teacher = Teacher(ref="t.pt", arch="x", content_hash="h", num_classes=10, params=1,
+                      meta={"data_split": seed0.split_identity})
+    assert _teacher_split_warning(teacher, seed0) is None
+    assert _teacher_split_warning(teacher, resized) is None
+    assert "may include images it was trained on" in _teacher_split_warning(teacher, seed1)
+    assert _teacher_split_warning(dataclasses.replace(teacher, meta={}), seed1) is None
+
+
+def test_checkpoint_is_fsynced_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    import torch
+
+    from compressor.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, Checkpoint({"w": torch.ones(2)}, "torchvision:resnet18", 10, (3, 8, 8)))
+    assert events == ["fsync", "replace", "fsync"]  # data, rename, then the directory entry
+    assert load_checkpoint(path).state_dict["w"].tolist() == [1.0, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
