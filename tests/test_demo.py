@@ -19,6 +19,7 @@ def _demo(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
                            *SMALLEST, *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_demo_smallest_setting_satisfies_the_run_directory_contract(tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
     proc = _demo(run, cache)

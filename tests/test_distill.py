@@ -67,6 +67,7 @@ def test_logits_cache_hit_miss_and_invalidation(tmp_path, small_data, teacher_ck
     assert cache.misses == 3
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_on_cpu(small_data):
     states = []
     for _ in range(2):
@@ -79,6 +80,7 @@ def test_training_is_reproducible_on_cpu(small_data):
         assert torch.equal(states[0][key], states[1][key]), key
 
 
+@pytest.mark.slow
 def test_nan_loss_is_a_failed_result(small_data):
     import dataclasses
 
@@ -89,6 +91,7 @@ def test_nan_loss_is_a_failed_result(small_data):
     assert result.status == "failed" and "non-finite loss" in result.reason
 
 
+@pytest.mark.slow
 def test_kd_from_cached_logits_trains(small_data, teacher_ckpt, tmp_path):
     teacher = load_teacher(str(teacher_ckpt), num_classes=10, input_shape=small_data.input_shape)
     logits = LogitsCache(tmp_path).get(teacher, small_data)
@@ -98,6 +101,7 @@ def test_kd_from_cached_logits_trains(small_data, teacher_ckpt, tmp_path):
     assert result.status == "ok" and result.val_accuracy > 0.2  # well above chance (0.1) after two epochs
 
 
+@pytest.mark.slow
 def test_augmentation_runs_the_teacher_online(small_data, teacher_ckpt, tmp_path):
     from compressor.train.distill import shift_batch
 
@@ -115,6 +119,7 @@ def test_augmentation_runs_the_teacher_online(small_data, teacher_ckpt, tmp_path
     assert result.status == "ok" and result.epochs_run == 1
 
 
+@pytest.mark.slow
 def test_time_budget_stops_early(small_data):
     model = build_from_arch("zoo:plain:widths=8-8-8", 10, small_data.input_shape)
     result = train_student(model, small_data, TrainConfig(epochs=50, time_budget_s=0.0, threads=1))
@@ -133,6 +138,7 @@ def _cli(capsys, *args) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_distill_cli_trains_and_saves_a_checkpoint(tmp_path, teacher_ckpt, capsys):
     code, err = _cli(capsys, "distill", "--teacher", str(teacher_ckpt), "--student", "zoo:plain:widths=8-8-8", "--data", "digits",
                 "--image-size", "8", "--channels", "1", "--epochs", "1", "--cache-dir", str(tmp_path / "c"),

@@ -39,6 +39,7 @@ def assert_same_network(a: torch.nn.Module, b: torch.nn.Module, shape: tuple[int
     torch.testing.assert_close(a.eval()(x), b.eval()(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space_name", ["nago", "zoo"])
 def test_sweep_build_forward_all_params_used_json_round_trip(space_name):
     """100 random points per space: build, forward, every parameter gets a gradient, JSON rebuilds it."""
