@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import tomllib
+
 import pytest
 
 from compressor.cli import main
@@ -9,12 +12,16 @@ from targets import (
     PRECISIONS,
     PROVIDERS,
     RUNTIMES,
+    Target,
     TargetError,
     availability,
     list_targets,
     load_target,
+    render,
     target_from_dict,
+    target_to_toml,
 )
+from targets.schema import Key, declarations, expected
 
 BASE = {"name": "t", "kind": "cpu", "runtime": "onnxruntime"}
 
@@ -58,7 +65,7 @@ def test_wrong_type_names_the_key(data, key):
 
 
 @pytest.mark.parametrize("key", ["latency_ms", "memory_mb", "size_mb"])
-@pytest.mark.parametrize("value", [0, -1.5])
+@pytest.mark.parametrize("value", [0, -1.5, float("nan")])
 def test_zero_or_negative_budget_is_refused(key, value):
     message = _error({**BASE, "budgets": {key: value}})
     assert repr(key) in message and "> 0" in message
@@ -167,3 +174,132 @@ def test_cli_targets_errors_exit_2(capsys):
     assert main(["targets", "show", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown target 'nope'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# --- sweeps over the declarations: every key a target file may hold --------------------------------
+
+
+def _declared() -> list[tuple[tuple[str, ...], Key]]:
+    """(enclosing tables, key) for every declared key, nested tables' keys included."""
+    keys = []
+    for key in declarations(Target).values():
+        keys.append(((), key))
+        if dataclasses.is_dataclass(key.value_type):
+            keys += [((key.name,), sub) for sub in declarations(key.value_type).values()]
+    return keys
+
+
+DECLARED = _declared()
+KEY_IDS = [".".join((*tables, key.name)) for tables, key in DECLARED]
+
+
+def _with(tables: tuple[str, ...], name: str, value) -> dict:
+    """BASE with `value` at `name` inside the nested `tables`."""
+    for table in reversed(tables):
+        value, name = {name: value}, table
+    return {**BASE, name: value}
+
+
+def _prefix(tables: tuple[str, ...]) -> str:
+    return "".join(f"{table}: " for table in tables)
+
+
+def _wrong_type(key: Key):
+    if dataclasses.is_dataclass(key.value_type):
+        return 1
+    return {str: 1, int: 1.5, float: "1", list: "CPUExecutionProvider", dict: ["x"]}[key.value_type]
+
+
+def test_the_sweep_covers_every_declared_key():
+    assert {"name", "providers", "provider_options", "budgets.latency_ms", "measure.stable_rel"} <= set(KEY_IDS)
+    assert len(KEY_IDS) == len(declarations(Target)) + 4 + 6
+
+
+@pytest.mark.parametrize("tables, key", DECLARED, ids=KEY_IDS)
+def test_every_key_refuses_a_wrong_type_naming_itself(tables, key):
+    value = _wrong_type(key)
+    message = _error(_with(tables, key.name, value))
+    assert message == f"{_prefix(tables)}{key.name!r} must be {expected(key)}, got {value!r}"
+
+
+NUMBERS = [(t, k) for t, k in DECLARED if int in (k.value_type, k.item_type) or float in (k.value_type, k.item_type)]
+
+
+@pytest.mark.parametrize("tables, key", NUMBERS, ids=[".".join((*t, k.name)) for t, k in NUMBERS])
+def test_a_bool_is_never_a_number(tables, key):
+    value = [True] if key.value_type is list else True
+    assert f"{key.name!r} must be" in _error(_with(tables, key.name, value))
+
+
+CHOICES = [(t, k) for t, k in DECLARED if k.setting.choices]
+
+
+@pytest.mark.parametrize("tables, key", CHOICES, ids=[".".join((*t, k.name)) for t, k in CHOICES])
+def test_every_choice_key_lists_its_choices(tables, key):
+    value = ["nope"] if key.value_type is list else "nope"
+    message = _error(_with(tables, key.name, value))
+    assert f"{key.name!r}" in message and all(choice in message for choice in key.setting.choices)
+
+
+BOUNDED = [(t, k) for t, k in DECLARED if k.setting.ge is not None or k.setting.gt is not None]
+
+
+@pytest.mark.parametrize("tables, key", BOUNDED, ids=[".".join((*t, k.name)) for t, k in BOUNDED])
+def test_every_bound_is_enforced_at_the_edge(tables, key):
+    s, kind = key.setting, key.item_type or key.value_type
+    edge = s.gt if s.gt is not None else s.ge - (1 if kind is int else 1e-9)
+    value = [kind(edge)] if key.value_type is list else kind(edge)
+    message = _error(_with(tables, key.name, value))
+    assert f"{key.name!r}" in message and (f"> {s.gt:g}" if s.gt is not None else f">= {s.ge:g}") in message
+
+
+def test_every_required_key_is_named_when_missing():
+    required = [key for key in declarations(Target).values() if key.required]
+    assert [key.name for key in required] == ["name", "kind", "runtime"]
+    for key in required:
+        data = {k: v for k, v in BASE.items() if k != key.name}
+        assert _error(data) == f"missing required key {key.name!r}: {expected(key)}"
+
+
+def test_unknown_key_lists_every_declared_key():
+    message = _error({**BASE, "source": "x"})
+    assert "'source'" in message and all(name in message for name in declarations(Target))
+
+
+@pytest.mark.parametrize("target", list_targets(), ids=lambda t: t.name)
+def test_every_preset_round_trips_through_toml(target):
+    for text in (target_to_toml(target), render(target)):
+        assert target_from_dict(tomllib.loads(text), source=target.source) == target
+
+
+def test_render_round_trips_every_key_set_and_awkward_strings():
+    data = {
+        **BASE,
+        "kind": "edge",
+        "runtime": "remote",
+        "description": 'a "quoted"\\ line\nwith a tab\t, DEL \x7f and ünïcode',
+        "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        "provider_options": {"CUDAExecutionProvider": {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC",
+                                                       "do copy": True}},
+        "threads": 3, "inter_op_threads": 2, "cpu_affinity": [0, 2], "graph_optimization": "basic",
+        "precision": "int8", "batch_size": 4, "workspace_mb": 256, "url": "https://board:8765",
+        "token_env": "TOKEN", "remote_runtime": "tensorrt", "timeout_s": 12,
+        "budgets": {"latency_ms": 2.5, "latency_percentile": "p99", "memory_mb": 64, "size_mb": 1e-3},
+        "measure": {"warmup_runs": 0, "min_runs": 3, "min_seconds": 0, "max_seconds": 0.5, "max_runs": 7,
+                    "stable_rel": 0.5},
+    }
+    assert {k for k in data} == set(declarations(Target))
+    target = target_from_dict(data, source="agent")
+    assert target_from_dict(tomllib.loads(render(target)), source="agent") == target
+    assert target_from_dict({k: v for k, v in target.to_dict().items() if k != "source"}, source="agent") == target
+
+
+def test_target_to_toml_renders_a_preset_copy_with_other_budgets():
+    target = load_target("cpu-1t").with_budgets(latency_ms=5)
+    assert tomllib.loads(target_to_toml(target))["budgets"]["latency_ms"] == 5.0
+    assert target_to_toml(load_target("cpu-1t")).startswith("# An edge-class single core")
+
+
+def test_cross_key_rules_hold_for_replaced_targets_too():
+    with pytest.raises(TargetError, match="'token_env'"):
+        dataclasses.replace(load_target("cpu"), runtime="remote", url="http://x:1")
