@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALLEST = ["--image-size", "16", "--teacher-epochs", "1", "--trials", "2", "--family-size", "1",
