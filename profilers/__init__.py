@@ -7,7 +7,7 @@ small classes with `available()`, `measure(...)` and `describe()`:
 
 - `onnxruntime` (`profilers.backends.ort`): sessions configured from the target,
   adaptive timing, peak memory in a fresh child process;
-- `tensorrt` (`profilers.backends.trt`): a TensorRT 10 engine built from the ONNX file,
+- `tensorrt` (`profilers.backends.trt`): a prebuilt TensorRT 10 engine, or one built from the ONNX file,
   timed with CUDA events;
 - `torch` (`profilers.backends.torch_eager`): eager PyTorch, the baseline deployment is
   compared against;
@@ -111,7 +111,8 @@ def measure(
 
     Args:
         model: path to an .onnx file or its bytes; for `runtime = "torch"` also a
-            torch.nn.Module (then `input_shape` is required).
+            torch.nn.Module (then `input_shape` is required); for `runtime = "tensorrt"`
+            also a serialised engine file (.engine/.plan), timed as built.
         target: a `targets.Target`.
         input_shape: first input's full shape, batch included; by default from the
             model's signature with a dynamic batch axis set to `target.batch_size`.

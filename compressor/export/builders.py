@@ -11,7 +11,8 @@ the bundle's temporary directory; none of them runs the result (parity does).
 - INT8: `quant_pre_process` (shape inference and folding; symbolic shape
   inference is skipped, it needs sympy and is not needed for CNNs), then static
   QDQ quantisation calibrated with MinMax on a seeded sample of training
-  inputs, weights per channel. Activations are unsigned on ONNX Runtime (the
+  inputs, weights per channel (the channel axis of unfused normalisation
+  scales set explicitly, `PER_CHANNEL_AXIS`). Activations are unsigned on ONNX Runtime (the
   U8S8 kernels of x86/ARM CPUs) and symmetric signed for TensorRT, which
   accepts only zero-point-0 INT8. For ONNX Runtime the weights use 7 bits
   (`reduce_range`): x86 CPUs without VNNI multiply-add u8 x s8 pairs into
@@ -28,14 +29,16 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from targets import GRAPH_OPTIMIZATION_LEVELS
+
 from compressor.models.onnx_export import INPUT_NAME, export_onnx
 
-GRAPH_OPTIMIZATION_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
+# The per-channel axis of the weights ORT would otherwise guess wrong: a
+# BatchNormalization that follows no Conv (BN after ReLU, after an Add) is left
+# unfused, and its 1-D scale has its channels on axis 0, where ORT's default
+# for normalisations is axis 1 (valid only for rank >= 2): each such node then
+# fell back to one per-tensor scale with a root-logger warning.
+PER_CHANNEL_AXIS = {"BatchNormalization": 0, "InstanceNormalization": 0}
 # Calibration batches: big enough to be quick, small enough for large inputs.
 CALIBRATION_BATCH = 16
 
@@ -85,6 +88,9 @@ def build_int8(source: Path, path: Path, calibration: np.ndarray, *, for_tensorr
     """Static QDQ INT8 quantisation of `source`, calibrated on `calibration` (N, C, H, W float32)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
+    extra_options = {"QDQOpTypePerChannelSupportToAxis": PER_CHANNEL_AXIS}
+    if for_tensorrt:
+        extra_options.update(ActivationSymmetric=True, WeightSymmetric=True)
     prepared = path.with_name(path.stem + ".pre.onnx")
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     try:
@@ -98,7 +104,7 @@ def build_int8(source: Path, path: Path, calibration: np.ndarray, *, for_tensorr
             activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if for_tensorrt else None,
+            extra_options=extra_options,
         )
     finally:
         prepared.unlink(missing_ok=True)

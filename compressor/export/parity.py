@@ -1,9 +1,10 @@
 """Parity: does an exported artifact compute what the PyTorch model computes?
 
 The reference is the PyTorch model's logits on the held-out (test) split; each
-artifact runs the same inputs with its own runtime (ONNX Runtime here, the
-TensorRT engine through `compressor.export.tensorrt`). The figures are the
-largest absolute logit difference, the mean one, top-1 agreement with PyTorch,
+artifact runs the same inputs with its own runtime (`ort_logits`: ONNX
+Runtime; `engine_logits`: the shipped TensorRT engine file, run by
+`profilers.backends.trt`, which also built it). The figures are the largest
+absolute logit difference, the mean one, top-1 agreement with PyTorch,
 the artifact's accuracy and its drop from PyTorch's accuracy. `gate` turns the
 figures into pass/fail: FP32 formats must match closely (logits and top-1),
 reduced-precision formats may lose at most the configured accuracy.
@@ -11,14 +12,15 @@ reduced-precision formats may lose at most the configured accuracy.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from compressor.export.plan import FP32
+
 # Inputs are fed in batches so a ResNet on a few thousand images stays within memory.
 PARITY_BATCH = 64
-
-FP32_FORMATS = ("onnx", "ort")
 
 
 def batches(x: np.ndarray, size: int = PARITY_BATCH) -> Iterator[np.ndarray]:
@@ -48,6 +50,13 @@ def ort_logits(path: str, x: np.ndarray, providers: Sequence[str] = ("CPUExecuti
     input_name = session.get_inputs()[0].name
     outputs = [session.run(None, {input_name: chunk})[0] for chunk in batches(x)]
     return np.concatenate(outputs).astype(np.float32)
+
+
+def engine_logits(path: str, x: np.ndarray) -> np.ndarray:
+    """Run a serialised TensorRT engine file on `x` batch by batch and return its first output as float32."""
+    from profilers.backends.trt import engine_outputs
+
+    return np.concatenate(list(engine_outputs(Path(path).read_bytes(), batches(x))))
 
 
 def figures(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -86,7 +95,7 @@ def gate(fmt: str, parity: dict[str, Any], *, fp32_max_abs_diff: float, fp32_min
     user loses: accuracy on the test split may drop by at most `max_accuracy_drop`.
     """
     failures = []
-    if fmt in FP32_FORMATS:
+    if fmt in FP32:
         thresholds = {"max_abs_diff": fp32_max_abs_diff, "min_top1_agreement": fp32_min_top1_agreement}
         if not parity["max_abs_diff"] <= fp32_max_abs_diff:
             failures.append(f"max |diff| {parity['max_abs_diff']:.3g} > {fp32_max_abs_diff:g}")

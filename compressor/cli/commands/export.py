@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(manifest)
         return 0
     print_artifacts(manifest)
-    err_console.print(f"bundle written to {args.out} (artifacts.json, DEPLOY.md)")
+    err_console.print(f"bundle written to {args.out} (artifacts.json, DEPLOY.md; library logs in export.log)")
     return 0
 
 
