@@ -3,7 +3,7 @@
 `RemoteBackend.measure` sends the ONNX bytes and the device-side settings (the
 remote target turned into a local one: `runtime = remote_runtime`, the same
 threads, providers, precision, batch and measurement settings) to the agent's
-`POST /v1/profile` (protocol in `profilers.agent`) and returns the Profile the
+`POST /v1/profile` (protocol in `profilers.agent`, wire format in `profilers.agent.protocol`) and returns the Profile the
 device measured, with `"target"` set to the remote target's name and the
 device's fingerprint in `environment.device`. The token is read from the
 environment variable the target names (`token_env`), never from the file.
@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from targets import Target, availability
 
-from profilers.agent import MODEL_CONTENT_TYPE, PROTOCOL_VERSION, SETTINGS_HEADER, encode_settings
+from profilers.agent.protocol import MODEL_CONTENT_TYPE, PROTOCOL_VERSION, SETTINGS_HEADER, encode_settings
 from profilers.errors import ProfileError, RemoteError
 
 __all__ = ["RemoteBackend", "RemoteError", "RetryPolicy"]
