@@ -2,7 +2,8 @@
 
 `measure(model, target)` is the one entry point. It checks that this machine
 can run the target (`targets.availability`), picks the backend registered for
-`target.runtime` and returns the Profile contract of DESIGN.md. Backends are
+`target.runtime` and returns a `Profile` (`profilers.profile`: the TypedDict
+that fixes the keys every report reads). Backends are
 small classes with `available()`, `measure(...)` and `describe()`:
 
 - `onnxruntime` (`profilers.backends.ort`): sessions configured from the target,
@@ -33,9 +34,11 @@ from typing import Any
 
 from profilers import stats
 from profilers.errors import ProfileError, RemoteError
-from profilers.profile import budget_violations
+from profilers.profile import LatencyStats, Profile, budget_violations
 
 __all__ = [
+    "LatencyStats",
+    "Profile",
     "ProfileError",
     "RemoteError",
     "available",
@@ -106,7 +109,7 @@ def measure(
     memory: bool = True,
     keep_samples: bool = False,
     label: str | None = None,
-) -> dict:
+) -> Profile:
     """Profile a model on a target.
 
     Args:
@@ -123,7 +126,7 @@ def measure(
         label: the model's name in the Profile (default: the file name).
 
     Returns:
-        The Profile dict of DESIGN.md.
+        The `Profile` (`profilers.profile.Profile`).
 
     Raises:
         ProfileError: bad model or input shape, or a target this machine cannot run.

@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
+from targets.errors import first_line
+
 from profilers.errors import ProfileError
 
 __all__ = [
@@ -131,8 +133,7 @@ def _checked(proto: onnx.ModelProto, path: Path | None = None) -> onnx.ModelProt
             full = proto.ByteSize() <= FULL_CHECK_MAX_MB * MIB
             onnx.checker.check_model(proto, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ProfileError(f"model fails onnx.checker: {first}") from None
+        raise ProfileError(f"model fails onnx.checker: {first_line(exc)}") from None
     if not _graph_inputs(proto):
         raise ProfileError("model has no inputs to feed; nothing to measure")
     return proto

@@ -1,13 +1,71 @@
-"""Assembling the Profile contract (DESIGN.md) from a backend's measurements.
+"""The Profile contract, and assembling it from a backend's measurements.
+
+A Profile is what every measurement returns, locally or from a device's agent:
+a JSON-serialisable dict whose keys and types `Profile` (a TypedDict) fixes,
+with the latency block `LatencyStats` and the `MeasurementInfo` block nested
+in it. Reports, the search and `compressor profile --json` read these keys.
 
 Latency is milliseconds per batch; throughput is inputs per second at the
 median latency (batch size * 1000 / p50). Warnings from the timing loop,
-static analysis and the backend are merged, in that order.
+static analysis and the backend are merged, in that order. `environment` is
+open-ended: host facts (`profilers.host.environment`) plus what the backend
+adds (runtime version, providers, threads, affinity), and from a remote
+device `device` (its fingerprint) and `agent` (queue wait, start and end
+times, URL).
 """
 
 from __future__ import annotations
 
+from typing import Any, TypedDict
+
 from profilers.stats import Timing, summarize
+
+__all__ = ["LatencyStats", "MeasurementInfo", "Profile", "budget_violations", "build_profile"]
+
+
+class LatencyStats(TypedDict):
+    """Latency over the timed runs, milliseconds per batch; percentiles are nearest-rank (`profilers.stats`)."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float  # sample standard deviation
+    min: float
+    max: float
+    cv: float  # std / mean
+    n: int  # timed runs
+
+
+class MeasurementInfo(TypedDict):
+    """How the timing loop ran."""
+
+    warmup_runs: int
+    timed_seconds: float
+    stop_reason: str  # "stable" | "max_seconds" | "max_runs"
+    percentiles: str  # "nearest-rank"
+
+
+class _ProfileFields(TypedDict):
+    target: str  # the target's name
+    runtime: str  # the backend that ran the model
+    model: str  # its label: file name, torchvision:ARCH, ...
+    input_shape: list[int]  # the first input's shape, batch included
+    latency_ms: LatencyStats
+    throughput_per_s: float | None  # inputs per second at p50
+    peak_memory_mb: float | None  # None when not measured (see the backend)
+    model_size_mb: float
+    params: int
+    macs: int
+    environment: dict[str, Any]
+    measurement: MeasurementInfo
+    warnings: list[str]
+
+
+class Profile(_ProfileFields, total=False):
+    """One measurement of a model on a target; `latency_ms_samples` only when asked for (`keep_samples`)."""
+
+    latency_ms_samples: list[float]
 
 
 def build_profile(
@@ -22,8 +80,8 @@ def build_profile(
     environment: dict,
     warnings: list[str] | None = None,
     keep_samples: bool = False,
-) -> dict:
-    """The Profile dict (JSON-serialisable).
+) -> Profile:
+    """The Profile (JSON-serialisable).
 
     Args:
         target: the `targets.Target` measured on.
@@ -45,7 +103,7 @@ def build_profile(
             f"MACs leave out {static['unresolved_mac_nodes']} node(s) whose shapes inference could not resolve"
         )
     all_warnings += warnings or []
-    profile = {
+    profile: Profile = {
         "target": target.name,
         "runtime": runtime,
         "model": label,
@@ -70,7 +128,7 @@ def build_profile(
     return profile
 
 
-def budget_violations(profile: dict, budgets) -> list[tuple[str, float]]:
+def budget_violations(profile: Profile, budgets) -> list[tuple[str, float]]:
     """The budgets a Profile misses: [(reason, relative overshoot)], empty when every budget is met.
 
     Args:

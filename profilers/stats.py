@@ -20,7 +20,10 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from profilers.profile import LatencyStats
 
 __all__ = ["HIGH_CV", "Timing", "percentile", "summarize", "time_adaptively", "timing_warnings"]
 
@@ -54,8 +57,8 @@ def percentile(sorted_samples: list[float], p: float) -> float:
     return sorted_samples[rank - 1]
 
 
-def summarize(samples_ms: list[float]) -> dict:
-    """The `latency_ms` block of the Profile contract.
+def summarize(samples_ms: list[float]) -> LatencyStats:
+    """The `latency_ms` block of the Profile contract (`profilers.profile.LatencyStats`).
 
     Args:
         samples_ms: raw per-run latencies in milliseconds (at least one).
@@ -138,7 +141,7 @@ def time_adaptively(run_once: Callable[[], float], measure, max_seconds: float |
     return timing
 
 
-def timing_warnings(timing: Timing, latency: dict) -> list[str]:
+def timing_warnings(timing: Timing, latency: LatencyStats) -> list[str]:
     """Plain-language caveats about a measurement a person should not over-trust."""
     warnings = []
     if latency["cv"] > HIGH_CV:

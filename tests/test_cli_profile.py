@@ -40,6 +40,7 @@ def test_profile_json_is_the_profile_contract(capsys, tiny_onnx, tmp_path):
     assert set(profile["latency_ms"]) == {"p50", "p90", "p99", "mean", "std", "min", "max", "cv", "n"}
 
 
+@pytest.mark.slow
 def test_profile_several_targets_side_by_side(capsys, tiny_onnx, tmp_path):
     fast = _fast_target_file(tmp_path)
     argv = ["profile", str(tiny_onnx), "--target", fast, "--target", "cpu", "--no-memory", "--latency-ms", "1000", *FAST]
@@ -51,6 +52,7 @@ def test_profile_several_targets_side_by_side(capsys, tiny_onnx, tmp_path):
     assert [p["target"] for p in profiles] == ["fast-1t", "cpu"]
 
 
+@pytest.mark.slow
 def test_profile_torchvision_model(capsys, tmp_path):
     argv = ["profile", "torchvision:resnet18", "--input-shape", "1x3x32x32", "--num-classes", "10",
             "--target", _fast_target_file(tmp_path), "--no-memory", "--json", *FAST]
@@ -59,6 +61,15 @@ def test_profile_torchvision_model(capsys, tmp_path):
     assert profile["model"] == "torchvision:resnet18" and profile["input_shape"] == [1, 3, 32, 32]
     # ResNet-18's convolutions and fc with BatchNorm folded in: 11.17 M weights for 10 classes.
     assert 11_000_000 < profile["params"] < 11_300_000 and profile["macs"] > 30_000_000
+
+
+@pytest.mark.slow
+def test_profile_a_search_space_architecture(capsys, tmp_path):
+    argv = ["profile", "nago", "--input-shape", "1x3x16x16", "--num-classes", "10",
+            "--target", _fast_target_file(tmp_path), "--no-memory", "--json", *FAST]
+    assert main(argv) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["model"] == "nago" and profile["input_shape"] == [1, 3, 16, 16] and profile["params"] > 0
 
 
 def test_missing_file(capsys, tmp_path):
@@ -107,8 +118,13 @@ def test_unavailable_runtime(capsys, tiny_onnx):
     _fails(capsys, [str(tiny_onnx), "--target", "rpi4-remote"], "cannot run here")
 
 
-def test_unknown_target_and_torchvision_arch(capsys, tiny_onnx):
+def test_unknown_target_and_architecture(capsys, tiny_onnx):
     _fails(capsys, [str(tiny_onnx), "--target", "nope"], "unknown target")
+    _fails(capsys, ["resnet"], "an .onnx file or an architecture")
+
+
+@pytest.mark.slow
+def test_unknown_torchvision_architecture(capsys):
     _fails(capsys, ["torchvision:resnet19"], "resnet18")
 
 

@@ -3,5 +3,6 @@
 `ort` (ONNX Runtime, with `memprobe` measuring peak memory in a fresh
 process), `trt` (TensorRT 10), `torch_eager` (eager PyTorch) and `remote`
 (a device's `compressor agent`). Each is a small class with `available()`,
-`measure(model, target, ...)` and `describe()`.
+`measure(model, target, ...)` returning a `profilers.profile.Profile`, and
+`describe()`.
 """

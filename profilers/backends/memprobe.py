@@ -3,11 +3,16 @@
 This file imports only the standard library, numpy and onnxruntime, because
 it is also run as a script (by path, `python -I .../memprobe.py`) in a fresh
 child process that measures peak memory: importing the `profilers` package
-there would load onnx (and, in a pipeline, torch) and pollute the baseline.
+there would load onnx (and, in a pipeline, torch) and pollute the baseline,
+and in isolated mode `targets` would resolve to whatever copy is installed,
+not this one. So the graph optimisation level arrives already resolved, as
+the name of the `ort.GraphOptimizationLevel` member
+(`targets.GRAPH_OPTIMIZATION_LEVELS`, resolved by `ort.session_settings`).
 
 Session settings (see `SessionSettings`): intra-op threads as resolved from
 the target (0 -> physical cores); inter-op threads; the graph optimisation
-level; the execution providers with their options. Thread spinning is left at
+level (an `ort.GraphOptimizationLevel` member name); the execution providers
+with their options. Thread spinning is left at
 ONNX Runtime's default (on): with one thread there is no pool to spin, and
 with several, spinning workers between back-to-back runs are what a serving
 process sees under load; turning it off adds wake-up jitter to every run.
@@ -36,13 +41,6 @@ import onnxruntime as ort
 
 MIB = 1024 * 1024
 
-GRAPH_OPTIMIZATION = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
 
 @dataclass(frozen=True)
 class SessionSettings:
@@ -50,7 +48,7 @@ class SessionSettings:
 
     intra_op_threads: int
     inter_op_threads: int = 1
-    graph_optimization: str = "all"
+    graph_optimization: str = "ORT_ENABLE_ALL"
     providers: list = field(default_factory=lambda: [["CPUExecutionProvider", {}]])
     affinity: list = field(default_factory=list)
 
@@ -60,7 +58,7 @@ def session_options(settings: SessionSettings) -> ort.SessionOptions:
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = GRAPH_OPTIMIZATION[settings.graph_optimization]
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.graph_optimization)
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
     return options
 

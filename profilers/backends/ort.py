@@ -4,13 +4,14 @@ One measurement: check and analyse the model (`onnx_model.prepare_model`), deriv
 the inputs from its signature, pin the measuring thread to the target's
 `cpu_affinity`, create the session with the target's options (see
 `memprobe.SessionSettings`), time it adaptively (`stats.time_adaptively`),
-restore the affinity, and finally measure peak memory in a fresh child
-process (`memprobe.py`) so that nothing of this process (torch, earlier
-sessions) is counted.
+restore the affinity, measure peak memory in a fresh child process
+(`memprobe.py`) so that nothing of this process (torch, earlier sessions) is
+counted, and assemble the `Profile` (`profilers.profile`).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -19,12 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from targets import GRAPH_OPTIMIZATION_LEVELS
+from targets.errors import first_line
+
 from profilers import host
 from profilers.backends.memprobe import SessionSettings, create_session
 from profilers.errors import ProfileError
 from profilers.onnx_model import CheckedModel, make_inputs, prepare_model
-from profilers.profile import build_profile
-from profilers.stats import time_adaptively
+from profilers.profile import Profile, build_profile
+from profilers.stats import Timing, time_adaptively
 
 __all__ = ["OnnxRuntimeBackend", "session_settings"]
 
@@ -38,15 +42,10 @@ def session_settings(target) -> SessionSettings:
     return SessionSettings(
         intra_op_threads=target.threads or host.physical_cores(),
         inter_op_threads=target.inter_op_threads,
-        graph_optimization=target.graph_optimization,
+        graph_optimization=GRAPH_OPTIMIZATION_LEVELS[target.graph_optimization],
         providers=[[p, dict(target.provider_options.get(p, {}))] for p in target.providers],
         affinity=list(target.cpu_affinity),
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class OnnxRuntimeBackend:
@@ -56,7 +55,7 @@ class OnnxRuntimeBackend:
 
     def available(self) -> tuple[bool, str]:
         try:
-            import onnxruntime  # noqa: F401
+            importlib.import_module("onnxruntime")
         except ImportError:
             return False, "onnxruntime not installed"
         return True, ""
@@ -76,33 +75,15 @@ class OnnxRuntimeBackend:
         memory: bool = True,
         keep_samples: bool = False,
         label: str | None = None,
-    ) -> dict:
+    ) -> Profile:
         """Profile `model` (path, bytes or ModelProto) on `target`; see `profilers.measure`."""
         prepared = prepare_model(model, input_shape, target.batch_size)
         checked, specs, shapes = prepared.checked, prepared.specs, prepared.shapes
         feeds = make_inputs(specs, shapes)
         settings = session_settings(target)
 
-        with host.pinned_to(target.cpu_affinity):
-            try:
-                session = create_session(str(checked.path) if checked.path else checked.data, settings)
-            except Exception as exc:  # onnxruntime raises its own pybind exception types
-                raise ProfileError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
-            try:
-                session.run(None, feeds)
-            except Exception as exc:
-                shape_text = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
-                raise ProfileError(f"onnxruntime cannot run the model with inputs {shape_text}: {_first_line(exc)}") from None
-
-            def run_once() -> float:
-                start = time.perf_counter_ns()
-                session.run(None, feeds)
-                return (time.perf_counter_ns() - start) / 1e6
-
-            timing = time_adaptively(run_once, target.measure, max_seconds)
-            providers = session.get_providers()
-            affinity = host.current_affinity()
-            del session
+        # The session lives only inside _time_session, so its memory and threads are gone before the probe runs.
+        timing, providers, affinity = _time_session(checked, settings, feeds, shapes, target, max_seconds)
 
         warnings = []
         peak = None
@@ -115,7 +96,7 @@ class OnnxRuntimeBackend:
             providers=providers,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
-            graph_optimization=settings.graph_optimization,
+            graph_optimization=target.graph_optimization,
         )
         environment["affinity"] = affinity
         return build_profile(
@@ -156,3 +137,26 @@ class OnnxRuntimeBackend:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             return None, f"the probe process failed: {last}"
         return float(json.loads(done.stdout)["added_mb"]), ""
+
+
+def _time_session(checked: CheckedModel, settings: SessionSettings, feeds: dict, shapes: dict, target,
+                  max_seconds: float | None) -> tuple[Timing, list[str], list[int]]:
+    """Create the session pinned to the target's CPUs, run it once, time it: (timing, providers, affinity)."""
+    with host.pinned_to(target.cpu_affinity):
+        try:
+            session = create_session(str(checked.path) if checked.path else checked.data, settings)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise ProfileError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
+        try:
+            session.run(None, feeds)
+        except Exception as exc:
+            shape_text = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
+            raise ProfileError(f"onnxruntime cannot run the model with inputs {shape_text}: {first_line(exc)}") from None
+
+        def run_once() -> float:
+            start = time.perf_counter_ns()
+            session.run(None, feeds)
+            return (time.perf_counter_ns() - start) / 1e6
+
+        timing = time_adaptively(run_once, target.measure, max_seconds)
+        return timing, session.get_providers(), host.current_affinity()

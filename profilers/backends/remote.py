@@ -3,7 +3,8 @@
 `RemoteBackend.measure` sends the ONNX bytes and the device-side settings (the
 remote target turned into a local one: `runtime = remote_runtime`, the same
 threads, providers, precision, batch and measurement settings) to the agent's
-`POST /v1/profile` (protocol in `profilers.agent`) and returns the Profile the
+`POST /v1/profile` (protocol in `profilers.agent`, wire format in
+`profilers.agent.protocol`) and returns the `Profile` (`profilers.profile`) the
 device measured, with `"target"` set to the remote target's name and the
 device's fingerprint in `environment.device`. The token is read from the
 environment variable the target names (`token_env`), never from the file.
@@ -39,8 +40,9 @@ from typing import Any, Callable
 
 from targets import Target, availability
 
-from profilers.agent import MODEL_CONTENT_TYPE, PROTOCOL_VERSION, SETTINGS_HEADER, encode_settings
+from profilers.agent.protocol import MODEL_CONTENT_TYPE, PROTOCOL_VERSION, SETTINGS_HEADER, encode_settings
 from profilers.errors import ProfileError, RemoteError
+from profilers.profile import Profile
 
 __all__ = ["RemoteBackend", "RemoteError", "RetryPolicy"]
 
@@ -113,11 +115,11 @@ class RemoteBackend:
         memory: bool = True,
         keep_samples: bool = False,
         label: str | None = None,
-    ) -> dict:
+    ) -> Profile:
         """Profile `model` (path, bytes or ModelProto) on the device behind `target`.
 
         Returns:
-            The Profile measured on the device (DESIGN.md contract).
+            The Profile measured on the device.
 
         Raises:
             ProfileError: bad input or set-up (not retried).

@@ -16,12 +16,13 @@ would count whatever else the process holds.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import time
 
 from profilers import host
 from profilers.errors import ProfileError
-from profilers.profile import build_profile
+from profilers.profile import Profile, build_profile
 from profilers.stats import time_adaptively
 
 __all__ = ["TorchBackend"]
@@ -36,7 +37,7 @@ class TorchBackend:
 
     def available(self) -> tuple[bool, str]:
         try:
-            import torch  # noqa: F401
+            importlib.import_module("torch")
         except ImportError:
             return False, "torch not installed"
         return True, ""
@@ -56,7 +57,7 @@ class TorchBackend:
         memory: bool = True,
         keep_samples: bool = False,
         label: str | None = None,
-    ) -> dict:
+    ) -> Profile:
         """Profile a torch.nn.Module on `target` (see `profilers.measure`)."""
         import torch
 
