@@ -48,6 +48,26 @@ def test_store_round_trip(tmp_path):
         again.add(TrialRecord(proposal=0, fidelity=1, status="weird", params={}, seeds=[]))
 
 
+def test_store_migrates_schema_1_and_refuses_a_newer_one(tmp_path):
+    path = tmp_path / "t.sqlite"
+    store = TrialStore(path)
+    store.add(TrialRecord(proposal=0, fidelity=1, status="failed", params={}, seeds=[1], reason="RemoteError: down"))
+    store.close()
+    db = sqlite3.connect(path)
+    with db:  # the store as schema 1 wrote it: no retryable column
+        db.execute("ALTER TABLE trials DROP COLUMN retryable")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    store = TrialStore(path)
+    assert store.get_meta("schema_version") == 2
+    store.add(TrialRecord(proposal=0, fidelity=1, status="ok", params={}, seeds=[1], retryable=True))
+    assert [r.retryable for r in store.records()] == [False, True]
+    store.set_meta("schema_version", 3)
+    store.close()
+    with pytest.raises(UserError, match="trial store schema 3, this version reads 2"):
+        TrialStore(path)
+
+
 def test_run_lock_refuses_second_owner(tmp_path):
     with RunLock(tmp_path):
         with pytest.raises(UserError, match="in use by another compressor process"):
@@ -57,6 +77,7 @@ def test_run_lock_refuses_second_owner(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_short_search_end_to_end(tiny_teacher, tmp_path):
     result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", latency_ms=5.0, trials=4,
                        fidelities=(1, 2), eta=2, baseline=True)
@@ -94,6 +115,7 @@ def test_short_search_end_to_end(tiny_teacher, tmp_path):
     assert again.report["baselines"] == report["baselines"]
 
 
+@pytest.mark.slow
 def test_all_infeasible_budget_is_reported_before_search(tiny_teacher, tmp_path):
     with pytest.raises(UserError, match="budgets unreachable"):
         _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", latency_ms=1e-5)
@@ -101,11 +123,16 @@ def test_all_infeasible_budget_is_reported_before_search(tiny_teacher, tmp_path)
         assert db.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_every_trial_failing_says_why(tiny_teacher, tmp_path):
     with pytest.raises(UserError, match=r"no feasible student in 3 evaluations: 3 failed \(trial timeout: over # s\)"):
         _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", trial_timeout_s=1e-6)
+    # a timeout is transient: a resumed run evaluates those families again
+    with sqlite3.connect(tmp_path / "run" / "trials.sqlite") as db:
+        assert db.execute("SELECT status, retryable FROM trials").fetchall() == [("failed", 1)] * 3
 
 
+@pytest.mark.slow
 def test_injected_failing_candidate_is_a_failed_trial(tiny_teacher, tmp_path, monkeypatch):
     from compressor.spaces import SPACES, get_space
 
@@ -134,6 +161,7 @@ def test_injected_failing_candidate_is_a_failed_trial(tiny_teacher, tmp_path, mo
     assert result.report["student"] is not None
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_keeps_finished_trials(tiny_teacher, tmp_path):
     run = tmp_path / "run"
     code = (

@@ -22,15 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import UserError
-from compressor.search.loop import (
-    CompressResult,
-    Search,
-    SearchConfig,
-    best_record,
-    failure_summary,
-    json_safe,
-    pareto_front,
-)
+from compressor.search.analysis import best_record, failure_summary, json_safe, pareto_front
+from compressor.search.config import SearchConfig
+from compressor.search.loop import CompressResult, Search
 from compressor.search.store import RunLock, TrialStore
 
 
@@ -160,13 +154,13 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
         _check_reachable(config, target, dataset)
 
     display = _Progress(config, quiet)
-    search = Search(config=config, target=target, dataset=dataset, teacher=teacher, teacher_logits=logits,
-                    run_dir=run_dir, store=store, progress=display.event)
+    search = Search(config=config, target=target, dataset=dataset, teacher_logits=logits, store=store,
+                    progress=display.event)
     with display:
         display.preload(search.records)
         records = search.run()
     seconds = sum(r.total_s for r in records)
-    best = best_record(records, config.fidelities)
+    best = best_record(records)
     report = _base_report(config, target, teacher_info, records, seconds)
     if split_warning:
         report["warnings"].append(split_warning)

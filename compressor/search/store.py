@@ -8,6 +8,12 @@ members' seeds and ArchSpecs, their profiles, the fidelity, accuracies,
 status and reason, and durations. The run's configuration fingerprint sits in
 a `meta` table; `--resume` with a different configuration is refused.
 
+A failed evaluation whose cause was transient (the remote device unreachable,
+a trial timeout) is stored with `retryable = 1`; a resumed run evaluates it
+again and appends the new row, and the latest row of a (proposal, fidelity)
+is the one that counts. Schema 2 added that column; a schema-1 store is
+migrated in place when opened (its failures were never marked retryable).
+
 A run directory is owned by one process at a time: `RunLock` takes an
 exclusive `flock` on `RUN_DIR/.lock` (released by the kernel if the process
 dies, so a crash never leaves a stale lock).
@@ -26,7 +32,7 @@ from typing import Any, Iterator
 
 from compressor.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -53,9 +59,15 @@ CREATE TABLE IF NOT EXISTS trials (
     screen_s REAL NOT NULL,
     train_s REAL NOT NULL,
     total_s REAL NOT NULL,
-    ended_at REAL NOT NULL
+    ended_at REAL NOT NULL,
+    retryable INTEGER NOT NULL DEFAULT 0
 );
 """
+
+# Each step takes a store from the version before it to the next one.
+_MIGRATIONS = {
+    2: "ALTER TABLE trials ADD COLUMN retryable INTEGER NOT NULL DEFAULT 0",
+}
 
 STATUSES = ("ok", "infeasible", "failed")
 
@@ -86,6 +98,8 @@ class TrialRecord:
     train_s: float = 0.0
     total_s: float = 0.0
     ended_at: float = 0.0
+    # A failure with a transient cause: a resumed run evaluates it again.
+    retryable: bool = False
     id: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,12 +118,23 @@ class TrialStore:
         self._db = sqlite3.connect(self.path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        version = self.get_meta("schema_version")
+        version = self._schema_version()
         if version is None:
+            self._db.executescript(_SCHEMA)
             self.set_meta("schema_version", SCHEMA_VERSION)
-        elif version != SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
             raise UserError(f"{self.path}: trial store schema {version}, this version reads {SCHEMA_VERSION}")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(_MIGRATIONS[step])
+            self.set_meta("schema_version", step)
+            self._db.execute("COMMIT")
+
+    def _schema_version(self) -> int | None:
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+            return None
+        return self.get_meta("schema_version")
 
     def close(self) -> None:
         self._db.close()
@@ -151,6 +176,7 @@ class TrialStore:
             data = dict(zip(["id", *_COLUMNS], row))
             for key in _JSON_FIELDS:
                 data[key] = json.loads(data[key]) if data[key] is not None else None
+            data["retryable"] = bool(data["retryable"])
             yield TrialRecord(**data)
 
 

@@ -1,0 +1,154 @@
+"""The search's schedule: proposals, the screening budget, successive-halving rounds, resume.
+
+The schedule decides *what* is evaluated and in which order; *how* a family
+is evaluated is an injected `Evaluator` (the real one, screening and KD
+training, is `compressor.search.evaluate.FamilyEvaluator`; tests pass a fake
+one and run the whole schedule in milliseconds, without torch).
+
+* Proposal n is asked from the strategy (`HyperoptStrategy`) and evaluated at
+  the smallest fidelity. An infeasible one (over budget) costs a screening
+  and no training, so it does not count towards `trials`; at most
+  `trials * screen_factor` proposals are asked.
+* Trained families come in rounds of η^(L-1); when a round is full, the best
+  1/η of its feasible families are evaluated at the next fidelity, the best
+  1/η² at the one after, and so on (successive halving).
+* Every evaluation is committed to the store when it ends. A new `Schedule`
+  over the same store replays the same sequence: an evaluation found in the
+  store is not run again and a proposal found there is not asked again, so
+  the strategy proposes the points it would have proposed without the
+  interruption. At most the evaluation in flight is redone.
+* An evaluation that raises is a failed trial, never a crashed search. When
+  the cause is transient (`TRANSIENT`: the remote device unreachable, a trial
+  timeout) the record is marked `retryable`: the strategy does not learn
+  from it, and a resumed run evaluates the same point again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+from profilers import RemoteError
+from targets.errors import first_line
+
+from compressor.search.config import SearchConfig, member_seeds
+from compressor.search.store import TrialRecord, TrialStore
+from compressor.search.strategies import HyperoptStrategy
+
+_log = logging.getLogger(__name__)
+
+
+class TrialTimeout(Exception):
+    """A trial ran past `SearchConfig.trial_timeout_s`."""
+
+
+# Causes that say nothing about the proposal itself: a busy or unreachable machine.
+TRANSIENT = (RemoteError, TrialTimeout)
+
+
+class Evaluator(Protocol):
+    """Evaluates one family at one fidelity, filling in `record` (it may raise: the trial then fails).
+
+    `record` arrives with status "ok" and its proposal, fidelity, params,
+    misc and member seeds. `previous` is the same family's record at the
+    previous fidelity (its screening is reused), or None at the smallest
+    fidelity, where the family is screened first. The evaluator sets the
+    measured figures and durations, and either `val_accuracy` (status "ok",
+    the schedule derives the loss) or status "infeasible" with a reason and
+    `loss = strategies.penalty_loss(overshoot)`.
+    """
+
+    def __call__(self, record: TrialRecord, previous: TrialRecord | None) -> None: ...
+
+
+class Schedule:
+    """One run of the search over a trial store (see the module docstring)."""
+
+    def __init__(self, *, config: SearchConfig, store: TrialStore, evaluate: Evaluator, space: dict[str, Any],
+                 progress: Callable[[str, dict], None] | None = None) -> None:
+        """`space` is the hyperopt space a proposal is drawn from; `progress(event, info)` hears each evaluation."""
+        self.config = config
+        self.store = store
+        self.evaluate = evaluate
+        self.progress = progress or (lambda event, info: None)
+        # Rows are appended, never rewritten: a retried evaluation's row supersedes the earlier one.
+        self._latest: dict[tuple[int, int], TrialRecord] = {}
+        for rec in store.records():
+            self._latest[(rec.proposal, rec.fidelity)] = rec
+        self._retry = {key for key, rec in self._latest.items() if rec.retryable}
+        self.strategy = HyperoptStrategy(config, space)
+        self.strategy.tell([rec for rec in self.records if rec.fidelity == config.fidelities[0]])
+
+    @property
+    def records(self) -> list[TrialRecord]:
+        """The evaluations that count, in the order they ended: the latest of each (proposal, fidelity)."""
+        return sorted(self._latest.values(), key=lambda rec: rec.id)
+
+    def _done(self, proposal: int, fidelity: int) -> TrialRecord | None:
+        key = (proposal, fidelity)
+        return None if key in self._retry else self._latest.get(key)
+
+    def run(self) -> list[TrialRecord]:
+        """Propose, screen and train until `trials` families have been trained (see `screen_factor`)."""
+        cfg = self.config
+        first = cfg.fidelities[0]
+        round_size = cfg.eta ** (len(cfg.fidelities) - 1)
+        proposal, trained, members = 0, 0, []
+        while trained < cfg.trials and proposal < cfg.trials * cfg.screen_factor:
+            rec = self._done(proposal, first)
+            if rec is None:
+                # A transient failure of an earlier run is evaluated again at the point it was given.
+                retried = self._latest.get((proposal, first))
+                params, misc = (retried.params, retried.misc) if retried else self.strategy.ask(proposal)
+                rec = self._evaluate(proposal, params, misc, first, previous=None)
+            proposal += 1
+            if rec.status == "infeasible":
+                continue
+            trained += 1
+            members.append(rec.proposal)
+            if len(members) == round_size or trained == cfg.trials:
+                self._promote(members)
+                members = []
+        if members:
+            self._promote(members)
+        return self.records
+
+    def _promote(self, members: list[int]) -> None:
+        """Successive halving within one round: the best 1/η go on to the next fidelity."""
+        cfg = self.config
+        for level in range(1, len(cfg.fidelities)):
+            previous = [self._done(p, cfg.fidelities[level - 1]) for p in members]
+            ranked = sorted((r for r in previous if r is not None and r.status == "ok"),
+                            key=lambda r: (-r.val_accuracy, r.proposal))
+            keep = max(1, len(members) // cfg.eta ** level)
+            for rec in ranked[:keep]:
+                if self._done(rec.proposal, cfg.fidelities[level]) is None:
+                    self._evaluate(rec.proposal, rec.params, rec.misc, cfg.fidelities[level], previous=rec)
+
+    def _evaluate(self, proposal: int, params: dict[str, Any], misc: dict[str, Any] | None, fidelity: int,
+                  previous: TrialRecord | None) -> TrialRecord:
+        cfg = self.config
+        rec = TrialRecord(proposal=proposal, fidelity=fidelity, status="ok", params=params,
+                          seeds=member_seeds(cfg.seed, proposal, cfg.family_size), misc=misc)
+        self.progress("start", {"proposal": proposal, "fidelity": fidelity})
+        started = time.perf_counter()
+        try:
+            self.evaluate(rec, previous)
+        except Exception as exc:  # noqa: BLE001 - any candidate failure is a failed trial, never a crashed search
+            rec.status, rec.retryable = "failed", isinstance(exc, TRANSIENT)
+            message = first_line(exc)
+            rec.reason = message if isinstance(exc, TrialTimeout) else f"{type(exc).__name__}: {message}"
+            _log.debug("proposal %d at %d epochs failed", proposal, fidelity, exc_info=True)
+        rec.total_s = time.perf_counter() - started
+        if rec.status == "ok":
+            rec.loss = -rec.val_accuracy
+        elif rec.status == "failed":
+            rec.loss = None
+        self.store.add(rec)
+        self._latest[(proposal, fidelity)] = rec
+        self._retry.discard((proposal, fidelity))
+        if fidelity == cfg.fidelities[0]:
+            self.strategy.tell([rec])
+        self.progress("end", {"record": rec})
+        return rec

@@ -1,0 +1,119 @@
+"""The bridge to hyperopt: ask for a proposal, tell it the outcome, restore its history.
+
+hyperopt is driven ask/tell style instead of through `fmin`: the algorithm's
+`suggest` proposes one point from the `Trials` history, the schedule
+evaluates it, and the outcome is inserted back as one trial document (built by
+`Trials.new_trial_docs`, so its shape is hyperopt's own). A resumed run
+inserts the stored outcomes the same way before asking anything, so TPE sees
+the history it had when the run stopped and proposes the same points.
+
+What hyperopt is told, per outcome of an evaluation at the smallest fidelity
+(the only one every proposal has, so the losses are comparable):
+
+* feasible: status ok, loss = -mean validation accuracy.
+* infeasible (over budget): status ok with `penalty_loss` = 1 + the worst
+  relative overshoot (capped at 10), above every feasible loss, and the
+  measured figures (latency, memory, size) in the result. A graded penalty
+  rather than a failure: hyperopt 0.3's `tpe.suggest` counts a trial without
+  a loss (any failed one) as loss = +inf, so every over-budget family would
+  look equally bad, whereas the penalty tells TPE that a family 5% over the
+  budget is nearer the feasible region than one 300% over.
+* failed (an exception, a NaN loss): status fail, no loss. TPE files it with
+  the worst trials (loss +inf) and steers away from its point, which is
+  right for a network that cannot be built or trained.
+* failed for a transient cause (`TrialRecord.retryable`: the device
+  unreachable, a timeout): left out of the history altogether. It says
+  nothing about the point, and as a failed trial TPE would steer away from
+  it (and count it towards its random start-up proposals). A resumed run
+  evaluates it again and tells the new outcome.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+from compressor.search.config import SearchConfig
+from compressor.search.store import TrialRecord
+
+
+def penalty_loss(overshoot: float) -> float:
+    """hyperopt's loss for an over-budget family: above every feasible loss (which is >= -1), graded by overshoot."""
+    return 1.0 + min(10.0, overshoot)
+
+
+class HyperoptStrategy:
+    """One hyperopt algorithm (TPE or random) over `space`, with its `Trials` history.
+
+    hyperopt is imported when the strategy is created, not with this module:
+    the CLI imports the search package to build its parser.
+    """
+
+    def __init__(self, config: SearchConfig, space: dict[str, Any]) -> None:
+        from hyperopt import Trials
+        from hyperopt.base import Domain
+
+        self.config = config
+        self.space = space
+        self.trials = Trials()
+        self._domain = Domain(lambda _: 0.0, space)
+
+    def _algo(self):
+        from hyperopt import rand, tpe
+
+        if self.config.strategy == "random":
+            return rand.suggest
+        # TPE's default of 20 random start-up proposals would be the whole of a short search.
+        return functools.partial(tpe.suggest, n_startup_jobs=max(4, min(10, self.config.trials // 4)))
+
+    def ask(self, proposal: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The decoded parameters of proposal number `proposal` and its hyperopt `misc` (kept in the store)."""
+        from hyperopt import space_eval
+
+        seed = (self.config.seed * 7919 + proposal) % (2**31 - 1)
+        doc = self._algo()([proposal], self._domain, self.trials, seed)[0]
+        vals = {k: [_plain(x) for x in v] for k, v in doc["misc"]["vals"].items()}
+        point = {k: v[0] for k, v in vals.items() if v}
+        return _plain(space_eval(self.space, point)), {"vals": vals}
+
+    def tell(self, records: list[TrialRecord]) -> None:
+        """Add the outcomes of evaluations at the smallest fidelity to the history (see the module docstring)."""
+        docs = [self._trial_doc(rec) for rec in records if rec.misc is not None and not rec.retryable]
+        if docs:
+            self.trials.insert_trial_docs(docs)
+            self.trials.refresh()
+
+    def _trial_doc(self, rec: TrialRecord) -> dict[str, Any]:
+        from hyperopt import JOB_STATE_DONE
+
+        tid = rec.proposal
+        vals = rec.misc["vals"]
+        misc = {"tid": tid, "cmd": self._domain.cmd, "workdir": self._domain.workdir,
+                "idxs": {k: ([tid] if v else []) for k, v in vals.items()}, "vals": vals}
+        [doc] = self.trials.new_trial_docs([tid], [None], [_result(rec)], [misc])
+        doc["state"] = JOB_STATE_DONE
+        return doc
+
+
+def _result(rec: TrialRecord) -> dict[str, Any]:
+    from hyperopt import STATUS_FAIL, STATUS_OK
+
+    if rec.status == "failed":
+        return {"status": STATUS_FAIL}
+    result = {"status": STATUS_OK, "loss": rec.loss}
+    if rec.status == "infeasible":
+        result.update(infeasible=True, latency_ms=rec.latency_ms, memory_mb=rec.memory_mb, size_mb=rec.size_mb)
+    return result
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and tuples -> JSON-able Python values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,185 @@
+"""The search's schedule, hyperopt bridge and analysis with a fake evaluator: milliseconds, no torch."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hyperopt import STATUS_FAIL, STATUS_OK, hp
+
+from compressor.search.analysis import best_record, failure_summary, pareto_front
+from compressor.search.config import SearchConfig
+from compressor.search.schedule import Schedule, TrialTimeout
+from compressor.search.store import TrialRecord, TrialStore
+from compressor.search.strategies import penalty_loss
+from profilers import RemoteError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A conditional choice, so that some proposals leave a hyperopt label without a value.
+SPACE = {
+    "x": hp.uniform("x", 0.0, 1.0),
+    "block": hp.choice("block", [{"kind": "plain"}, {"kind": "wide", "w": hp.uniform("w", 0.0, 1.0)}]),
+}
+BUDGET_MS = 0.5
+
+
+class Crash(BaseException):
+    """Stands for a kill: not an `Exception`, so the schedule does not record it as a failed trial."""
+
+
+@dataclass
+class FakeEvaluator:
+    """Accuracy and latency are functions of the point: latency = x ms; the best x moves with the fidelity.
+
+    `raises[(proposal, fidelity)]` are raised, one per call, before that evaluation succeeds.
+    """
+
+    budget_ms: float = math.inf
+    raises: dict[tuple[int, int], list[BaseException]] = field(default_factory=dict)
+    calls: list[tuple[int, int]] = field(default_factory=list)
+
+    def __call__(self, record: TrialRecord, previous: TrialRecord | None) -> None:
+        key = (record.proposal, record.fidelity)
+        self.calls.append(key)
+        if self.raises.get(key):
+            raise self.raises[key].pop(0)
+        x = record.params["x"]
+        record.latency_ms = x
+        if x > self.budget_ms:
+            record.status = "infeasible"
+            record.reason = f"latency p50 {x:.3f} ms > budget {self.budget_ms} ms"
+            record.loss = penalty_loss(x / self.budget_ms - 1)
+            return
+        record.val_accuracy = 1.0 - abs(x - (0.3 if record.fidelity == 1 else 0.6))
+
+
+def _search(path: Path, evaluate: FakeEvaluator, **knobs) -> tuple[Schedule, list[TrialRecord]]:
+    """A schedule over the store at `path`, run to its end (or to a `Crash`); the store is closed after."""
+    config = SearchConfig(**{"family_size": 1, "fidelities": (1,), **knobs}).validate()
+    store = TrialStore(path)
+    try:
+        schedule = Schedule(config=config, store=store, evaluate=evaluate, space=SPACE)
+        return schedule, schedule.run()
+    finally:
+        store.close()
+
+
+def _rec(proposal: int, fidelity: int, status: str, acc: float | None = None, latency: float = 1.0,
+         reason: str = "") -> TrialRecord:
+    return TrialRecord(proposal=proposal, fidelity=fidelity, status=status, params={}, seeds=[proposal],
+                       val_accuracy=acc, latency_ms=latency, reason=reason, n_params=10, macs=100)
+
+
+def test_successive_halving_promotes_the_best_third_at_each_fidelity(tmp_path):
+    fake = FakeEvaluator()
+    _, records = _search(tmp_path / "t.sqlite", fake, trials=9, fidelities=(1, 3, 9), eta=3, strategy="random")
+    at = {f: {r.proposal: r for r in records if r.fidelity == f} for f in (1, 3, 9)}
+    assert len(at[1]) == 9 and all(r.status == "ok" for r in records)
+    best_at_1 = sorted(at[1].values(), key=lambda r: -r.val_accuracy)[:3]
+    assert set(at[3]) == {r.proposal for r in best_at_1}
+    assert set(at[9]) == {max(at[3].values(), key=lambda r: r.val_accuracy).proposal}
+    # a promoted family keeps its point and is evaluated with its previous fidelity's record
+    assert all(at[3][p].params == at[1][p].params for p in at[3])
+    assert fake.calls[:9] == [(p, 1) for p in range(9)]
+
+
+def test_screen_factor_caps_proposals_when_everything_is_over_budget(tmp_path):
+    fake = FakeEvaluator(budget_ms=1e-6)
+    schedule, records = _search(tmp_path / "t.sqlite", fake, trials=3, screen_factor=2, fidelities=(1, 2), eta=2)
+    assert fake.calls == [(p, 1) for p in range(6)]
+    assert [r.status for r in records] == ["infeasible"] * 6
+    # hyperopt hears each over-budget family as a graded loss above any feasible one, with its figures
+    results = schedule.strategy.trials.results
+    assert [r["status"] for r in results] == [STATUS_OK] * 6
+    assert all(r["loss"] > 1.0 and r["infeasible"] and r["latency_ms"] is not None for r in results)
+
+
+def test_resume_after_a_crash_replays_the_same_points_and_skips_finished_work(tmp_path):
+    knobs = dict(trials=10, fidelities=(1, 3), eta=3, strategy="tpe", seed=5)
+    whole = FakeEvaluator(budget_ms=0.8)
+    _, expected = _search(tmp_path / "whole.sqlite", whole, **knobs)
+
+    crashing = FakeEvaluator(budget_ms=0.8, raises={whole.calls[8]: [Crash()]})
+    with pytest.raises(Crash):
+        _search(tmp_path / "resumed.sqlite", crashing, **knobs)
+    resumed = FakeEvaluator(budget_ms=0.8)
+    _, records = _search(tmp_path / "resumed.sqlite", resumed, **knobs)
+
+    assert crashing.calls[:-1] + resumed.calls == whole.calls  # only the evaluation in flight is redone
+    assert [(r.proposal, r.fidelity, r.params, r.status) for r in records] == \
+        [(r.proposal, r.fidelity, r.params, r.status) for r in expected]
+    # past TPE's 4 random start-up proposals, the points asked after the resume depend on the restored history
+    assert sum(f == 1 for _, f in crashing.calls[:-1]) > 4 and any(r.status == "infeasible" for r in expected)
+
+
+def test_transient_failures_are_left_out_of_hyperopt_and_run_again_on_resume(tmp_path):
+    fake = FakeEvaluator(raises={
+        (1, 1): [RemoteError("device unreachable: connection refused; gave up after 3 tries")],
+        (2, 1): [RuntimeError("injected build failure\nwith a second line")],
+        (3, 1): [TrialTimeout("trial timeout: over 1 s")],
+    })
+    path = tmp_path / "t.sqlite"
+    first, records = _search(path, fake, trials=5)
+    failed = {r.proposal: r for r in records if r.status == "failed"}
+    assert {p: (r.retryable, r.reason) for p, r in failed.items()} == {
+        1: (True, "RemoteError: device unreachable: connection refused; gave up after 3 tries"),
+        2: (False, "RuntimeError: injected build failure"),
+        3: (True, "trial timeout: over 1 s"),
+    }
+    statuses = {d["tid"]: d["result"]["status"] for d in first.strategy.trials.trials}
+    assert statuses == {0: STATUS_OK, 2: STATUS_FAIL, 4: STATUS_OK}
+    assert fake.calls == [(p, 1) for p in range(5)]
+
+    fake.calls.clear()
+    again, records = _search(path, fake, trials=5)
+    assert fake.calls == [(1, 1), (3, 1)]  # the failure with a lasting cause is not retried
+    by_proposal = {r.proposal: r for r in records}
+    assert [by_proposal[p].status for p in range(5)] == ["ok", "ok", "failed", "ok", "ok"]
+    assert by_proposal[1].params == failed[1].params and by_proposal[3].misc == failed[3].misc
+    assert sorted(d["tid"] for d in again.strategy.trials.trials) == [0, 1, 2, 3, 4]
+
+    fake.calls.clear()
+    _search(path, fake, trials=5)
+    assert fake.calls == []
+    store = TrialStore(path)
+    assert len(store.records()) == 7  # rows are appended; the retried ones supersede the transient failures
+    store.close()
+
+
+def test_best_record_pareto_front_and_failure_summary():
+    trained = [
+        _rec(0, 1, "ok", 0.80, latency=0.2), _rec(1, 1, "ok", 0.90, latency=0.4), _rec(2, 1, "ok", 0.85, latency=0.1),
+        _rec(1, 3, "ok", 0.93, latency=0.4), _rec(2, 3, "ok", 0.95, latency=0.1),
+    ]
+    problems = [
+        _rec(3, 1, "infeasible", reason="latency p50 0.31 ms > budget 0.25 ms; size 2 MiB > budget 1 MiB"),
+        _rec(4, 1, "infeasible", reason="latency p50 0.42 ms > budget 0.25 ms"),
+        _rec(5, 1, "failed", reason="RemoteError: device unreachable"),
+    ]
+    best = best_record(trained + problems)
+    assert (best.proposal, best.fidelity) == (2, 3)
+    assert best_record(problems) is None
+    # each family at its highest fidelity: proposal 2 is faster and more accurate than all others
+    assert [(p["proposal"], p["fidelity"]) for p in pareto_front(trained + problems)] == [(2, 3)]
+    trained[4].val_accuracy = 0.70
+    assert [(p["proposal"], p["fidelity"]) for p in pareto_front(trained)] == [(2, 3), (0, 1), (1, 3)]
+    assert failure_summary(trained + problems) == (
+        "2 over budget (latency p50 # ms > budget # ms), 1 failed (RemoteError: device unreachable)"
+    )
+    assert failure_summary([_rec(0, 1, "failed")]) == "1 failed ()"
+
+
+def test_the_schedule_runs_without_torch():
+    code = (
+        "import sys, tempfile, pathlib; sys.path.insert(0, %r)\n"
+        "import compressor.search.loop\n"
+        "from tests.test_search_schedule import FakeEvaluator, _search\n"
+        "_search(pathlib.Path(tempfile.mkdtemp()) / 't.sqlite', FakeEvaluator(), trials=3, fidelities=(1, 2), eta=2)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n" % str(ROOT)
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
