@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "compress": ("compressor.pipeline.compress", "compress"),
     "DataOptions": ("compressor.pipeline.compress", "DataOptions"),
-    "SearchConfig": ("compressor.search.loop", "SearchConfig"),
+    "SearchConfig": ("compressor.search.config", "SearchConfig"),
     "CompressResult": ("compressor.search.loop", "CompressResult"),
 }
 

@@ -46,6 +46,7 @@ __all__ = [
     "backend",
     "load_onnx_checked",
     "measure",
+    "memory_meaning",
     "runtimes",
     "static_analysis",
     "stats",
@@ -94,6 +95,15 @@ def available(runtime: str) -> tuple[bool, str]:
         return backend(runtime).available()
     except ProfileError as exc:
         return False, str(exc)
+
+
+def memory_meaning(target) -> str | None:
+    """What `peak_memory_mb` means on `target`'s runtime, or None where that runtime does not measure it.
+
+    Each runtime has one meaning, and figures of different meanings are never
+    compared; a memory budget on a runtime that measures none cannot be judged.
+    """
+    return backend(target.runtime).memory_meaning(target)
 
 
 def _is_torch_module(model: Any) -> bool:

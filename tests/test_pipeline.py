@@ -18,8 +18,9 @@ FAST = dict(trials=2, family_size=1, fidelities=(1,), final_epochs=1, profile_se
 def _compress(teacher, out, cache, **kw):
     from compressor.pipeline.compress import DataOptions, compress
 
-    return compress(teacher, out=out, data="digits", target="cpu-1t", cache_dir=cache,
-                    data_options=DataOptions(image_size=16, channels=1), **{**FAST, **kw})
+    options = {"target": "cpu-1t", **FAST, **kw}
+    return compress(teacher, out=out, data="digits", cache_dir=cache,
+                    data_options=DataOptions(image_size=16, channels=1), **options)
 
 
 def test_bad_formats_fail_before_data_teacher_or_run_directory(tmp_path):
@@ -111,3 +112,16 @@ def test_checkpoint_is_fsynced_before_it_replaces_the_old_one(tmp_path, monkeypa
     assert events == ["fsync", "replace", "fsync"]  # data, rename, then the directory entry
     assert load_checkpoint(path).state_dict["w"].tolist() == [1.0, 1.0]
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_a_memory_budget_on_a_runtime_that_measures_no_memory_is_refused_up_front(tmp_path):
+    import profilers
+    from targets import load_target
+
+    cpu = load_target("cpu-1t")
+    eager_cpu = dataclasses.replace(cpu, runtime="torch")
+    assert "RSS" in profilers.memory_meaning(cpu)
+    assert profilers.memory_meaning(eager_cpu) is None
+    with pytest.raises(UserError, match="does not measure peak memory"):
+        _compress("no-such-teacher.pt", tmp_path / "run", tmp_path / "cache", memory_mb=10.0, target=eager_cpu)
+    assert not (tmp_path / "run").exists()

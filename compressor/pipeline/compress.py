@@ -76,6 +76,7 @@ def compress(
     Returns:
         A `CompressResult` with the report (report.json's content) and the checkpoint path.
     """
+    import profilers
     from targets import Target, availability, load_target
 
     unknown = set(search_knobs) - {f.name for f in dataclasses.fields(SearchConfig)}
@@ -93,6 +94,9 @@ def compress(
     ok, why = availability(target)
     if not ok:
         raise UserError(f"target {target.name!r} cannot run here: {why}")
+    if target.budgets.memory_mb is not None and profilers.memory_meaning(target) is None:
+        raise UserError(f"target {target.name!r} has a memory budget, but its runtime ({target.runtime}) does not "
+                        "measure peak memory there; drop the memory budget or use an onnxruntime target")
     if config.export:
         from compressor.export import ExportConfig, plan_formats
 
@@ -221,13 +225,8 @@ def _target_key(target) -> dict[str, Any]:
 
 
 def _fingerprint(config: SearchConfig, teacher, dataset, target) -> dict[str, Any]:
-    """What a resumed run must share with the original: every knob that shapes the result.
-
-    Only `trials` may change (grow, to search longer); the final epochs, the
-    screening time, the export formats and the rest are part of the result.
-    """
-    search = {k: v for k, v in dataclasses.asdict(config).items() if k != "trials"}
-    return json_safe({"search": search, "teacher": teacher.content_hash, "dataset": dataset.identity,
+    """What a resumed run must share with the original (`SearchConfig.fingerprint`, the teacher, data and target)."""
+    return json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash, "dataset": dataset.identity,
                       "label_fraction": dataset.label_fraction, "target": _target_key(target)})
 
 

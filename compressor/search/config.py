@@ -59,9 +59,13 @@ class SearchConfig:
         return self
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields a resumed run must share with the original (trials may grow)."""
-        keep = ("strategy", "space", "family_size", "fidelities", "eta", "seed", "batch_size")
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items() if k in keep}
+        """What a resumed run must share with the original: every knob that shapes the result.
+
+        Only `trials` may change (grow, to search longer); the final epochs, the
+        screening time, the export formats and the rest are part of the result.
+        """
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+                if k != "trials"}
 
 
 def kd_hyperopt_space() -> dict[str, Any]:

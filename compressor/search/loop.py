@@ -3,9 +3,7 @@
 `Search` is a `Schedule` (compressor.search.schedule) whose evaluator is
 `FamilyEvaluator` (compressor.search.evaluate) and whose hyperopt space is the
 student space's architecture knobs plus the distillation knobs.
-`CompressResult` is what `compressor.compress` returns. The CLI and the
-`compressor` package's lazy attributes import `SearchConfig` and `STRATEGIES`
-from here as well.
+`CompressResult` is what `compressor.compress` returns.
 """
 
 from __future__ import annotations
@@ -14,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from compressor.search.config import STRATEGIES, SearchConfig, kd_hyperopt_space
+from compressor.search.config import SearchConfig, kd_hyperopt_space
 from compressor.search.evaluate import FamilyEvaluator
 from compressor.search.schedule import Schedule
 from compressor.search.store import TrialRecord, TrialStore
 
-__all__ = ["STRATEGIES", "CompressResult", "Search", "SearchConfig"]
+__all__ = ["CompressResult", "Search"]
 
 
 @dataclass

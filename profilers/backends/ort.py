@@ -60,6 +60,10 @@ class OnnxRuntimeBackend:
             return False, "onnxruntime not installed"
         return True, ""
 
+    def memory_meaning(self, target) -> str | None:
+        """What `peak_memory_mb` means on this runtime (None: not measured)."""
+        return "resident memory added by a fresh process that loads the model and runs it (RSS)"
+
     def describe(self) -> dict:
         import onnxruntime as ort
 

@@ -82,6 +82,12 @@ class RemoteBackend:
         # `targets.availability(target)` (template URL, token variable).
         return True, ""
 
+    def memory_meaning(self, target) -> str | None:
+        """The device measures with its own runtime, so peak memory means what it means there."""
+        from profilers import backend
+
+        return backend(target.remote_runtime).memory_meaning(target)
+
     def describe(self) -> dict:
         return {"remote": "compressor agent over HTTP", "protocol": PROTOCOL_VERSION}
 

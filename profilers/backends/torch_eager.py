@@ -42,6 +42,12 @@ class TorchBackend:
             return False, "torch not installed"
         return True, ""
 
+    def memory_meaning(self, target) -> str | None:
+        """What `peak_memory_mb` means on this runtime (None: not measured, as on the CPU)."""
+        if "CUDAExecutionProvider" in target.providers:
+            return "peak GPU memory allocated by PyTorch during the timed runs"
+        return None
+
     def describe(self) -> dict:
         import torch
 

@@ -227,6 +227,10 @@ class TensorRTBackend:
             return False, "no CUDA GPU"
         return True, ""
 
+    def memory_meaning(self, target) -> str | None:
+        """What `peak_memory_mb` means on this runtime (None: not measured)."""
+        return "GPU memory taken by the engine, its execution context and I/O buffers (drop in free device memory)"
+
     def describe(self) -> dict:
         import tensorrt as trt
         import torch

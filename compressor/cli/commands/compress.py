@@ -9,7 +9,7 @@ from compressor.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from compressor.search.loop import STRATEGIES, SearchConfig
+    from compressor.search.config import STRATEGIES, SearchConfig
 
     defaults = SearchConfig()
     parser = sub.add_parser(
