@@ -1,12 +1,23 @@
 """compressor: deployment-oriented model compression with hardware profiling.
 
-Packages (DESIGN.md): `targets` (what a device is), `profilers` (how a model
-is measured there), and this package, the pipeline: student spaces
-(`compressor.spaces`), data and teachers (`compressor.data.datasets`,
-`compressor.models.teachers`), distillation (`compressor.train.distill`), the constrained
-search (`compressor.search.loop`, `compressor.search.store`), the orchestration behind
-`compressor compress` (`compressor.pipeline.compress`), export (`compressor.export`),
-reports (`compressor.pipeline.report`) and the CLI (`compressor.cli`).
+Three packages, imports pointing one way (compressor -> profilers ->
+targets): `targets` (what a device is), `profilers` (how a model is measured
+there), and this one, the pipeline. Its subpackages, in the order a run uses
+them:
+
+- `models`: networks as files (arch references, checkpoints, ONNX export,
+  teachers) and `on_target`, the one measure-and-check step;
+- `data`: datasets in memory with seeded splits;
+- `spaces`: the student families (`nago`, `zoo`);
+- `train`: the distillation loss, the teacher-logits cache, the trainer;
+- `search`: the constrained search (config, strategies, schedule, evaluator,
+  trial store, analysis);
+- `pipeline`: the jobs end to end (`compress`, the hand-designed baseline,
+  reports, the demo);
+- `export`: the parity-checked, profiled deployment bundle;
+- `cli`: the `compressor` command.
+
+docs/design.md walks through the data flow and the contracts.
 
 The Python API mirrors the CLI:
 

@@ -1,4 +1,4 @@
-"""One small registry helper, reused by every pluggable part (spaces, families, datasets)."""
+"""One small registry helper: name -> object, a miss listing the valid names (the student spaces use it)."""
 
 from __future__ import annotations
 

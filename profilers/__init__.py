@@ -4,7 +4,8 @@
 can run the target (`targets.availability`), picks the backend registered for
 `target.runtime` and returns a `Profile` (`profilers.profile`: the TypedDict
 that fixes the keys every report reads). Backends are
-small classes with `available()`, `measure(...)` and `describe()`:
+small classes with `available()`, `measure(...)`, `describe()` and
+`memory_meaning(target)`:
 
 - `onnxruntime` (`profilers.backends.ort`): sessions configured from the target,
   adaptive timing, peak memory in a fresh child process;

@@ -1,7 +1,7 @@
 """PyTorch -> ONNX, the one way every part of the project exports a model.
 
 The TorchScript exporter (`dynamo=False`) is used: it takes ~0.5 s for a
-ResNet-18 at 32 px against ~4 s for the dynamo exporter (REFERENCES.md), and
+ResNet-18 at 32 px against ~4 s for the dynamo exporter (torch 2.x on a 2-core CPU), and
 the search exports every candidate it screens. Input is named `input`, output
 `logits`, and the batch axis is dynamic so one file serves any batch size.
 """

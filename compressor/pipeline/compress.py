@@ -1,6 +1,6 @@
 """`compress`: the whole loop behind `compressor compress` and the Python API.
 
-Order of work, cheapest first (DESIGN.md): resolve the target and its budgets
+Order of work, cheapest first: check the flags, the target and its budgets
 -> load data and teacher -> teacher logits (cached on disk) -> teacher
 accuracy and profile (kept in the run's store, so a resume does not measure
 again) -> screen the space's smallest network against the budgets (an

@@ -1,4 +1,4 @@
-"""A run's report: `report.json` (the DESIGN.md contract), `report.md` for a person, `pareto.png`.
+"""A run's report: `report.json` (the contract of docs/design.md), `report.md` for a person, `pareto.png`.
 
 The JSON is written atomically (temporary name, then rename) so a crash never
 leaves a half-written report next to a complete-looking run. Accuracies are

@@ -224,7 +224,7 @@ SPEC_FORMAT = "compressor-archspec/1"
 
 
 class Space:
-    """A family of student networks. Subclasses declare knobs and implement the four hooks."""
+    """A family of student networks. Subclasses declare knobs and implement every method below that raises NotImplementedError."""
 
     name: str = ""
 
