@@ -40,7 +40,7 @@ _LAZY = {
     "compress": ("compressor.pipeline.compress", "compress"),
     "DataOptions": ("compressor.pipeline.compress", "DataOptions"),
     "SearchConfig": ("compressor.search.config", "SearchConfig"),
-    "CompressResult": ("compressor.search.loop", "CompressResult"),
+    "CompressResult": ("compressor.pipeline.compress", "CompressResult"),
 }
 
 

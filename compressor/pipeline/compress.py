@@ -24,8 +24,19 @@ from typing import Any
 from compressor.errors import UserError
 from compressor.search.analysis import best_record, failure_summary, json_safe, pareto_front
 from compressor.search.config import SearchConfig
-from compressor.search.loop import CompressResult, Search
-from compressor.search.store import RunLock, TrialStore
+from compressor.search.loop import Search
+from compressor.search.store import RunLock, TrialRecord, TrialStore
+from compressor.pipeline.report import Report
+
+
+@dataclasses.dataclass
+class CompressResult:
+    """What `compress` returns: the report (report.json's content) and where things are."""
+
+    run_dir: Path
+    report: Report
+    checkpoint: Path | None
+    records: list[TrialRecord] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +344,7 @@ def _load_student(checkpoint: Path):
     return model_from_checkpoint(load_checkpoint(checkpoint))
 
 
-def _base_report(config, target, teacher_info, records, seconds) -> dict[str, Any]:
+def _base_report(config, target, teacher_info, records, seconds) -> Report:
     from dataclasses import asdict
 
     proposals = {r.proposal for r in records}

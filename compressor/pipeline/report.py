@@ -1,8 +1,9 @@
-"""A run's report: `report.json` (the contract of docs/design.md), `report.md` for a person, `pareto.png`.
+"""A run's report: `report.json` (the `Report` contract below), `report.md` for a person, `pareto.png`.
 
 The JSON is written atomically (temporary name, then rename) so a crash never
 leaves a half-written report next to a complete-looking run. Accuracies are
 fractions in [0, 1]; latencies are milliseconds per batch on the target.
+Every profile in it is a `profilers.Profile`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,104 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from profilers.profile import Profile
 
 from compressor.search.store import TrialRecord
+
+
+class TeacherReport(TypedDict):
+    """The teacher as the run saw it: accuracies from its cached logits, its profile on the target."""
+
+    ref: str
+    arch: str
+    val_accuracy: float
+    test_accuracy: float
+    params: int
+    macs: int
+    profile: Profile
+
+
+class StudentReport(TypedDict):
+    """The final student: the best evaluation's best member, trained for `epochs` and profiled."""
+
+    val_accuracy: float
+    test_accuracy: float
+    epochs: int
+    kd_alpha: float
+    kd_tau: float
+    lr: float
+    proposal: int
+    fidelity: int
+    member: int
+    seconds: float
+    params: int
+    macs: int
+    profile: Profile
+    arch: dict[str, Any]
+    loss_curve: list[float]
+
+
+class _BaselineRequired(TypedDict):
+    name: str
+    arch: str
+    status: str
+    meets_budget: bool
+    epochs: int
+
+
+class BaselineReport(_BaselineRequired, total=False):
+    """A hand-designed baseline: status "ok" with its figures, or "failed" with the reason."""
+
+    reason: str
+    kd: bool
+    val_accuracy: float
+    test_accuracy: float
+    params: int
+    macs: int
+    profile: Profile
+
+
+class SearchSummary(TypedDict):
+    strategy: str
+    space: str
+    trials: int
+    trained: int
+    evaluations: int
+    feasible: int
+    infeasible: int
+    failed: int
+    family_size: int
+    fidelities: list[int]
+    eta: int
+    seconds: float
+    screen_seconds_median: float | None
+    train_fraction: float
+    pareto: list[dict[str, Any]]
+
+
+class _ReportRequired(TypedDict):
+    target: dict[str, Any]
+    budgets: dict[str, Any]
+    teacher: TeacherReport
+    student: StudentReport | None
+    search: SearchSummary
+    artifacts: list[dict[str, Any]]
+    warnings: list[str]
+
+
+class Report(_ReportRequired, total=False):
+    """report.json. `student` is None when no family was feasible (then `failure` says why);
+    `artifacts` are the export bundle's entries (see compressor.export)."""
+
+    failure: str
+    speedup_p50: float
+    param_reduction: float
+    baselines: list[BaselineReport]
+    artifacts_error: str
+    goals: list[dict[str, Any]]
+    demo: dict[str, Any]
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -27,7 +123,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def plot_pareto(records: list[TrialRecord], report: dict[str, Any], path: Path) -> None:
+def plot_pareto(records: list[TrialRecord], report: Report, path: Path) -> None:
     """Every screened family: accuracy vs latency on the target, feasible vs infeasible, budget line, teacher."""
     import matplotlib
 
@@ -88,7 +184,7 @@ def _ms(profile: dict | None, key: str) -> str:
     return "-" if not profile else f"{profile['latency_ms'][key]:.3f}"
 
 
-def markdown_report(report: dict[str, Any]) -> str:
+def markdown_report(report: Report) -> str:
     """A person's summary of report.json."""
     teacher, student, search = report["teacher"], report.get("student"), report["search"]
     budgets = report["budgets"]
@@ -136,16 +232,16 @@ def markdown_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def trained_baselines(report: dict[str, Any]) -> list[dict[str, Any]]:
+def trained_baselines(report: Report) -> list[BaselineReport]:
     """The hand-designed baselines that trained (runs written before baselines had a status all did)."""
     return [b for b in report.get("baselines", []) if b.get("status", "ok") == "ok"]
 
 
-def failed_baselines(report: dict[str, Any]) -> list[dict[str, Any]]:
+def failed_baselines(report: Report) -> list[BaselineReport]:
     return [b for b in report.get("baselines", []) if b.get("status", "ok") != "ok"]
 
 
-def write_report(run_dir: Path, report: dict[str, Any], records: list[TrialRecord]) -> None:
+def write_report(run_dir: Path, report: Report, records: list[TrialRecord]) -> None:
     write_json_atomic(run_dir / "report.json", report)
     write_text_atomic(run_dir / "report.md", markdown_report(report))
     plot_pareto(records, report, run_dir / "pareto.png")

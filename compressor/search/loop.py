@@ -3,31 +3,18 @@
 `Search` is a `Schedule` (compressor.search.schedule) whose evaluator is
 `FamilyEvaluator` (compressor.search.evaluate) and whose hyperopt space is the
 student space's architecture knobs plus the distillation knobs.
-`CompressResult` is what `compressor.compress` returns.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from compressor.search.config import SearchConfig, kd_hyperopt_space
 from compressor.search.evaluate import FamilyEvaluator
 from compressor.search.schedule import Schedule
-from compressor.search.store import TrialRecord, TrialStore
+from compressor.search.store import TrialStore
 
-__all__ = ["CompressResult", "Search"]
-
-
-@dataclass
-class CompressResult:
-    """What `compress` returns: the report (report.json's content) and where things are."""
-
-    run_dir: Path
-    report: dict[str, Any]
-    checkpoint: Path | None
-    records: list[TrialRecord] = field(default_factory=list)
+__all__ = ["Search"]
 
 
 class Search(Schedule):

@@ -14,6 +14,7 @@ from pathlib import Path
 from compressor.cli.common import add_target_args, positive_float, positive_int, resolve_target
 from compressor.cli.console import err_console, print_json, print_table
 from compressor.errors import UserError
+from targets.errors import first_line
 
 FORMATS_HELP = "onnx,ort,int8,fp16,tensorrt"
 
@@ -153,7 +154,7 @@ def _load_calibration(path: str):
     except FileNotFoundError:
         raise UserError(f"--calib-data {path}: no such file") from None
     except (ValueError, OSError) as exc:
-        raise UserError(f"--calib-data {path}: not a NumPy .npy array ({str(exc).splitlines()[0][:120]})") from None
+        raise UserError(f"--calib-data {path}: not a NumPy .npy array ({first_line(exc, 120)})") from None
     if not isinstance(data, np.ndarray):
         raise UserError(f"--calib-data {path}: expected one .npy array (N, C, H, W), got an archive of several")
     return data
