@@ -203,7 +203,7 @@ def _onnx_or_module(model, target, shape: tuple[int, ...]):
 
 def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int, ...], *,
                        reference: DriftReference | None = None, seconds: float | None = None,
-                       memory: bool | None = None, name: str = "check") -> Session:
+                       memory: bool | None = None, name: str = "check", timer=None) -> Session:
     """Measure `models` side by side on `target` (with the drift reference) and judge each against the budgets.
 
     Args:
@@ -214,6 +214,7 @@ def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int
         seconds: timed seconds of the session, all models (None: the target's `min_seconds` per model).
         memory: measure peak memory; None measures it only when the target has a memory budget.
         name: the session's id prefix in reports.
+        timer: how one run is timed (`profilers.side_by_side.interleave`); None: the wall clock.
 
     Returns:
         The `Session`, with one `Checked` per model.
@@ -238,7 +239,7 @@ def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int
     while True:
         comparison = profilers.compare(subjects, target, reference=ref_index, labels=labels, input_shape=shape,
                                        seconds=seconds, memory=memory, percentile=target.budgets.latency_percentile,
-                                       confidence=CONFIDENCE)
+                                       confidence=CONFIDENCE, **({} if timer is None else {"timer": timer}))
         described = _describe_session(session_id, comparison, reference, ref_index, remeasured)
         checked = {n: _judge(comparison, i, ref_index, reference, target.budgets, remeasured, described)
                    for i, n in enumerate(names)}
