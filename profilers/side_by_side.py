@@ -22,8 +22,13 @@ How it measures (`mode = "interleaved"`, ONNX Runtime targets): every model's
 session is opened by the backend's own session code
 (`profilers.backends.ort.pinned_sessions`: the target's session options, the
 measuring thread and the runtime's threads pinned to `cpu_affinity`) inside one
-process, and `interleave` runs them in rounds ``A B C A B C ...``, one run of
-each model per round in a fixed order. Warm-up rounds come first (the target's
+process, and `interleave` runs them in rounds ``A B C A B C ...``, one timed
+run of each model per round in a fixed order. Each timed run is preceded by
+one untimed run of the same model (`settle_runs`): a model that runs right
+after another finds its weights evicted from the caches, which inflated a tiny
+model's latency by 60% next to a ResNet-18 (tools/bench_profiler.py); after
+one run of its own it is timed as a serving loop sees it, and the timed runs
+agree with a model measured alone. Warm-up rounds come first (the target's
 `warmup_runs`, and at least `stats.MIN_WARMUP_SECONDS` of timed warm-up); then
 rounds continue until at least `min_rounds` (the target's `min_runs`) are done
 and the timed runs add up to `seconds`, or until `max_rounds`. The loop takes
@@ -131,15 +136,18 @@ def wall_timer(call: Callable[[], object]) -> float:
 
 
 def interleave(calls: Sequence[Callable[[], object]], *, seconds: float, min_rounds: int, max_rounds: int,
-               warmup_rounds: int, timer: Callable[[Callable[[], object]], float] = wall_timer) -> Rounds:
-    """Run `calls` in rounds (one run of each, in order, per round): warm-up rounds, then timed rounds.
+               warmup_rounds: int, settle_runs: int = 1,
+               timer: Callable[[Callable[[], object]], float] = wall_timer) -> Rounds:
+    """Run `calls` in rounds (one timed run of each, in order, per round): warm-up rounds, then timed rounds.
 
     Args:
         calls: one callable per model, running it once.
         seconds: stop once the timed runs (all models) add up to this, and `min_rounds` are done.
         min_rounds, max_rounds: bounds on the timed rounds.
         warmup_rounds: untimed rounds first (continued until `MIN_WARMUP_SECONDS` of warm-up were timed).
-        timer: runs a call, returns its latency in ms; the only clock the loop reads.
+        settle_runs: untimed runs of a model right before each of its timed runs (caches refilled).
+        timer: runs a call, returns its latency in ms; the only clock the loop reads (settle runs go
+            through it too, and are discarded).
     """
     warmed, warm_ms = 0, 0.0
     while warmed < warmup_rounds or warm_ms < MIN_WARMUP_SECONDS * 1000:
@@ -151,7 +159,11 @@ def interleave(calls: Sequence[Callable[[], object]], *, seconds: float, min_rou
     total_ms = 0.0
     stop = "max_runs"
     while len(rows) < max_rounds:
-        row = [timer(call) for call in calls]
+        row = []
+        for call in calls:
+            for _ in range(settle_runs):
+                timer(call)
+            row.append(timer(call))
         rows.append(row)
         total_ms += sum(row)
         if len(rows) >= min_rounds and total_ms >= seconds * 1000:

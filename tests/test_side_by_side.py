@@ -44,7 +44,8 @@ def test_interleave_runs_the_models_in_rounds_in_order_and_stops_on_timed_second
     ran = []
     calls = [lambda: ran.append("A"), lambda: ran.append("B"), lambda: ran.append("C")]
     timer = ScriptedTimer(lambda role, n: [1.0, 2.0, 3.0][role])
-    rounds = interleave(calls, seconds=0.6, min_rounds=5, max_rounds=1000, warmup_rounds=2, timer=timer)
+    rounds = interleave(calls, seconds=0.6, min_rounds=5, max_rounds=1000, warmup_rounds=2, settle_runs=0,
+                        timer=timer)
     # warm-up: at least 2 rounds and 100 ms of timed warm-up -> 17 rounds of 6 ms; then 100 rounds of 6 ms = 0.6 s
     assert rounds.warmup_rounds == 17
     assert ran == ["A", "B", "C"] * (17 + 100)
@@ -52,6 +53,17 @@ def test_interleave_runs_the_models_in_rounds_in_order_and_stops_on_timed_second
     assert rounds.samples_ms[:, 2].tolist() == [3.0] * 100
     timing = rounds.timing(1, stable_rel=0.01)
     assert timing.samples_ms == [2.0] * 100 and timing.seconds == pytest.approx(0.2)
+
+
+def test_each_timed_run_follows_a_settle_run_of_the_same_model():
+    ran = []
+    calls = [lambda: ran.append("A"), lambda: ran.append("B")]
+    # the settle run of each model is slow (cold caches) and must not be among the samples
+    timer = ScriptedTimer(lambda role, n: 9.0 if n % 2 else 1.0)
+    rounds = interleave(calls, seconds=0.002, min_rounds=3, max_rounds=100, warmup_rounds=0, timer=timer)
+    warm = len(ran) - 4 * len(rounds.samples_ms)
+    assert ran[warm:] == ["A", "A", "B", "B"] * len(rounds.samples_ms)
+    assert set(rounds.samples_ms.ravel()) == {1.0}
 
 
 def test_interleave_respects_min_and_max_rounds():
