@@ -67,8 +67,8 @@ def _feed(session: ort.InferenceSession) -> dict:
     return {inp.name: np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)}
 
 
-def minimal_loop(model: str | bytes, seconds: float = 1.0) -> float:
-    """Median latency from a minimal loop: one thread, pinned to CPU 0, ORT_ENABLE_ALL."""
+def _timed_runs(model: str | bytes, *, runs: int | None = None, seconds: float = 0.0) -> list[float]:
+    """A fresh pinned session, 10 warm-up runs, then `runs` timed runs (or at least 50 over `seconds`), in ms."""
 
     def loop():
         session = pinned_session(model)
@@ -77,31 +77,23 @@ def minimal_loop(model: str | bytes, seconds: float = 1.0) -> float:
             session.run(None, feed)
         samples = []
         end = time.perf_counter() + seconds
-        while time.perf_counter() < end or len(samples) < 50:
+        while len(samples) < (runs or 50) or (runs is None and time.perf_counter() < end):
             start = time.perf_counter_ns()
             session.run(None, feed)
             samples.append((time.perf_counter_ns() - start) / 1e6)
-        return float(np.median(samples))
+        return samples
 
     return run_pinned(loop)
+
+
+def minimal_loop(model: str | bytes, seconds: float = 1.0) -> float:
+    """Median latency from a minimal loop: one thread, pinned to CPU 0, ORT_ENABLE_ALL, about `seconds` long."""
+    return float(np.median(_timed_runs(model, seconds=seconds)))
 
 
 def olive_method(model: str | bytes) -> float:
     """Olive's latency metric: 10 warm-up runs, then the mean of 20 timed runs."""
-
-    def loop():
-        session = pinned_session(model)
-        feed = _feed(session)
-        for _ in range(10):
-            session.run(None, feed)
-        samples = []
-        for _ in range(20):
-            start = time.perf_counter()
-            session.run(None, feed)
-            samples.append((time.perf_counter() - start) * 1000)
-        return float(np.mean(samples))
-
-    return run_pinned(loop)
+    return float(np.mean(_timed_runs(model, runs=20)))
 
 
 def export(arch: str, folder: Path) -> str:
