@@ -24,14 +24,18 @@ session is opened by the backend's own session code
 measuring thread and the runtime's threads pinned to `cpu_affinity`) inside one
 process, and `interleave` runs them in rounds ``A B C A B C ...``, one timed
 run of each model per round in a fixed order. Each timed run is preceded by
-one untimed run of the same model (`settle_runs`): a model that runs right
-after another finds its weights evicted from the caches, which inflated a tiny
-model's latency by 60% next to a ResNet-18 (tools/bench_profiler.py); after
-one run of its own it is timed as a serving loop sees it, and the timed runs
-agree with a model measured alone. Warm-up rounds come first (the target's
+untimed runs of the same model (`settle_ms`: about 2.5 ms of them, at least
+one, at most `MAX_SETTLE_RUNS`, counted from the warm-up's latencies): right
+after another model, a model runs slower for several runs (measured with
+tools/bench_profiler.py on one pinned core: mobilenet_v3_small at 64 px took
+0.51 ms right after a ResNet-18 instead of 0.22 ms alone, and needed about 10
+runs to recover; the tiny drift reference, 15% slow after one run, was within
+2% after 5). With the settle runs, the timed runs agree with a model measured
+alone, as a serving loop would see it. Settle runs count towards `seconds`.
+Warm-up rounds come first (the target's
 `warmup_runs`, and at least `stats.MIN_WARMUP_SECONDS` of timed warm-up); then
 rounds continue until at least `min_rounds` (the target's `min_runs`) are done
-and the timed runs add up to `seconds`, or until `max_rounds`. The loop takes
+and the runs (settle runs included) add up to `seconds`, or until `max_rounds`. The loop takes
 a `timer(call) -> ms` (default: `perf_counter_ns` around the call), so tests
 drive it with a synthetic clock and get exact, deterministic samples.
 
@@ -68,6 +72,7 @@ network can go and no budget can be met.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -86,6 +91,8 @@ MODES = ("interleaved", "sequential")
 PERCENTILE_FRACTIONS = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
 # More rounds than this add nothing to a ratio's interval but cost bootstrap time and memory.
 MAX_ROUNDS = 20_000
+SETTLE_MS = 2.5
+MAX_SETTLE_RUNS = 50
 RESAMPLES = 2000
 MAX_RESAMPLED_VALUES = 4_000_000
 
@@ -136,33 +143,40 @@ def wall_timer(call: Callable[[], object]) -> float:
 
 
 def interleave(calls: Sequence[Callable[[], object]], *, seconds: float, min_rounds: int, max_rounds: int,
-               warmup_rounds: int, settle_runs: int = 1,
+               warmup_rounds: int, settle_ms: float = SETTLE_MS,
                timer: Callable[[Callable[[], object]], float] = wall_timer) -> Rounds:
     """Run `calls` in rounds (one timed run of each, in order, per round): warm-up rounds, then timed rounds.
 
     Args:
         calls: one callable per model, running it once.
-        seconds: stop once the timed runs (all models) add up to this, and `min_rounds` are done.
+        seconds: stop once the runs after warm-up (all models, settle runs included) add up to this
+            and `min_rounds` are done.
         min_rounds, max_rounds: bounds on the timed rounds.
         warmup_rounds: untimed rounds first (continued until `MIN_WARMUP_SECONDS` of warm-up were timed).
-        settle_runs: untimed runs of a model right before each of its timed runs (caches refilled).
+        settle_ms: untimed runs of a model right before each of its timed runs, about this long
+            (from its warm-up median; at least 1, at most `MAX_SETTLE_RUNS`; 0: none).
         timer: runs a call, returns its latency in ms; the only clock the loop reads (settle runs go
             through it too, and are discarded).
     """
     warmed, warm_ms = 0, 0.0
+    warm: list[list[float]] = [[] for _ in calls]
     while warmed < warmup_rounds or warm_ms < MIN_WARMUP_SECONDS * 1000:
-        warm_ms += sum(timer(call) for call in calls)
+        for call, times in zip(calls, warm):
+            times.append(timer(call))
+            warm_ms += times[-1]
         warmed += 1
         if warm_ms >= seconds * 1000:
             break
+    settle = [0 if settle_ms <= 0 else
+              min(MAX_SETTLE_RUNS, max(1, math.ceil(settle_ms / max(float(np.median(t)), 1e-6)))) for t in warm]
     rows: list[list[float]] = []
     total_ms = 0.0
     stop = "max_runs"
     while len(rows) < max_rounds:
         row = []
-        for call in calls:
-            for _ in range(settle_runs):
-                timer(call)
+        for call, runs in zip(calls, settle):
+            for _ in range(runs):
+                total_ms += timer(call)
             row.append(timer(call))
         rows.append(row)
         total_ms += sum(row)

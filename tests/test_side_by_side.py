@@ -44,7 +44,7 @@ def test_interleave_runs_the_models_in_rounds_in_order_and_stops_on_timed_second
     ran = []
     calls = [lambda: ran.append("A"), lambda: ran.append("B"), lambda: ran.append("C")]
     timer = ScriptedTimer(lambda role, n: [1.0, 2.0, 3.0][role])
-    rounds = interleave(calls, seconds=0.6, min_rounds=5, max_rounds=1000, warmup_rounds=2, settle_runs=0,
+    rounds = interleave(calls, seconds=0.6, min_rounds=5, max_rounds=1000, warmup_rounds=2, settle_ms=0,
                         timer=timer)
     # warm-up: at least 2 rounds and 100 ms of timed warm-up -> 17 rounds of 6 ms; then 100 rounds of 6 ms = 0.6 s
     assert rounds.warmup_rounds == 17
@@ -55,20 +55,22 @@ def test_interleave_runs_the_models_in_rounds_in_order_and_stops_on_timed_second
     assert timing.samples_ms == [2.0] * 100 and timing.seconds == pytest.approx(0.2)
 
 
-def test_each_timed_run_follows_a_settle_run_of_the_same_model():
+def test_each_timed_run_follows_settle_runs_of_the_same_model_lasting_about_settle_ms():
     ran = []
     calls = [lambda: ran.append("A"), lambda: ran.append("B")]
-    # the settle run of each model is slow (cold caches) and must not be among the samples
-    timer = ScriptedTimer(lambda role, n: 9.0 if n % 2 else 1.0)
-    rounds = interleave(calls, seconds=0.002, min_rounds=3, max_rounds=100, warmup_rounds=0, timer=timer)
-    warm = len(ran) - 4 * len(rounds.samples_ms)
-    assert ran[warm:] == ["A", "A", "B", "B"] * len(rounds.samples_ms)
-    assert set(rounds.samples_ms.ravel()) == {1.0}
+    timer = ScriptedTimer(lambda role, n: [1.0, 4.0][role])
+    rounds = interleave(calls, seconds=0.1, min_rounds=3, max_rounds=100, warmup_rounds=0, settle_ms=2.5,
+                        timer=timer)
+    # A (1 ms) settles for 3 runs, B (4 ms) for 1; a round takes 4 + 8 ms, settle runs included in `seconds`
+    n = len(rounds.samples_ms)
+    assert n == 9 and ran[-6 * n:] == (["A"] * 4 + ["B"] * 2) * n
+    assert rounds.samples_ms.tolist() == [[1.0, 4.0]] * n
 
 
 def test_interleave_respects_min_and_max_rounds():
     timer = ScriptedTimer(lambda role, n: 1000.0, run=False)
-    few = interleave([lambda: None] * 2, seconds=0.001, min_rounds=7, max_rounds=50, warmup_rounds=0, timer=timer)
+    few = interleave([lambda: None] * 2, seconds=0.001, min_rounds=7, max_rounds=50, warmup_rounds=0, settle_ms=0,
+                     timer=timer)
     assert len(few.samples_ms) == 7 and few.stop_reason == "rounds"
     fast = ScriptedTimer(lambda role, n: 0.001, run=False)
     capped = interleave([lambda: None], seconds=10, min_rounds=1, max_rounds=30, warmup_rounds=0, timer=fast)
@@ -139,14 +141,15 @@ def test_a_borderline_check_is_measured_again_longer_and_then_decided(budget_tar
     assert checked.session["remeasured"] and checked.latency_ms == 0.8
 
     noisy = ScriptedTimer(lambda role, n: float(rng.normal(1.0, 0.3)))
-    undecided = _check(budget_target, noisy)
+    undecided = _check(budget_target, noisy, seconds=0.2)
     assert undecided.remeasured and undecided.verdict == "borderline" and undecided.within_budget == "borderline"
     assert undecided.decided_by == "point estimate"
     low, high = undecided.budget_ratio_interval
     assert low <= 1 <= high
     assert undecided.fits == (undecided.latency_ms <= 1.0)
-    # the longer session had 3x the timed seconds of the first
-    assert undecided.session["seconds"] >= 0.15
+    # the longer session ran 3x as long as a first one
+    first = _check(budget_target, ScriptedTimer(lambda role, n: 1.0), seconds=0.2)
+    assert undecided.session["rounds"] >= 2.5 * first.session["rounds"]
 
 
 def test_drift_correction_judges_the_candidate_in_the_runs_starting_speed(budget_target):

@@ -246,7 +246,7 @@ def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int
         if remeasured or not any(c.verdict == "borderline" for c in checked.values()):
             break
         remeasured = True
-        seconds = REMEASURE_FACTOR * (comparison.seconds if seconds is None else seconds)
+        seconds = REMEASURE_FACTOR * (target.measure.min_seconds * len(subjects) if seconds is None else seconds)
     return Session(id=session_id, checked=checked, comparison=comparison)
 
 
