@@ -16,6 +16,11 @@ small classes with `available()`, `measure(...)`, `describe()` and
 - `remote` (`profilers.backends.remote`): the same measurement on an edge device
   through `compressor agent`.
 
+`compare(models, target, reference=0)` (`profilers.side_by_side`) measures several
+models side by side in interleaved rounds and gives each one's ratio to a
+reference with a bootstrap confidence interval; `latency_floor(target, shape)`
+is the runtime's per-call floor there (a one-op model).
+
 Every ONNX model passes `load_onnx_checked` (protobuf parse + `onnx.checker`)
 before any runtime sees it; shared pieces are `stats` (timing loop, nearest-
 rank percentiles), `onnx_model` (checked loading, static analysis, inputs)
@@ -45,9 +50,15 @@ __all__ = [
     "available",
     "budget_violations",
     "backend",
+    "compare",
+    "Comparison",
+    "Interval",
+    "interleaves",
+    "latency_floor",
     "load_onnx_checked",
     "measure",
     "memory_meaning",
+    "ready_backend",
     "runtimes",
     "static_analysis",
     "stats",
@@ -111,6 +122,31 @@ def _is_torch_module(model: Any) -> bool:
     return any(cls.__module__.startswith("torch.nn") and cls.__name__ == "Module" for cls in type(model).__mro__)
 
 
+def ready_backend(target, models: list):
+    """The backend of `target`, after checking that this machine can run it and that it can take `models`.
+
+    Raises:
+        ProfileError: a missing model file, a target this machine cannot run, or a torch module
+            given to a runtime that runs ONNX models.
+    """
+    from targets import availability
+
+    for model in models:
+        if isinstance(model, (str, os.PathLike)) and not os.path.exists(model):
+            raise ProfileError(f"model file {str(model)!r} does not exist")
+    runner = backend(target.runtime)
+    ok, why = runner.available()
+    if ok:
+        ok, why = availability(target)
+    if not ok:
+        raise ProfileError(f"target {target.name!r} ({target.runtime}) cannot run here: {why}")
+    if target.runtime != "torch" and any(_is_torch_module(m) for m in models):
+        raise ProfileError(
+            f"target {target.name!r} runs ONNX models; export the module first (compressor.models.onnx_export.export_onnx)"
+        )
+    return runner
+
+
 def measure(
     model,
     target,
@@ -142,20 +178,7 @@ def measure(
     Raises:
         ProfileError: bad model or input shape, or a target this machine cannot run.
     """
-    from targets import availability
-
-    if isinstance(model, (str, os.PathLike)) and not os.path.exists(model):
-        raise ProfileError(f"model file {str(model)!r} does not exist")
-    runner = backend(target.runtime)
-    ok, why = runner.available()
-    if ok:
-        ok, why = availability(target)
-    if not ok:
-        raise ProfileError(f"target {target.name!r} ({target.runtime}) cannot run here: {why}")
-    if _is_torch_module(model) and target.runtime != "torch":
-        raise ProfileError(
-            f"target {target.name!r} runs ONNX models; export the module first (compressor.models.onnx_export.export_onnx)"
-        )
+    runner = ready_backend(target, [model])
     options: dict[str, Any] = {"input_shape": input_shape, "max_seconds": max_seconds, "memory": memory}
     # The remote backend lives in another module with the core signature; pass the
     # extras only when asked for, so it is not forced to accept them.
@@ -164,6 +187,15 @@ def measure(
     if label is not None:
         options["label"] = label
     return runner.measure(model, target, **options)
+
+
+def __getattr__(name: str):
+    # side_by_side pulls in numpy and onnx (for the floor model): loaded on first use.
+    if name in ("compare", "Comparison", "Interval", "interleaves", "latency_floor"):
+        from profilers import side_by_side
+
+        return getattr(side_by_side, name)
+    raise AttributeError(f"module 'profilers' has no attribute {name!r}")
 
 
 def load_onnx_checked(model):

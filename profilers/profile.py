@@ -42,7 +42,7 @@ class MeasurementInfo(TypedDict):
 
     warmup_runs: int
     timed_seconds: float
-    stop_reason: str  # "stable" | "max_seconds" | "max_runs"
+    stop_reason: str  # "stable" | "max_seconds" | "max_runs"; side by side (`profilers.compare`) also "rounds"
     percentiles: str  # "nearest-rank"
 
 
@@ -54,6 +54,9 @@ class _ProfileFields(TypedDict):
     latency_ms: LatencyStats
     throughput_per_s: float | None  # inputs per second at p50
     peak_memory_mb: float | None  # None when not measured (see the backend)
+    # What the figure means on this runtime (`profilers.memory_meaning`); None where the runtime measures none.
+    # Figures of different meanings are never compared.
+    peak_memory_meaning: str | None
     model_size_mb: float
     params: int
     macs: int
@@ -76,6 +79,7 @@ def build_profile(
     input_shape: tuple[int, ...],
     timing: Timing,
     peak_memory_mb: float | None,
+    peak_memory_meaning: str | None,
     static: dict,
     environment: dict,
     warnings: list[str] | None = None,
@@ -90,6 +94,7 @@ def build_profile(
         input_shape: the first input's shape, batch included.
         timing: the raw samples and stop reason from `time_adaptively`.
         peak_memory_mb: the backend's peak-memory figure, or None when not measured.
+        peak_memory_meaning: what that figure means on this runtime (the backend's `memory_meaning`).
         static: `static_analysis` output (params, macs, model_size_mb).
         environment: the backend's environment block.
         warnings: backend-specific caveats.
@@ -111,6 +116,7 @@ def build_profile(
         "latency_ms": latency,
         "throughput_per_s": batch * 1000.0 / latency["p50"] if latency["p50"] > 0 else None,
         "peak_memory_mb": peak_memory_mb,
+        "peak_memory_meaning": peak_memory_meaning,
         "model_size_mb": static["model_size_mb"],
         "params": static["params"],
         "macs": static["macs"],
@@ -128,16 +134,17 @@ def build_profile(
     return profile
 
 
-def budget_violations(profile: Profile, budgets) -> list[tuple[str, float]]:
+def budget_violations(profile: Profile, budgets, latency_ms: float | None = None) -> list[tuple[str, float]]:
     """The budgets a Profile misses: [(reason, relative overshoot)], empty when every budget is met.
 
     Args:
         profile: a Profile dict (latency at `budgets.latency_percentile`, peak memory, file size).
         budgets: a `targets.Budgets`; None fields are unconstrained, and an unmeasured memory is not judged.
+        latency_ms: the latency to judge instead of the profile's own (a drift-corrected figure).
     """
     out = []
     if budgets.latency_ms is not None:
-        value = profile["latency_ms"][budgets.latency_percentile]
+        value = profile["latency_ms"][budgets.latency_percentile] if latency_ms is None else latency_ms
         if value > budgets.latency_ms:
             out.append((f"latency {budgets.latency_percentile} {value:.3f} ms > budget {budgets.latency_ms:.3g} ms",
                         value / budgets.latency_ms - 1))

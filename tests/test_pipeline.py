@@ -33,9 +33,9 @@ def test_bad_formats_fail_before_data_teacher_or_run_directory(tmp_path):
 def test_unreachable_budget_leaves_the_directory_reusable(tiny_teacher, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(UserError, match="budgets unreachable"):
-        _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=1e-5)
+        _compress(tiny_teacher, run, tmp_path / "cache", size_mb=1e-6)
     # the same command with a looser budget just works: no --resume, no "different configuration"
-    result = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=50.0, trials=1)
+    result = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=50.0, size_mb=100.0, trials=1)
     assert result.report["student"] is not None
     assert json.loads((run / "report.json").read_text())["budgets"]["latency_ms"] == 50.0
 
@@ -125,3 +125,30 @@ def test_a_memory_budget_on_a_runtime_that_measures_no_memory_is_refused_up_fron
     with pytest.raises(UserError, match="does not measure peak memory"):
         _compress("no-such-teacher.pt", tmp_path / "run", tmp_path / "cache", memory_mb=10.0, target=eager_cpu)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_final_verdicts_and_speedup_come_from_one_side_by_side_session(tiny_teacher, tmp_path):
+    run = tmp_path / "run"
+    report = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=50.0, trials=1, baseline=True,
+                       export=False).report
+    session = report["final_session"]
+    assert session["mode"] == "interleaved" and set(session["models"]) >= {"teacher", "student"}
+    assert session["reference"]["arch"] == "zoo:plain:widths=8-16-32" and session["drift"] > 0
+    for entry in (report["student"], report["baselines"][0], report["teacher"]):
+        assert entry["session"] == session["id"]
+        low, high = entry["budget_ratio_interval"]
+        assert low <= entry["budget_ratio"] <= high
+        assert entry["within_budget"] in (True, False, "borderline")
+    assert report["baselines"][0]["at_same_budget"] == (report["baselines"][0]["within_budget"] is True)
+    low, high = report["speedup_p50_interval"]
+    assert low <= report["speedup_p50"] <= high and report["speedup_session"] == session["id"]
+    assert report["latency_floor"]["one_op_ms"] > 0 and report["latency_floor"]["smallest_network"]["latency_ms"] > 0
+    assert report["student"]["profile"]["peak_memory_meaning"]
+    on_disk = json.loads((run / "report.json").read_text())
+    assert on_disk["student"]["within_budget"] == report["student"]["within_budget"]
+    assert "side-by-side session" in (run / "report.md").read_text()
+    # A finished run resumed reports the stored session instead of measuring again.
+    again = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=50.0, trials=1, baseline=True,
+                      export=False, resume=True).report
+    assert again["final_session"]["id"] == session["id"] and again["speedup_p50"] == report["speedup_p50"]

@@ -1,24 +1,68 @@
-"""The one measure-and-check step: a network -> ONNX -> `profilers.measure` on the target -> budget verdict.
+"""The one measure-and-check step: networks -> ONNX -> side-by-side measurement on the target -> budget verdicts.
 
-Every place that asks "does this network fit the target?" goes through
-`check_on_target`: the search's screening of each family member, the
-reachability check before a search, the final student, the teacher's
-description, the hand-designed baseline and the demo's budget. One function
-means one export path, one memory policy and one budget rule, so a student
-and its baseline can never be judged by different code.
+Every place that asks "does this network fit the target?" goes through this
+module: the search's screening of each family member, the reachability check
+before a search, the teacher's description, the hand-designed baseline's
+choice of width and the final session at the end of `compress` (teacher,
+student and baseline in one side-by-side measurement). One module means one
+export path, one memory policy and one budget rule, so a student and its
+baseline can never be judged by different code.
 
-Memory policy: peak memory costs a fresh measuring process (about half a
-second), so by default it is measured only when the target has a memory
-budget to judge; callers that report the figure (the final student, the
-teacher) ask for it explicitly.
+**Measurement.** `check_side_by_side` measures its models together with
+`profilers.compare` (interleaved rounds in one process where the runtime
+allows it; see `profilers.side_by_side`). `check_on_target` is the same for
+one model.
+
+**Drift correction.** A run keeps a `DriftReference`: a fixed tiny CNN
+(`REFERENCE_ARCH`, built deterministically) whose latency was measured once
+at the start of the run (`start_ms`). Each later check measures the reference
+interleaved with its candidates, and a candidate's latency is reported raw
+and corrected: ``corrected = raw * ref_start / ref_now``, computed as the
+candidate/reference ratio (with its paired bootstrap interval) times
+`start_ms`. Budget verdicts use the corrected figure, i.e. every candidate of
+a run is judged in the machine's speed at the start of that run. What this
+corrects: a slowdown or speed-up that affects the reference and the candidate
+alike (CPU frequency and thermal state, a noisy neighbour on the same core,
+a VM's steal time) and that happens between checks. What it cannot correct:
+contention that affects the candidate more than the tiny reference (a
+large model suffers more from cache or memory-bandwidth contention than one
+that fits in L2), noise within one interleaved session beyond what the
+interval shows, and a machine that was already slow when the run started
+(the start is the yardstick). Where the runtime cannot interleave (TensorRT,
+eager torch, a remote agent) no reference is used and figures are raw.
+
+**Verdicts with confidence.** The latency judged is the one at the budget's
+percentile, with its confidence interval (95%). A check is ``within`` when
+the interval's upper bound is at or under the budget, ``over`` when its lower
+bound is above it (or a memory or size budget is missed: those figures are
+single values), and ``borderline`` otherwise. A borderline check is measured
+again for `REMEASURE_FACTOR` times as long; if it is still borderline it is
+decided by the point estimate, and `decided_by` says so.
+
+**Memory policy.** Peak memory costs a fresh measuring process (about half a
+second per model), so by default it is measured only when the target has a
+memory budget to judge; callers that report the figure (the final session,
+the teacher) ask for it explicitly.
+
+**Latency floor.** `check_floor` measures the runtime's per-call floor (a
+one-op model, `profilers.latency_floor`) and refuses a latency budget below it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
-__all__ = ["Checked", "check_on_target"]
+__all__ = ["Checked", "DriftReference", "REFERENCE_ARCH", "Session", "check_floor", "check_on_target",
+           "check_side_by_side"]
+
+# The drift reference: the smallest plain CNN of the zoo space, a few microseconds to a few tenths of a
+# millisecond on a CPU, so measuring it next to every candidate costs little.
+REFERENCE_ARCH = "zoo:plain:widths=8-16-32"
+REMEASURE_FACTOR = 3
+CONFIDENCE = 0.95
+VERDICTS = ("within", "over", "borderline")
+FLOOR_SECONDS = 0.3
 
 
 @dataclass
@@ -26,12 +70,36 @@ class Checked:
     """A model measured on a target and judged against its budgets.
 
     Attributes:
-        profile: the Profile dict of `profilers.measure`.
-        violations: [(reason, relative overshoot)] of the budgets missed; empty when all are met.
+        profile: the Profile dict of the measurement (raw figures).
+        violations: [(reason, relative overshoot)] of the budgets missed, judged on `latency_ms`; empty
+            when all are met.
+        verdict: "within" (the latency's upper confidence bound is at or under the budget and every other
+            budget is met), "over" (its lower bound is above the budget, or another budget is missed) or
+            "borderline" (the interval straddles the budget even after a longer measurement; `fits` then
+            follows the point estimate, `decided_by` = "point estimate").
+        latency_ms, latency_interval: the latency judged (budget percentile; drift-corrected when `drift`
+            is set), ms, and its (low, high) confidence interval.
+        raw_latency_ms: the same percentile as measured, uncorrected.
+        drift: reference latency at the start of the run / now; None without a drift reference.
+        budget_ratio, budget_ratio_interval: latency_ms / the latency budget and its interval; None
+            without a latency budget.
+        remeasured: a first measurement was borderline and this is the longer one.
+        decided_by: "interval" or "point estimate".
+        session: the side-by-side session the figures come from (`Session.describe`).
     """
 
     profile: dict[str, Any]
     violations: list[tuple[str, float]] = field(default_factory=list)
+    verdict: str = "within"
+    latency_ms: float | None = None
+    latency_interval: tuple[float, float] | None = None
+    raw_latency_ms: float | None = None
+    drift: float | None = None
+    budget_ratio: float | None = None
+    budget_ratio_interval: tuple[float, float] | None = None
+    remeasured: bool = False
+    decided_by: str = "interval"
+    session: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fits(self) -> bool:
@@ -46,31 +114,219 @@ class Checked:
         """The largest relative overshoot (0.0 when every budget is met)."""
         return max((over for _, over in self.violations), default=0.0)
 
+    @property
+    def within_budget(self) -> bool | str:
+        """True, False or "borderline": how report.json states the verdict."""
+        return "borderline" if self.verdict == "borderline" else self.verdict == "within"
+
+    def verdict_fields(self) -> dict[str, Any]:
+        """The verdict as report.json stores it for a student, a baseline or the teacher."""
+        return {"within_budget": self.within_budget, "verdict": self.verdict, "decided_by": self.decided_by,
+                "fits": self.fits, "reasons": self.reasons, "latency_ms": self.latency_ms,
+                "latency_interval": self.latency_interval, "raw_latency_ms": self.raw_latency_ms,
+                "drift": self.drift, "budget_ratio": self.budget_ratio,
+                "budget_ratio_interval": self.budget_ratio_interval, "remeasured": self.remeasured,
+                "session": self.session.get("id")}
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """The run's yardstick: `REFERENCE_ARCH` for one input shape, and its latency at the start of the run."""
+
+    onnx: bytes = field(repr=False)
+    label: str
+    percentile: str
+    start_ms: float
+
+    @staticmethod
+    def model_bytes(target, input_shape: tuple[int, ...], num_classes: int) -> bytes:
+        """The reference network's ONNX bytes: weights seeded, so every build is the same network."""
+        import torch
+
+        from compressor.models.onnx_export import export_onnx
+        from compressor.spaces import build_model, spec_from_ref
+
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = build_model(spec_from_ref(REFERENCE_ARCH, seed=0), tuple(input_shape), num_classes)
+            return export_onnx(model, (target.batch_size, *input_shape))
+
+    @classmethod
+    def start(cls, target, input_shape: tuple[int, ...], num_classes: int, *,
+              seconds: float | None = None) -> DriftReference | None:
+        """Measure the reference now (the run's start); None where the runtime cannot interleave."""
+        import profilers
+
+        if not profilers.interleaves(target):
+            return None
+        data = cls.model_bytes(target, input_shape, num_classes)
+        percentile = target.budgets.latency_percentile
+        measured = profilers.compare([data], target, reference=None, labels=[REFERENCE_ARCH], seconds=seconds,
+                                     percentile=percentile)
+        return cls(onnx=data, label=REFERENCE_ARCH, percentile=percentile, start_ms=measured.latency[0].value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.label, "percentile": self.percentile, "start_ms": self.start_ms}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], target, input_shape: tuple[int, ...],
+                  num_classes: int) -> DriftReference:
+        """The reference a run stored (its start figure), rebuilt for this process."""
+        return cls(onnx=cls.model_bytes(target, input_shape, num_classes), label=data["arch"],
+                   percentile=data["percentile"], start_ms=float(data["start_ms"]))
+
+
+@dataclass
+class Session:
+    """One side-by-side measurement of several models, each judged: `checked[name]`."""
+
+    id: str
+    checked: dict[str, Checked]
+    comparison: Any = field(repr=False)  # the last profilers.Comparison
+
+    def index(self, name: str) -> int:
+        return list(self.checked).index(name)
+
+    def ratio(self, name: str, other: str, percentile: str = "p50") -> tuple[float, tuple[float, float]]:
+        """(value, (low, high)) of `name`'s latency / `other`'s, measured in this session."""
+        found = self.comparison.ratio(self.index(name), self.index(other), percentile)
+        return found.value, (found.low, found.high)
+
+
+def _onnx_or_module(model, target, shape: tuple[int, ...]):
+    if hasattr(model, "state_dict") and target.runtime != "torch":
+        from compressor.models.onnx_export import export_onnx
+
+        return export_onnx(model, shape)
+    return model
+
+
+def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int, ...], *,
+                       reference: DriftReference | None = None, seconds: float | None = None,
+                       memory: bool | None = None, name: str = "check", timer=None) -> Session:
+    """Measure `models` side by side on `target` (with the drift reference) and judge each against the budgets.
+
+    Args:
+        models: name -> torch.nn.Module (exported to ONNX here), ONNX bytes or an .onnx path.
+        target: a `targets.Target` whose budgets decide the verdicts.
+        input_shape: one sample's (C, H, W); the batch is the target's batch size.
+        reference: the run's drift reference; None judges raw figures.
+        seconds: timed seconds of the session, all models (None: the target's `min_seconds` per model).
+        memory: measure peak memory; None measures it only when the target has a memory budget.
+        name: the session's id prefix in reports.
+        timer: how one run is timed (`profilers.side_by_side.interleave`); None: the wall clock.
+
+    Returns:
+        The `Session`, with one `Checked` per model.
+    """
+    import time
+
+    import profilers
+
+    shape = (target.batch_size, *input_shape)
+    names = list(models)
+    subjects = [_onnx_or_module(models[n], target, shape) for n in names]
+    labels = list(names)
+    ref_index = None
+    if reference is not None and profilers.interleaves(target):
+        subjects.append(reference.onnx)
+        labels.append(reference.label)
+        ref_index = len(subjects) - 1
+    if memory is None:
+        memory = target.budgets.memory_mb is not None
+    session_id = f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
+    remeasured = False
+    while True:
+        comparison = profilers.compare(subjects, target, reference=ref_index, labels=labels, input_shape=shape,
+                                       seconds=seconds, memory=memory, percentile=target.budgets.latency_percentile,
+                                       confidence=CONFIDENCE, **({} if timer is None else {"timer": timer}))
+        described = _describe_session(session_id, comparison, reference, ref_index, remeasured)
+        checked = {n: _judge(comparison, i, ref_index, reference, target.budgets, remeasured, described)
+                   for i, n in enumerate(names)}
+        if remeasured or not any(c.verdict == "borderline" for c in checked.values()):
+            break
+        remeasured = True
+        seconds = REMEASURE_FACTOR * (target.measure.min_seconds * len(subjects) if seconds is None else seconds)
+    return Session(id=session_id, checked=checked, comparison=comparison)
+
+
+def _describe_session(session_id: str, comparison, reference: DriftReference | None, ref_index: int | None,
+                      remeasured: bool) -> dict[str, Any]:
+    drift = None
+    if ref_index is not None:
+        drift = reference.start_ms / comparison.latency[ref_index].value
+    return {"id": session_id, "mode": comparison.mode, "models": comparison.labels, "rounds": comparison.rounds,
+            "seconds": comparison.seconds, "percentile": comparison.percentile,
+            "confidence": comparison.confidence,
+            "reference": None if ref_index is None else {**reference.to_dict(),
+                                                         "now_ms": comparison.latency[ref_index].value},
+            "drift": drift, "remeasured": remeasured, "warnings": comparison.warnings}
+
+
+def _judge(comparison, index: int, ref_index: int | None, reference: DriftReference | None, budgets,
+           remeasured: bool, session: dict[str, Any]) -> Checked:
+    import profilers
+
+    profile = comparison.profiles[index]
+    raw = comparison.latency[index]
+    judged = raw if ref_index is None else comparison.ratios[index].scaled(reference.start_ms)
+    violations = profilers.budget_violations(profile, budgets, latency_ms=judged.value)
+    static_over = any(not reason.startswith("latency") for reason, _ in violations)
+    ratio = None
+    verdict = "over" if static_over else "within"
+    if budgets.latency_ms is not None:
+        ratio = judged.scaled(1 / budgets.latency_ms)
+        if ratio.low > 1:
+            verdict = "over"
+        elif ratio.high > 1 and not static_over:
+            verdict = "borderline"
+    return Checked(
+        profile=profile, violations=violations, verdict=verdict, latency_ms=judged.value,
+        latency_interval=(judged.low, judged.high), raw_latency_ms=raw.value,
+        drift=session["drift"], budget_ratio=None if ratio is None else ratio.value,
+        budget_ratio_interval=None if ratio is None else (ratio.low, ratio.high), remeasured=remeasured,
+        decided_by="point estimate" if verdict == "borderline" and remeasured else "interval", session=session,
+    )
+
 
 def check_on_target(model, target, input_shape: tuple[int, ...], *, max_seconds: float | None = None,
-                    memory: bool | None = None, label: str | None = None) -> Checked:
-    """Measure `model` on `target` and check it against the target's budgets.
+                    memory: bool | None = None, label: str | None = None,
+                    reference: DriftReference | None = None) -> Checked:
+    """Measure `model` on `target` (beside the drift reference, if any) and judge it against the budgets.
 
     Args:
         model: a torch.nn.Module (exported to ONNX here), ONNX bytes or an .onnx path.
         target: a `targets.Target` whose budgets decide the verdict.
         input_shape: one sample's (C, H, W); the batch is the target's batch size.
-        max_seconds: cap on the latency measurement (None: the target's own).
+        max_seconds: timed seconds of the measurement, reference included (None: the target's own).
         memory: measure peak memory; None measures it only when the target has a memory budget.
         label: the model's name in the Profile.
+        reference: the run's drift reference; None judges the raw figure.
 
     Returns:
-        A `Checked` with the profile and the budgets it misses.
+        A `Checked` with the profile, the verdict and the budgets it misses.
+    """
+    name = label or "model"
+    return check_side_by_side({name: model}, target, input_shape, reference=reference, seconds=max_seconds,
+                              memory=memory).checked[name]
+
+
+def check_floor(target, input_shape: tuple[int, ...]) -> float:
+    """The runtime's per-call latency floor on `target` (ms); a latency budget below it is refused.
+
+    Raises:
+        UserError: the latency budget is under the floor, naming both.
     """
     import profilers
 
-    shape = (target.batch_size, *input_shape)
-    if hasattr(model, "state_dict"):
-        from compressor.models.onnx_export import export_onnx
+    from compressor.errors import UserError
 
-        model = export_onnx(model, shape)
-    if memory is None:
-        memory = target.budgets.memory_mb is not None
-    profile = profilers.measure(model, target, input_shape=shape, max_seconds=max_seconds, memory=memory,
-                                label=label)
-    return Checked(profile=profile, violations=profilers.budget_violations(profile, target.budgets))
+    percentile = target.budgets.latency_percentile
+    floor = profilers.latency_floor(target, (target.batch_size, *input_shape), seconds=FLOOR_SECONDS,
+                                    percentile=percentile).value
+    budget = target.budgets.latency_ms
+    if budget is not None and budget < floor:
+        raise UserError(f"latency budget {budget:.4g} ms {percentile} is below the runtime's per-call floor on "
+                        f"{target.name}: a one-op model already takes {floor:.4g} ms there, so no network can meet "
+                        f"it; set --latency-ms above {floor:.4g} ms (a few times the floor to leave room for a model)")
+    return floor

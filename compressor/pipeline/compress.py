@@ -1,14 +1,25 @@
 """`compress`: the whole loop behind `compressor compress` and the Python API.
 
 Order of work, cheapest first: check the flags, the target and its budgets
--> load data and teacher -> teacher logits (cached on disk) -> teacher
-accuracy and profile (kept in the run's store, so a resume does not measure
-again) -> screen the space's smallest network against the budgets (an
-unreachable budget is reported in seconds, not after an hour) -> the search
-(compressor.search.loop) -> final training of the best family's best member ->
-`best.pt` -> profile -> optionally the hand-designed baseline at the same
-budget (compressor.pipeline.baselines, same teacher and epochs, kept in the store) ->
-export bundle (compressor.export) -> report.
+-> load data and teacher -> the runtime's latency floor (a latency budget
+below it is refused before anything is written) -> teacher logits (cached on
+disk) -> the run's drift reference, measured once (kept in the store with its
+start latency) -> teacher accuracy and profile (kept in the run's store, so a
+resume does not measure again) -> screen the space's smallest network against
+the budgets (an unreachable budget is reported in seconds, not after an hour)
+-> the search (compressor.search.loop) -> final training of the best family's
+best member -> `best.pt` -> optionally the hand-designed baseline
+(compressor.pipeline.baselines, same teacher and epochs, kept in the store) ->
+the final session -> export bundle (compressor.export) -> report.
+
+Every budget verdict comes from `compressor.models.on_target` (drift-corrected,
+with a confidence interval). The final verdicts of the student and of each
+baseline, and the speed-up over the teacher, come from ONE side-by-side
+session of teacher, student, baselines and the drift reference at the end
+(`_final_session`, kept in the store as meta `final_session`): report.json
+gives each `within_budget` (true, false or "borderline"), its ratio to the
+budget with the interval, and the session's id; a baseline that misses the
+budget is reported as such, not as "at the same budget".
 
 Every stage that has finished is on disk before the next begins; a resumed
 run skips them. A finished run resumed again does nothing more.
@@ -123,18 +134,23 @@ def compress(
     dataset = load_dataset(data, **dataclasses.asdict(data_options))
     teacher_model = load_teacher(teacher, weights=teacher_weights, num_classes=dataset.num_classes,
                                  input_shape=dataset.input_shape)
+    floor = None
+    if target.budgets.latency_ms is not None:
+        from compressor.models.on_target import check_floor
+
+        floor = check_floor(target, dataset.input_shape)  # a budget below the runtime's floor fails here
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         store = TrialStore(run_dir / "trials.sqlite")
         try:
             return _compress_locked(config, target, teacher_model, dataset, run_dir, store, resume, quiet,
-                                    cache_dir, baseline)
+                                    cache_dir, baseline, floor)
         finally:
             store.close()
 
 
 def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, quiet, cache_dir,
-                     baseline) -> CompressResult:
+                     baseline, floor) -> CompressResult:
     from compressor.train.distill import LogitsCache
 
     fingerprint = _fingerprint(config, teacher, dataset, target)
@@ -161,22 +177,25 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
         err_console.print(f"[yellow]warning[/]: {split_warning}")
 
     logits = LogitsCache(cache_dir).get(teacher, dataset)
+    reference = _drift_reference(store, target, dataset)
     teacher_info = store.get_meta("teacher")
     if teacher_info is None:
-        teacher_info = _describe_teacher(teacher, dataset, logits, target)
+        teacher_info = _describe_teacher(teacher, dataset, logits, target, reference)
         store.set_meta("teacher", teacher_info)
     if not store.records():
-        _check_reachable(config, target, dataset)
+        store.set_meta("smallest_network", _check_reachable(config, target, dataset, reference))
 
     display = _Progress(config, quiet)
     search = Search(config=config, target=target, dataset=dataset, teacher_logits=logits, store=store,
-                    progress=display.event)
+                    progress=display.event, reference=reference)
     with display:
         display.preload(search.records)
         records = search.run()
     seconds = sum(r.total_s for r in records)
     best = best_record(records)
     report = _base_report(config, target, teacher_info, records, seconds)
+    report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
+                               "drift_reference": None if reference is None else reference.to_dict()}
     if split_warning:
         report["warnings"].append(split_warning)
     if best is None:
@@ -197,10 +216,11 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
         store.set_meta("final", final)
     model = _load_student(checkpoint)
     report["student"] = final
-    report["speedup_p50"] = (teacher_info["profile"]["latency_ms"]["p50"] / final["profile"]["latency_ms"]["p50"])
     report["param_reduction"] = teacher_info["params"] / max(1, final["params"])
     if baseline:
-        report["baselines"] = [_baseline(config, store, teacher, dataset, logits, target, quiet)]
+        report["baselines"] = [_baseline(config, store, teacher, dataset, logits, target, quiet, reference)]
+    _apply_final_session(report, _final_session(config, store, teacher, dataset, target, model, final,
+                                                report.get("baselines", []), reference, quiet))
     if config.export:
         bundle = run_dir / "artifacts"
         artifacts = store.get_meta("artifacts")
@@ -258,33 +278,50 @@ def _teacher_split_warning(teacher, dataset) -> str | None:
             "same --data and --split-seed")
 
 
-def _describe_teacher(teacher, dataset, logits, target) -> dict[str, Any]:
+def _drift_reference(store, target, dataset):
+    """The run's DriftReference: measured at the run's start and stored; a resume keeps the start figure."""
+    from compressor.models.on_target import DriftReference
+
+    stored = store.get_meta("drift_reference")
+    if stored is not None:
+        return DriftReference.from_dict(stored, target, dataset.input_shape, dataset.num_classes)
+    reference = DriftReference.start(target, dataset.input_shape, dataset.num_classes)
+    if reference is not None:
+        store.set_meta("drift_reference", reference.to_dict())
+    return reference
+
+
+def _describe_teacher(teacher, dataset, logits, target, reference) -> dict[str, Any]:
     from compressor.models.on_target import check_on_target
 
     shape = (target.batch_size, *dataset.input_shape)
     val_acc = float((logits["val"].argmax(1) == dataset.val_y).float().mean())
     test_acc = float((logits["test"].argmax(1) == dataset.test_y).float().mean())
-    profile = check_on_target(teacher.onnx_bytes(shape), target, dataset.input_shape, memory=True).profile
+    profile = check_on_target(teacher.onnx_bytes(shape), target, dataset.input_shape, memory=True,
+                              label="teacher", reference=reference).profile
     return {"ref": teacher.ref, "arch": teacher.arch, "val_accuracy": val_acc, "test_accuracy": test_acc,
             "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile}
 
 
-def _check_reachable(config, target, dataset) -> None:
-    """Fail in seconds if even the space's smallest network is over budget."""
+def _check_reachable(config, target, dataset, reference) -> dict[str, Any] | None:
+    """Fail in seconds if even the space's smallest network is over budget; its figures otherwise."""
     from compressor.models.on_target import check_on_target
     from compressor.spaces import get_space
 
     if not target.budgets.any():
-        return
+        return None
     space = get_space(config.space)
     spec = space.sample(space.smallest_params(), config.seed)
     model = space.build(spec, dataset.input_shape, dataset.num_classes)
-    checked = check_on_target(model, target, dataset.input_shape, max_seconds=config.profile_seconds)
+    checked = check_on_target(model, target, dataset.input_shape, max_seconds=config.profile_seconds,
+                              label=f"smallest {config.space}", reference=reference)
     if not checked.fits:
         raise UserError(
             f"budgets unreachable on {target.name}: even the smallest network of the {config.space!r} space "
             f"measures {checked.reasons[0]}; loosen the budget or choose another --space"
         )
+    return {"space": config.space, "latency_ms": checked.latency_ms, "latency_interval": checked.latency_interval,
+            "verdict": checked.verdict}
 
 
 def _final_training(config, best, dataset, logits, target, checkpoint: Path, quiet: bool) -> dict[str, Any]:
@@ -322,7 +359,7 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
 
 
-def _baseline(config, store, teacher, dataset, logits, target, quiet: bool) -> dict[str, Any]:
+def _baseline(config, store, teacher, dataset, logits, target, quiet: bool, reference) -> dict[str, Any]:
     """The hand-designed student at the run's budget, trained once per run (a resume reads it from the store)."""
     from compressor.pipeline.baselines import hand_designed_baseline
     from compressor.cli.console import err_console
@@ -330,11 +367,70 @@ def _baseline(config, store, teacher, dataset, logits, target, quiet: bool) -> d
     found = store.get_meta("baseline")
     if found is None:
         if not quiet:
-            err_console.print(f"baseline: the best hand-designed student at the same budget, {config.final_epochs} epochs")
+            err_console.print(f"baseline: the best hand-designed student within the budget, {config.final_epochs} epochs")
         found = json_safe(hand_designed_baseline(teacher, dataset, target, epochs=config.final_epochs,
-                                                 teacher_logits=logits, seed=config.seed))
+                                                 teacher_logits=logits, seed=config.seed, reference=reference))
         store.set_meta("baseline", found)
     return found
+
+
+def _final_session(config, store, teacher, dataset, target, student, final, baselines, reference,
+                   quiet: bool) -> dict[str, Any]:
+    """Teacher, student and trained baselines measured in ONE side-by-side session: verdicts and speed-up.
+
+    Kept in the store (meta `final_session`) for the student and baselines it judged, so a finished
+    run resumed again reports the same figures instead of measuring again.
+    """
+    from compressor.cli.console import err_console
+    from compressor.models.on_target import check_side_by_side
+    from compressor.pipeline.report import trained_baselines
+    from compressor.spaces import build_model, spec_from_ref
+
+    trained = trained_baselines({"baselines": baselines})
+    identity = [final["proposal"], final["fidelity"], [b["arch"] for b in trained]]
+    found = store.get_meta("final_session")
+    if found is not None and found.get("identity") == identity:
+        return found
+    if not quiet:
+        err_console.print("final session: teacher, student" + (" and baseline" if trained else "")
+                          + " measured side by side")
+    shape = (target.batch_size, *dataset.input_shape)
+    models = {"teacher": teacher.onnx_bytes(shape), "student": student}
+    for entry in trained:
+        # Latency depends on the architecture, not on the trained weights: the baseline is rebuilt from its arch.
+        models[f"baseline: {entry['name']}"] = build_model(spec_from_ref(entry["arch"], seed=config.seed),
+                                                           dataset.input_shape, dataset.num_classes)
+    session = check_side_by_side(models, target, dataset.input_shape, reference=reference, memory=True,
+                                 name="final")
+    speedup, interval = session.ratio("teacher", "student", "p50")
+    judged = {name: {**checked.verdict_fields(), "profile": checked.profile}
+              for name, checked in session.checked.items()}
+    found = json_safe({
+        "identity": identity,
+        "session": session.checked["student"].session,
+        "teacher": judged["teacher"],
+        "student": judged["student"],
+        "baselines": [judged[f"baseline: {b['name']}"] for b in trained],
+        "speedup_p50": {"value": speedup, "interval": list(interval)},
+    })
+    store.set_meta("final_session", found)
+    return found
+
+
+def _apply_final_session(report: Report, found: dict[str, Any]) -> None:
+    """Put the final session's figures into the report: profiles, verdicts, speed-up, the session itself."""
+    from compressor.pipeline.report import trained_baselines
+
+    report["final_session"] = found["session"]
+    report["teacher"] = {**report["teacher"], "profile_at_start": report["teacher"]["profile"],
+                         **found["teacher"]}
+    report["student"] = {**report["student"], **found["student"]}
+    for entry, judged in zip(trained_baselines(report), found["baselines"]):
+        entry.update(judged)
+        entry["at_same_budget"] = judged["within_budget"] is True
+    report["speedup_p50"] = found["speedup_p50"]["value"]
+    report["speedup_p50_interval"] = found["speedup_p50"]["interval"]
+    report["speedup_session"] = found["session"]["id"]
 
 
 def _load_student(checkpoint: Path):

@@ -4,6 +4,16 @@ The JSON is written atomically (temporary name, then rename) so a crash never
 leaves a half-written report next to a complete-looking run. Accuracies are
 fractions in [0, 1]; latencies are milliseconds per batch on the target.
 Every profile in it is a `profilers.Profile`.
+
+Verdicts (`Verdict`, from `compressor.models.on_target.Checked.verdict_fields`):
+the teacher, the student and each trained baseline carry the verdict of ONE
+side-by-side session measured at the end of the run (`final_session`), and
+`speedup_p50` is the teacher/student ratio of medians from that same session,
+with its bootstrap interval. `within_budget` is true, false or "borderline"
+(the interval straddled the budget even after a longer measurement; then
+`fits` follows the point estimate and `decided_by` says "point estimate").
+`budget_ratio` is the judged latency over the latency budget (drift-corrected
+to the run's start), with `budget_ratio_interval`.
 """
 
 from __future__ import annotations
@@ -18,7 +28,49 @@ from profilers.profile import Profile
 from compressor.search.store import TrialRecord
 
 
-class TeacherReport(TypedDict):
+class Verdict(TypedDict, total=False):
+    """A model's budget verdict from the final session (see the module docstring)."""
+
+    within_budget: bool | str  # True, False or "borderline"
+    verdict: str  # "within" | "over" | "borderline"
+    decided_by: str  # "interval" | "point estimate"
+    fits: bool
+    reasons: list[str]
+    latency_ms: float | None  # judged: the budget percentile, drift-corrected
+    latency_interval: list[float] | None
+    raw_latency_ms: float | None
+    drift: float | None  # reference latency at the run's start / in the session
+    budget_ratio: float | None
+    budget_ratio_interval: list[float] | None
+    remeasured: bool
+    session: str  # the id of `final_session`
+
+
+class FinalSession(TypedDict):
+    """The side-by-side session every final verdict and the speed-up come from."""
+
+    id: str
+    mode: str  # "interleaved" | "sequential"
+    models: list[str]
+    rounds: int
+    seconds: float
+    percentile: str
+    confidence: float
+    reference: dict[str, Any] | None  # the drift reference: arch, percentile, start_ms, now_ms
+    drift: float | None
+    remeasured: bool
+    warnings: list[str]
+
+
+class LatencyFloor(TypedDict):
+    """The runtime's floor on this machine: a one-op model, and the space's smallest network."""
+
+    one_op_ms: float | None  # None without a latency budget
+    smallest_network: dict[str, Any] | None
+    drift_reference: dict[str, Any] | None
+
+
+class _TeacherRequired(TypedDict):
     """The teacher as the run saw it: accuracies from its cached logits, its profile on the target."""
 
     ref: str
@@ -27,10 +79,16 @@ class TeacherReport(TypedDict):
     test_accuracy: float
     params: int
     macs: int
-    profile: Profile
+    profile: Profile  # from the final session once there is a student
 
 
-class StudentReport(TypedDict):
+class TeacherReport(_TeacherRequired, Verdict, total=False):
+    """The teacher as the run saw it: accuracies from its cached logits, its profile on the target."""
+
+    profile_at_start: Profile
+
+
+class _StudentRequired(TypedDict):
     """The final student: the best evaluation's best member, trained for `epochs` and profiled."""
 
     val_accuracy: float
@@ -50,6 +108,11 @@ class StudentReport(TypedDict):
     loss_curve: list[float]
 
 
+class StudentReport(_StudentRequired, Verdict, total=False):
+    """The final student: the best evaluation's best member, trained for `epochs`; profile and verdict
+    from the final session."""
+
+
 class _BaselineRequired(TypedDict):
     name: str
     arch: str
@@ -58,9 +121,13 @@ class _BaselineRequired(TypedDict):
     epochs: int
 
 
-class BaselineReport(_BaselineRequired, total=False):
-    """A hand-designed baseline: status "ok" with its figures, or "failed" with the reason."""
+class BaselineReport(_BaselineRequired, Verdict, total=False):
+    """A hand-designed baseline: status "ok" with its figures and final verdict, or "failed" with the reason.
 
+    `meets_budget` is the verdict that chose its width; `at_same_budget` is true only when the final
+    session found it within the budget (a baseline over budget is not "at the same budget")."""
+
+    at_same_budget: bool
     reason: str
     kd: bool
     val_accuracy: float
@@ -103,7 +170,11 @@ class Report(_ReportRequired, total=False):
     `artifacts` are the export bundle's entries (see compressor.export)."""
 
     failure: str
-    speedup_p50: float
+    speedup_p50: float  # teacher p50 / student p50, both from `final_session`
+    speedup_p50_interval: list[float]
+    speedup_session: str
+    final_session: FinalSession
+    latency_floor: LatencyFloor
     param_reduction: float
     baselines: list[BaselineReport]
     artifacts_error: str
@@ -197,23 +268,37 @@ def markdown_report(report: Report) -> str:
         f"Search: {search['strategy']}, {search['trials']} proposals, {search['feasible']} feasible, "
         f"{search['infeasible']} over budget, {search['failed']} failed, {search['seconds']:.0f} s.",
         "",
-        "| | test accuracy | params | MACs | p50 ms | p90 ms | peak memory MiB | size MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| | test accuracy | params | MACs | p50 ms | p90 ms | peak memory MiB | size MiB | within budget |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = [("teacher", teacher)] + ([("student", student)] if student else [])
-    rows += [(f"baseline: {b['name']}", b) for b in trained_baselines(report)]
-    for name, entry in rows:
+    for name, entry in model_rows(report):
         prof = entry.get("profile")
         lines.append(
             f"| {name} | {_pct(entry.get('test_accuracy'))} | {entry.get('params', 0):,} | {entry.get('macs', 0):,} | "
             f"{_ms(prof, 'p50')} | {_ms(prof, 'p90')} | "
             f"{'-' if not prof or prof.get('peak_memory_mb') is None else format(prof['peak_memory_mb'], '.1f')} | "
-            f"{'-' if not prof else format(prof['model_size_mb'], '.3f')} |"
+            f"{'-' if not prof else format(prof['model_size_mb'], '.3f')} | {verdict_text(entry)} |"
         )
     lines += [f"Baseline {b['name']} failed: {b['reason']}" for b in failed_baselines(report)]
+    lines += [f"Baseline {b['name']} is not within the budget ({verdict_text(b)}): it is not a baseline at the "
+              "same budget." for b in trained_baselines(report) if b.get("at_same_budget") is False]
+    memory = (teacher.get("profile") or {}).get("peak_memory_meaning")
+    if memory:
+        lines += ["", f"Peak memory: {memory}."]
+    session = report.get("final_session")
+    if session:
+        lines += ["", f"Verdicts, profiles and speed-up come from one side-by-side session (`{session['id']}`, "
+                      f"{session['mode']}, {session['rounds']} rounds, {session['percentile']} with "
+                      f"{session['confidence']:.0%} intervals)"
+                  + (f"; latencies judged are corrected for drift by {session['drift']:.3f} (the reference "
+                     f"{session['reference']['arch']} ran {session['reference']['start_ms']:.4f} ms at the run's "
+                     f"start, {session['reference']['now_ms']:.4f} ms in the session)" if session.get("drift") else "")
+                  + "."]
     if student:
-        lines += ["", f"Speed-up over the teacher (p50): {report.get('speedup_p50', 0):.1f}x; "
-                      f"{report.get('param_reduction', 0):.0f}x fewer parameters.", ""]
+        interval = report.get("speedup_p50_interval")
+        lines += ["", f"Speed-up over the teacher (p50): {report.get('speedup_p50', 0):.1f}x"
+                      + (f" ({interval[0]:.1f}-{interval[1]:.1f}x)" if interval else "")
+                      + f"; {report.get('param_reduction', 0):.0f}x fewer parameters.", ""]
         lines += ["Student architecture: `best.pt` (state dict + ArchSpec); "
                   f"space `{student['arch']['space']}`, seed {student['arch']['seed']}.", ""]
     else:
@@ -230,6 +315,30 @@ def markdown_report(report: Report) -> str:
         lines += [f"Export failed: {report['artifacts_error']}", ""]
     lines += ["![Pareto plot](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def verdict_text(entry: dict[str, Any]) -> str:
+    """A verdict for a table cell: "yes 0.82 (0.80-0.84) of budget", "no ...", "borderline ...", or "-"."""
+    within = entry.get("within_budget")
+    if within is None:
+        return "-"
+    word = {True: "yes", False: "no"}.get(within, "borderline")
+    ratio, interval = entry.get("budget_ratio"), entry.get("budget_ratio_interval")
+    if ratio is None:
+        return word
+    text = f"{word}, {ratio:.2f}x budget" + (f" ({interval[0]:.2f}-{interval[1]:.2f})" if interval else "")
+    return text + (" by point estimate" if entry.get("decided_by") == "point estimate" else "")
+
+
+def model_rows(report: Report) -> list[tuple[str, dict[str, Any]]]:
+    """(name, entry) for the teacher, the student and each trained baseline, as tables show them."""
+    rows: list[tuple[str, dict[str, Any]]] = [("teacher", report["teacher"])]
+    if report.get("student"):
+        rows.append(("student (searched)", report["student"]))
+    for b in trained_baselines(report):
+        budget = "" if b.get("at_same_budget", True) else " (over budget: not at the same budget)"
+        rows.append((f"hand-designed: {b['name']}{budget}", b))
+    return rows
 
 
 def trained_baselines(report: Report) -> list[BaselineReport]:

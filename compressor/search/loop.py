@@ -21,11 +21,11 @@ class Search(Schedule):
     """The search over `config.space` on `target`, distilling from `teacher_logits` (see the package docstring)."""
 
     def __init__(self, *, config: SearchConfig, target, dataset, teacher_logits: dict[str, Any], store: TrialStore,
-                 progress: Callable[[str, dict], None] | None = None) -> None:
+                 progress: Callable[[str, dict], None] | None = None, reference=None) -> None:
         from compressor.spaces import get_space
 
         space = get_space(config.space)
         evaluate = FamilyEvaluator(config=config, space=space, target=target, dataset=dataset,
-                                   teacher_logits=teacher_logits)
+                                   teacher_logits=teacher_logits, reference=reference)
         super().__init__(config=config, store=store, evaluate=evaluate,
                          space={"arch": space.hyperopt_space(), **kd_hyperopt_space()}, progress=progress)

@@ -147,6 +147,8 @@ class RemoteBackend:
         profile = self._request(target, "POST", f"{base}/v1/profile", data, headers, target.timeout_s)
         profile["target"] = target.name
         profile["model"] = label or default_label
+        # An agent of an earlier version does not name the meaning; the device's runtime decides it.
+        profile.setdefault("peak_memory_meaning", self.memory_meaning(target))
         environment = profile.setdefault("environment", {})
         environment.setdefault("agent", {})["url"] = base
         return profile

@@ -125,6 +125,7 @@ class TorchBackend:
             input_shape=tuple(input_shape),
             timing=timing,
             peak_memory_mb=peak,
+            peak_memory_meaning=self.memory_meaning(target),
             static=static,
             environment=environment,
             warnings=warnings,

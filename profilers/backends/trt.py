@@ -332,6 +332,7 @@ class TensorRTBackend:
             input_shape=shapes[inputs[0]],
             timing=timing,
             peak_memory_mb=peak,
+            peak_memory_meaning=self.memory_meaning(target),
             static=static,
             environment=environment,
             warnings=warnings,

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds, help="time cap of each screening profile (default %(default)s)")
     parser.add_argument("--formats", help="export formats, e.g. onnx,ort,int8 (default: by target)")
     parser.add_argument("--no-export", action="store_true", help="skip the export bundle")
-    parser.add_argument("--baseline", action="store_true", help="also train the best hand-designed student (a plain CNN) at the same budget, same teacher and epochs, and report it side by side")
+    parser.add_argument("--baseline", action="store_true", help="also train the best hand-designed student (a plain CNN) within the budget, same teacher and epochs, and judge it side by side with the student")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR up to --trials")
     parser.add_argument("--cache-dir", help="teacher-logits cache (default $COMPRESSOR_CACHE or ~/.cache/compressor)")
@@ -89,15 +89,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(report: dict, run_dir) -> None:
-    """Teacher vs student (and baselines) side by side, then where the files are."""
+    """Teacher vs student (and baselines) side by side with their budget verdicts, then where the files are."""
     from compressor.cli.console import console, print_table
-    from compressor.pipeline.report import failed_baselines, trained_baselines
+    from compressor.pipeline.report import failed_baselines, model_rows, trained_baselines, verdict_text
 
     percentile = report["budgets"].get("latency_percentile", "p50")
-    rows = [("teacher", report["teacher"])]
-    if report.get("student"):
-        rows.append(("student (searched)", report["student"]))
-    rows += [(f"hand-designed: {b['name']}", b) for b in trained_baselines(report)]
+    rows = model_rows(report)
     teacher_p50 = report["teacher"]["profile"]["latency_ms"]["p50"]
     recommended = next((a for a in report.get("artifacts", []) if a.get("recommended")), None)
     budgets = report["budgets"]
@@ -106,7 +103,8 @@ def print_summary(report: dict, run_dir) -> None:
                  f"size {budgets['size_mb']:.3g} MiB" if budgets.get("size_mb") else ""]
     print_table(
         f"{report['target']['name']}: budgets " + (", ".join(d for d in described if d) or "none"),
-        ["model", "test acc %", "params", "MACs", "p50 ms", "p90 ms", "peak mem MiB", "size MiB", "speed-up"],
+        ["model", "test acc %", "params", "MACs", "p50 ms", "p90 ms", "peak mem MiB", "size MiB", "speed-up",
+         "within budget"],
         [
             (
                 name,
@@ -118,12 +116,27 @@ def print_summary(report: dict, run_dir) -> None:
                 e["profile"].get("peak_memory_mb"),
                 e["profile"]["model_size_mb"],
                 round(teacher_p50 / e["profile"]["latency_ms"]["p50"], 1),
+                verdict_text(e),
             )
             for name, e in rows
         ],
     )
     for failed in failed_baselines(report):
         console.print(f"hand-designed baseline {failed['name']} failed: {failed['reason']}")
+    for over in trained_baselines(report):
+        if over.get("at_same_budget") is False:
+            console.print(f"hand-designed baseline {over['name']} is not within the budget ({verdict_text(over)}): "
+                          "it is not a baseline at the same budget")
+    session = report.get("final_session")
+    if session:
+        interval = report.get("speedup_p50_interval") or [0, 0]
+        drift = f", drift-corrected by {session['drift']:.3f}" if session.get("drift") else ""
+        console.print(f"verdicts from one side-by-side session ({session['mode']}, {session['rounds']} rounds, "
+                      f"{session['confidence']:.0%} intervals{drift}); speed-up over the teacher "
+                      f"{report['speedup_p50']:.1f}x ({interval[0]:.1f}-{interval[1]:.1f}x)")
+    meaning = report["teacher"]["profile"].get("peak_memory_meaning")
+    if meaning:
+        console.print(f"peak memory: {meaning}")
     search = report["search"]
     console.print(
         f"search: {search['strategy']} over {search['space']}, {search['trials']} proposals screened "

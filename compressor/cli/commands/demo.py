@@ -16,9 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="train (or reuse) a ResNet-18 teacher on digits and compress it for one CPU core",
         description="The main job end to end on the bundled digits data: a ResNet-18 teacher (cached after the "
-        "first run), its profile on the target, a tight latency budget (1/20 of its p50) and a memory budget "
+        "first run), its profile on the target, a tight latency budget (1/20 of its p50, but at least 2.5x the "
+        "space's smallest network so that it stays reachable on any CPU) and a memory budget "
         "(1/2 of its peak), the search, the final student, the export bundle, and a side-by-side table of "
-        "teacher, searched student and the best hand-designed student at the same budget.",
+        "teacher, searched student and the best hand-designed student within the budget, judged in one side-by-side session.",
     )
     parser.add_argument("--out", type=Path, default=d.out, help="run directory (default %(default)s)")
     parser.add_argument("--target", default=d.target, help="target preset or TOML file (default %(default)s)")
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--final-epochs", type=positive_int, default=d.final_epochs, help="epochs for the winner and the baseline (default %(default)s)")
     parser.add_argument("--image-size", type=positive_int, default=d.image_size, help="digits upsampled to this size (default %(default)s)")
     parser.add_argument("--latency-fraction", type=positive_float, default=d.latency_fraction, help="latency budget as a fraction of the teacher's p50 (default 1/20)")
+    parser.add_argument("--floor-multiple", type=positive_float, default=d.floor_multiple, help="the latency budget is at least this times the smallest network's p50 (default %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
     parser.add_argument("--cache-dir", type=Path, help="cache for the teacher and its logits (default $COMPRESSOR_CACHE or ~/.cache/compressor)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_demo(DemoConfig(
         out=args.out, target=args.target, image_size=args.image_size, teacher_epochs=args.teacher_epochs,
         trials=args.trials, family_size=args.family_size, fidelities=parse_fidelities(args.fidelities),
-        final_epochs=args.final_epochs, latency_fraction=args.latency_fraction, seed=args.seed,
+        final_epochs=args.final_epochs, latency_fraction=args.latency_fraction,
+        floor_multiple=args.floor_multiple, seed=args.seed,
         cache_dir=args.cache_dir, quiet=args.quiet or args.json,
     ))
     if args.json:
