@@ -1,8 +1,12 @@
 """`compress`: the whole loop behind `compressor compress` and the Python API.
 
 Order of work, cheapest first: check the flags, the target and its budgets
--> load data and teacher -> teacher logits (cached on disk) -> teacher
-accuracy and profile (kept in the run's store, so a resume does not measure
+-> load data (raw [0, 1] images) and teacher -> the teacher's inputs (its size,
+its preprocessing: compressor.models.teachers.teacher_inputs) and the
+student's (the training split's statistics, recorded in best.pt and folded
+into every exported artifact) -> teacher logits (cached on disk) -> teacher
+accuracy (one console line, with a hint to check --teacher-preprocess when it
+is far too low) and profile (kept in the run's store, so a resume does not measure
 again) -> screen the space's smallest network against the budgets (an
 unreachable budget is reported in seconds, not after an hour) -> the search
 (compressor.search.loop) -> final training of the best family's best member ->
@@ -58,6 +62,9 @@ def compress(
     data: str = "digits",
     target: Any = "cpu-1t",
     teacher_weights: str | None = None,
+    teacher_preprocess: str | None = None,
+    teacher_image_size: int | None = None,
+    teacher_min_accuracy: float | None = None,
     latency_ms: float | None = None,
     memory_mb: float | None = None,
     size_mb: float | None = None,
@@ -72,6 +79,12 @@ def compress(
 
     Args:
         teacher: `torchvision:ARCH` (with `teacher_weights`), a compressor checkpoint, or an ONNX file.
+        teacher_preprocess: the teacher's input normalisation: `none` (raw [0, 1]), `imagenet`, `dataset`
+            or `mean=A,B,C,std=D,E,F`; None: what the teacher records, else its kind's default
+            (compressor.models.teachers.teacher_inputs).
+        teacher_image_size: the input size of a teacher that does not fix its own (default: the data's).
+        teacher_min_accuracy: a validation accuracy (fraction) below which the teacher's inputs are
+            reported as probably wrong (default: 2x chance, at most halfway from chance to 100%).
         out: the run directory (created; with `resume=True` an existing run is continued).
         data: `digits`, `imagefolder:PATH`, `npz:PATH` or a torchvision dataset name.
         target: a preset name, a TOML path or a `targets.Target`.
@@ -117,27 +130,48 @@ def compress(
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a directory")
     from compressor.data.datasets import load_dataset
-    from compressor.models.teachers import load_teacher
+    from compressor.models.preprocessing import PreprocessChoice
+    from compressor.models.teachers import load_teacher, teacher_inputs
 
+    if teacher_preprocess is not None:
+        PreprocessChoice.parse(teacher_preprocess)  # a typo fails before the data are read
+    if teacher_min_accuracy is not None and not 0.0 <= teacher_min_accuracy <= 1.0:
+        raise UserError(f"teacher_min_accuracy is a fraction in [0, 1], got {teacher_min_accuracy}")
     # Bad data or a bad teacher fail before anything is written.
-    dataset = load_dataset(data, **dataclasses.asdict(data_options))
-    teacher_model = load_teacher(teacher, weights=teacher_weights, num_classes=dataset.num_classes,
-                                 input_shape=dataset.input_shape)
+    raw = load_dataset(data, **dataclasses.asdict(data_options))
+    teacher_model = load_teacher(teacher, weights=teacher_weights, num_classes=raw.num_classes,
+                                 input_shape=raw.input_shape, image_size=teacher_image_size)
+    inputs = _Inputs(raw=raw, dataset=raw.normalised(raw.student_preprocessing()),
+                     teacher=teacher_inputs(teacher_model, raw, teacher_preprocess),
+                     teacher_min_accuracy=teacher_min_accuracy)
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         store = TrialStore(run_dir / "trials.sqlite")
         try:
-            return _compress_locked(config, target, teacher_model, dataset, run_dir, store, resume, quiet,
+            return _compress_locked(config, target, teacher_model, inputs, run_dir, store, resume, quiet,
                                     cache_dir, baseline)
         finally:
             store.close()
 
 
-def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, quiet, cache_dir,
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """The images as each consumer sees them: raw [0, 1], the student's tensors and the teacher's."""
+
+    raw: Any
+    dataset: Any
+    teacher: Any
+    teacher_min_accuracy: float | None
+
+
+def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, resume, quiet, cache_dir,
                      baseline) -> CompressResult:
+    from compressor.cli.console import err_console
+    from compressor.models.teachers import check_teacher_accuracy
     from compressor.train.distill import LogitsCache
 
-    fingerprint = _fingerprint(config, teacher, dataset, target)
+    dataset = inputs.dataset
+    fingerprint = _fingerprint(config, teacher, inputs, target)
     existing = store.get_meta("fingerprint")
     if existing is None or not store.records():
         # A run is its evaluations: a directory whose run stopped before the first one (budgets
@@ -156,15 +190,21 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
         raise UserError(f"--resume: {run_dir} was created with a different configuration ({detail} differs)")
     split_warning = _teacher_split_warning(teacher, dataset)
     if split_warning and not quiet:
-        from compressor.cli.console import err_console
-
         err_console.print(f"[yellow]warning[/]: {split_warning}")
+    if not quiet:
+        err_console.print(inputs.teacher.describe(), markup=False)
 
-    logits = LogitsCache(cache_dir).get(teacher, dataset)
+    logits = LogitsCache(cache_dir).get(teacher, inputs.teacher.dataset)
     teacher_info = store.get_meta("teacher")
     if teacher_info is None:
-        teacher_info = _describe_teacher(teacher, dataset, logits, target)
+        teacher_info = _describe_teacher(teacher, inputs.teacher, logits, target)
         store.set_meta("teacher", teacher_info)
+    accuracy_line, accuracy_hint = check_teacher_accuracy(teacher_info["val_accuracy"], len(dataset.val_y),
+                                                          dataset.num_classes, inputs.teacher_min_accuracy)
+    if not quiet:
+        err_console.print(accuracy_line, markup=False)
+        if accuracy_hint:
+            err_console.print(f"[yellow]hint[/]: {accuracy_hint}")
     if not store.records():
         _check_reachable(config, target, dataset)
 
@@ -177,8 +217,7 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
     seconds = sum(r.total_s for r in records)
     best = best_record(records)
     report = _base_report(config, target, teacher_info, records, seconds)
-    if split_warning:
-        report["warnings"].append(split_warning)
+    report["warnings"] += [w for w in (split_warning, accuracy_hint) if w]
     if best is None:
         report["failure"] = failure_summary(records)
         from compressor.pipeline.report import write_report
@@ -194,6 +233,7 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
         # for the previous winner no longer describes the student.
         store.set_meta("artifacts", None)
         final = _final_training(config, best, dataset, logits, target, checkpoint, quiet)
+        final["preprocessing"] = dataset.preprocessing.to_dict()
         store.set_meta("final", final)
     model = _load_student(checkpoint)
     report["student"] = final
@@ -208,8 +248,9 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
             try:
                 from compressor.export import ExportConfig, export_bundle
 
-                artifacts = export_bundle(model, json_dumps_arch(final["arch"]), dataset, target, bundle,
-                                          ExportConfig(formats=config.export_formats))["artifacts"]
+                artifacts = export_bundle(model, json_dumps_arch(final["arch"]), inputs.raw, target, bundle,
+                                          ExportConfig(formats=config.export_formats),
+                                          preprocessing=dataset.preprocessing, checkpoint=str(checkpoint))["artifacts"]
                 store.set_meta("artifacts", artifacts)
             except UserError:
                 raise
@@ -235,10 +276,12 @@ def _target_key(target) -> dict[str, Any]:
     return data
 
 
-def _fingerprint(config: SearchConfig, teacher, dataset, target) -> dict[str, Any]:
-    """What a resumed run must share with the original (`SearchConfig.fingerprint`, the teacher, data and target)."""
-    return json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash, "dataset": dataset.identity,
-                      "label_fraction": dataset.label_fraction, "target": _target_key(target)})
+def _fingerprint(config: SearchConfig, teacher, inputs: _Inputs, target) -> dict[str, Any]:
+    """What a resumed run must share with the original (`SearchConfig.fingerprint`, the teacher and its
+    inputs, the data and the target)."""
+    return json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash,
+                      "teacher_inputs": inputs.teacher.dataset.identity, "dataset": inputs.dataset.identity,
+                      "label_fraction": inputs.dataset.label_fraction, "target": _target_key(target)})
 
 
 def _identity(evaluation) -> tuple[int, int]:
@@ -258,15 +301,20 @@ def _teacher_split_warning(teacher, dataset) -> str | None:
             "same --data and --split-seed")
 
 
-def _describe_teacher(teacher, dataset, logits, target) -> dict[str, Any]:
+def _describe_teacher(teacher, teacher_in, logits, target) -> dict[str, Any]:
+    """Accuracy from the cached logits, the profile at the teacher's own input shape, its preprocessing."""
     from compressor.models.on_target import check_on_target
+    from compressor.train.distill import logits_accuracy
 
+    dataset = teacher_in.dataset
     shape = (target.batch_size, *dataset.input_shape)
-    val_acc = float((logits["val"].argmax(1) == dataset.val_y).float().mean())
-    test_acc = float((logits["test"].argmax(1) == dataset.test_y).float().mean())
+    val_acc = logits_accuracy(logits["val"], dataset.val_y)
+    test_acc = logits_accuracy(logits["test"], dataset.test_y)
     profile = check_on_target(teacher.onnx_bytes(shape), target, dataset.input_shape, memory=True).profile
     return {"ref": teacher.ref, "arch": teacher.arch, "val_accuracy": val_acc, "test_accuracy": test_acc,
-            "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile}
+            "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
+            "input_shape": list(dataset.input_shape), "preprocessing": teacher_in.preprocessing.to_dict(),
+            "preprocessing_source": teacher_in.source}
 
 
 def _check_reachable(config, target, dataset) -> None:
@@ -316,7 +364,7 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
             "seconds": result.seconds}
     save_checkpoint(checkpoint, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
                                            num_classes=dataset.num_classes, input_shape=dataset.input_shape,
-                                           meta=meta))
+                                           meta=meta, preprocessing=dataset.preprocessing))
     profile = check_on_target(model, target, dataset.input_shape, memory=True).profile
     return {**meta, "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}

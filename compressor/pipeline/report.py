@@ -19,7 +19,8 @@ from compressor.search.store import TrialRecord
 
 
 class TeacherReport(TypedDict):
-    """The teacher as the run saw it: accuracies from its cached logits, its profile on the target."""
+    """The teacher as the run saw it: accuracies from its cached logits, its profile on the target,
+    the input shape it was fed and its preprocessing (`Preprocessing.to_dict()`) with where that came from."""
 
     ref: str
     arch: str
@@ -28,6 +29,9 @@ class TeacherReport(TypedDict):
     params: int
     macs: int
     profile: Profile
+    input_shape: list[int]
+    preprocessing: dict[str, Any]
+    preprocessing_source: str
 
 
 class StudentReport(TypedDict):
@@ -48,6 +52,7 @@ class StudentReport(TypedDict):
     profile: Profile
     arch: dict[str, Any]
     loss_curve: list[float]
+    preprocessing: dict[str, Any]
 
 
 class _BaselineRequired(TypedDict):
