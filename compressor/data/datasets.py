@@ -302,10 +302,8 @@ def _finish(ref, x, y, names, splits, *, image_size, channels, seed, label_fract
         if len(x) < 10:
             raise UserError(f"{ref}: only {len(x)} samples; need at least 10 to split into train/val/test")
         index = np.arange(len(y))
-        stratify = y if np.bincount(y).min() >= 3 else None
-        train_i, rest = train_test_split(index, train_size=SPLIT[0], random_state=seed, stratify=stratify)
-        val_i, test_i = train_test_split(rest, test_size=0.5, random_state=seed,
-                                         stratify=y[rest] if stratify is not None else None)
+        train_i, rest = train_test_split(index, train_size=SPLIT[0], random_state=seed, stratify=_stratify(y, 3))
+        val_i, test_i = train_test_split(rest, test_size=0.5, random_state=seed, stratify=_stratify(y[rest], 2))
         parts = [(x[i], y[i]) for i in (train_i, val_i, test_i)]
     elif len(splits) == 3:
         parts = list(splits)
@@ -321,7 +319,7 @@ def _finish(ref, x, y, names, splits, *, image_size, channels, seed, label_fract
                 raise UserError(f"{ref}: the val folder holds {len(held_y)} image(s); need at least 2 to split it "
                                 "into val and test (or add a test/ folder)")
             val_i, test_i = train_test_split(np.arange(len(held_y)), test_size=0.5, random_state=seed,
-                                             stratify=held_y if np.bincount(held_y).min() >= 2 else None)
+                                             stratify=_stratify(held_y, 2))
             parts = [(train_x, train_y), (held_x[val_i], held_y[val_i]), (held_x[test_i], held_y[test_i])]
     num_classes = len(names) if names else int(max(int(p[1].max()) for p in parts) + 1)
     if names is None:
@@ -353,6 +351,13 @@ def _finish(ref, x, y, names, splits, *, image_size, channels, seed, label_fract
                    train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, test_x=test_x, test_y=test_y,
                    class_names=list(names), label_fraction=label_fraction, split_identity=split_identity,
                    mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+
+
+def _stratify(labels, minimum: int):
+    """`labels` for a stratified split when every class present has `minimum` samples, else None (random split)."""
+    import numpy as np
+
+    return labels if np.unique(labels, return_counts=True)[1].min() >= minimum else None
 
 
 def _source_key(ref: str) -> str:
