@@ -86,6 +86,12 @@ class Dataset:
     preprocessing: Preprocessing | None = None
     # load_dataset's arguments, so that `at_size` reads the same source with the same split again.
     load_args: dict[str, Any] = field(default_factory=dict)
+    # The raw dataset a normalised one was made from (None for a raw one): a teacher's inputs start there.
+    raw: "Dataset | None" = field(default=None, repr=False)
+
+    def as_raw(self) -> "Dataset":
+        """The raw [0, 1] images of this dataset (itself when it is raw)."""
+        return self.raw if self.raw is not None else self
 
     def student_preprocessing(self) -> Preprocessing:
         """The training split's statistics at this size: how students are normalised by default."""
@@ -104,7 +110,7 @@ class Dataset:
         identity = hashlib.sha256(json.dumps([self.identity, preprocessing.to_dict()],
                                              sort_keys=True).encode()).hexdigest()[:16]
         return dataclasses.replace(
-            self, identity=identity, preprocessing=preprocessing, train_x=preprocessing.normalise(self.train_x),
+            self, identity=identity, preprocessing=preprocessing, raw=self, train_x=preprocessing.normalise(self.train_x),
             val_x=preprocessing.normalise(self.val_x), test_x=preprocessing.normalise(self.test_x))
 
     def at_size(self, image_size: int, channels: int) -> "Dataset":

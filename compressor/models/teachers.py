@@ -231,11 +231,12 @@ def teacher_inputs(teacher: Teacher, raw, choice: str | None = None) -> TeacherI
 
     Args:
         teacher: the loaded teacher (its input shape and recorded preprocessing).
-        raw: the raw [0, 1] `Dataset` (the student's size is fine: it is read again at the teacher's).
+        raw: the `Dataset` (raw [0, 1], or normalised from one; the student's size is fine: it is read again
+            at the teacher's).
         choice: `--teacher-preprocess` (none, imagenet, dataset, mean=..,std=..); None: the recorded or default.
     """
     channels, height, width = teacher.input_shape
-    data = raw.at_size(height, channels)
+    data = raw.as_raw().at_size(height, channels)
     stats = (data.mean, data.std)
     if choice is not None:
         pre = PreprocessChoice.parse(choice).resolve((height, width), channels, stats)
