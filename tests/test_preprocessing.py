@@ -34,7 +34,7 @@ from compressor.models.preprocessing import (
     from_metadata,
     normalising,
 )
-from compressor.models.teachers import check_teacher_accuracy, load_teacher, teacher_inputs
+from compressor.models.teachers import alternative_accuracies, check_teacher_accuracy, load_teacher, teacher_inputs
 
 QUICK_TARGET = """
 name = "cpu-1t-quick"
@@ -116,6 +116,10 @@ def test_the_accuracy_hint_rule():
     assert "15.00%" in line and "check --teacher-preprocess" in hint and "2.0x chance" in hint
     assert check_teacher_accuracy(0.70, 100, 2)[1] is not None  # 2 classes: halfway from chance is 75%
     assert check_teacher_accuracy(0.85, 100, 10, min_accuracy=0.9)[1].count("--teacher-min-accuracy 90%") == 1
+    # Above 2x chance, but another named choice is far better: the inputs are probably wrong.
+    line, hint = check_teacher_accuracy(0.35, 100, 10, alternatives={"none": 0.97, "imagenet": 0.22})
+    assert "none: 97.00%" in line and "--teacher-preprocess none gives 97.00%" in hint
+    assert check_teacher_accuracy(0.97, 100, 10, alternatives={"dataset": 0.35, "imagenet": 0.9})[1] is None
 
 
 # ---------------------------------------------------------------- real data paths
@@ -200,6 +204,8 @@ def test_an_onnx_teacher_with_a_fixed_batch_of_1_at_its_own_size(tmp_path, npz_d
     cache = LogitsCache(tmp_path / "cache")
     assert cache.path(teacher, other.dataset) != cache.path(teacher, inputs.dataset)
     assert inputs.source == "--teacher-preprocess" and other.source == "--teacher-preprocess"
+    alternatives = alternative_accuracies(inputs)
+    assert set(alternatives) == {"imagenet", "dataset"} and all(0 <= v <= 1 for v in alternatives.values())
 
 
 def test_a_teacher_with_more_classes_than_the_data_is_one_clear_line(tmp_path, npz_data):

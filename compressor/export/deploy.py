@@ -27,14 +27,15 @@ def render_deploy(manifest: dict[str, Any]) -> str:
     steps = (f"convert the image to {mode}, resize it to {pre['size'][1]}x{pre['size'][0]} px ({pre['interpolation']}, "
              "aspect ratio not kept), divide the 8-bit pixels by 255")
     if pre["name"] != "none":
-        steps += f", then subtract mean {pre['mean']} and divide by std {pre['std']} per channel"
+        steps += f", then subtract mean {_short(pre['mean'])} and divide by std {_short(pre['std'])} per channel"
     names = manifest["class_names"]
     lines = [
         f"# Deploying on `{target['name']}`",
         "",
         f"Input `{manifest['input_name']}`: float32, shape ({shape}) (any batch size), layout {pre['layout']}: "
         f"{steps}."
-        + (f" The normalisation (mean {inside['mean']}, std {inside['std']}) is inside the model." if inside else "")
+        + (f" The normalisation (mean {_short(inside['mean'])}, std {_short(inside['std'])}) is inside the model."
+           if inside else "")
         + f" Output `{manifest['output_name']}`: float32 scores of {len(names)} classes in this order: "
         + ", ".join(f"`{n}`" for n in names[:20]) + (", ..." if len(names) > 20 else "")
         + f" (all in `artifacts.json` `class_names` and in each ONNX file's metadata `{METADATA_CLASS_NAMES}`). "
@@ -138,6 +139,10 @@ def _tensorrt_snippet(file: str, manifest: dict[str, Any]) -> list[str]:
         "predicted = logits.argmax(dim=1)",
         "```",
     ]
+
+
+def _short(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 def _num(value, spec: str) -> str:

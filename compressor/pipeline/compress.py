@@ -200,7 +200,8 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         teacher_info = _describe_teacher(teacher, inputs.teacher, logits, target)
         store.set_meta("teacher", teacher_info)
     accuracy_line, accuracy_hint = check_teacher_accuracy(teacher_info["val_accuracy"], len(dataset.val_y),
-                                                          dataset.num_classes, inputs.teacher_min_accuracy)
+                                                          dataset.num_classes, inputs.teacher_min_accuracy,
+                                                          teacher_info.get("preprocessing_alternatives"))
     if not quiet:
         err_console.print(accuracy_line, markup=False)
         if accuracy_hint:
@@ -304,6 +305,7 @@ def _teacher_split_warning(teacher, dataset) -> str | None:
 def _describe_teacher(teacher, teacher_in, logits, target) -> dict[str, Any]:
     """Accuracy from the cached logits, the profile at the teacher's own input shape, its preprocessing."""
     from compressor.models.on_target import check_on_target
+    from compressor.models.teachers import alternative_accuracies
     from compressor.train.distill import logits_accuracy
 
     dataset = teacher_in.dataset
@@ -314,7 +316,8 @@ def _describe_teacher(teacher, teacher_in, logits, target) -> dict[str, Any]:
     return {"ref": teacher.ref, "arch": teacher.arch, "val_accuracy": val_acc, "test_accuracy": test_acc,
             "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
             "input_shape": list(dataset.input_shape), "preprocessing": teacher_in.preprocessing.to_dict(),
-            "preprocessing_source": teacher_in.source}
+            "preprocessing_source": teacher_in.source,
+            "preprocessing_alternatives": alternative_accuracies(teacher_in)}
 
 
 def _check_reachable(config, target, dataset) -> None:

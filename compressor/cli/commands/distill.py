@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from compressor.errors import UserError
     from compressor.models.build import build_from_arch
     from compressor.cli.console import err_console
-    from compressor.models.teachers import (check_teacher_accuracy, min_accuracy_from_args, teacher_from_args,
-                                            teacher_inputs)
+    from compressor.models.teachers import (alternative_accuracies, check_teacher_accuracy, min_accuracy_from_args,
+                                            teacher_from_args, teacher_inputs)
     from compressor.train.distill import logits_accuracy
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -65,14 +65,17 @@ def run(args: argparse.Namespace) -> int:
         inputs = teacher_inputs(teacher_from_args(args, raw), raw, args.teacher_preprocess)
         logits = LogitsCache(args.cache_dir).get(inputs.teacher, inputs.dataset)
         teacher_accuracy = logits_accuracy(logits["val"], dataset.val_y)
-        line, hint = check_teacher_accuracy(teacher_accuracy, len(dataset.val_y), dataset.num_classes, min_accuracy)
+        alternatives = alternative_accuracies(inputs)
+        line, hint = check_teacher_accuracy(teacher_accuracy, len(dataset.val_y), dataset.num_classes, min_accuracy,
+                                            alternatives)
         if not args.json:
             err_console.print(inputs.describe(), markup=False)
             err_console.print(line, markup=False)
             if hint:
                 err_console.print(f"[yellow]hint[/]: {hint}")
         teacher_summary = {"teacher_val_accuracy": teacher_accuracy,
-                           "teacher_preprocessing": inputs.preprocessing.to_dict(), "teacher_hint": hint}
+                           "teacher_preprocessing": inputs.preprocessing.to_dict(), "teacher_hint": hint,
+                           "teacher_preprocessing_alternatives": alternatives}
     arch = _arch_string(args.student, args.seed)
     torch.manual_seed(args.seed)
     model = build_from_arch(arch, dataset.num_classes, dataset.input_shape)
