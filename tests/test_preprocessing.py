@@ -118,7 +118,7 @@ def test_the_accuracy_hint_rule():
     assert check_teacher_accuracy(0.85, 100, 10, min_accuracy=0.9)[1].count("--teacher-min-accuracy 90%") == 1
     # Above 2x chance, but another named choice is far better: the inputs are probably wrong.
     line, hint = check_teacher_accuracy(0.35, 100, 10, alternatives={"none": 0.97, "imagenet": 0.22})
-    assert "none: 97.00%" in line and "--teacher-preprocess none gives 97.00%" in hint
+    assert "none: 97.00%" in line and "62 points below --teacher-preprocess none (97.00%)" in hint
     assert check_teacher_accuracy(0.97, 100, 10, alternatives={"dataset": 0.35, "imagenet": 0.9})[1] is None
 
 

@@ -295,11 +295,12 @@ def check_teacher_accuracy(accuracy: float, samples: int, num_classes: int, min_
                        else f"below {floor:.0%}, {floor / chance:.1f}x chance")
     best = max(alternatives, key=alternatives.get) if alternatives else None
     if best is not None and alternatives[best] >= accuracy + BETTER_BY:
-        reasons.append(f"--teacher-preprocess {best} gives {alternatives[best]:.2%}")
+        reasons.append(f"{100 * (alternatives[best] - accuracy):.0f} points below --teacher-preprocess {best} "
+                       f"({alternatives[best]:.2%})")
     if not reasons:
         return line, None
     return line, (f"the teacher's validation accuracy {accuracy:.2%} is {' and '.join(reasons)}: its inputs are "
-                  f"probably not what it was trained on; check --teacher-preprocess ({CHOICE_HELP})")
+                  "probably not what it was trained on; check --teacher-preprocess")
 
 
 def add_teacher_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
