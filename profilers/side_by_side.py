@@ -298,7 +298,8 @@ def interleaves(target) -> bool:
 
 
 def compare(models: Sequence[Any], target, *, reference: int | None = 0, labels: Sequence[str | None] | None = None,
-            input_shape: tuple[int, ...] | None = None, seconds: float | None = None, memory: bool = False,
+            input_shape: tuple[int, ...] | Sequence[tuple[int, ...]] | None = None, seconds: float | None = None,
+            memory: bool = False,
             percentile: str = "p50", confidence: float = 0.95, seed: int = 0,
             timer: Callable[[Callable[[], object]], float] = wall_timer) -> Comparison:
     """Measure `models` side by side on `target`; each one's Profile, latency interval and ratio to `reference`.
@@ -308,7 +309,8 @@ def compare(models: Sequence[Any], target, *, reference: int | None = 0, labels:
         target: a `targets.Target`; its `measure` settings give warm-up and the least rounds.
         reference: index of the model the ratios divide by; None for no ratios.
         labels: names in the Profiles (default: file names).
-        input_shape: first input's shape, batch included (default: each model's, as `measure`).
+        input_shape: first input's shape, batch included (default: each model's, as `measure`); a list gives
+            one shape per model (a teacher at 224 px beside a student at 64 px).
         seconds: timed seconds over all models (default: the target's `min_seconds` per model).
         memory: also measure each model's peak memory (a fresh process each).
         percentile: the statistic of the intervals and ratios ("p50", "p90", "p99").
@@ -331,6 +333,12 @@ def compare(models: Sequence[Any], target, *, reference: int | None = 0, labels:
     labels = list(labels) if labels is not None else [None] * len(models)
     if len(labels) != len(models):
         raise ProfileError(f"{len(labels)} labels for {len(models)} models")
+    if input_shape is None or isinstance(input_shape[0], int):
+        shapes = [input_shape] * len(models)
+    else:
+        shapes = [tuple(s) for s in input_shape]
+    if len(shapes) != len(models):
+        raise ProfileError(f"{len(shapes)} input shapes for {len(models)} models")
     runner = profilers.ready_backend(target, models)
     measure = target.measure
     total = seconds if seconds is not None else measure.min_seconds * len(models)
@@ -348,15 +356,15 @@ def compare(models: Sequence[Any], target, *, reference: int | None = 0, labels:
                                     timer=timer))
             return [found[0].timing(i, measure.stable_rel) for i in range(len(calls))]
 
-        profiles = runner.measure_interleaved(models, target, input_shape=input_shape, labels=labels, memory=memory,
+        profiles = runner.measure_interleaved(models, target, input_shapes=shapes, labels=labels, memory=memory,
                                               loop=loop)
         samples = [found[0].samples_ms[:, i] for i in range(len(models))]
         rounds = len(found[0].samples_ms)
     else:
         mode = "sequential"
-        profiles = [profilers.measure(m, target, input_shape=input_shape, max_seconds=total / len(models),
+        profiles = [profilers.measure(m, target, input_shape=shape, max_seconds=total / len(models),
                                       memory=memory, keep_samples=True, label=label)
-                    for m, label in zip(models, labels)]
+                    for m, shape, label in zip(models, shapes, labels)]
         samples = [np.asarray(p.pop("latency_ms_samples"), dtype=float) for p in profiles]
         rounds = min(len(s) for s in samples)
         if len(models) > 1:

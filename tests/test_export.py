@@ -193,7 +193,7 @@ def _eligible(artifacts: list[dict], percentile: str = "p50") -> list[dict]:
 
 
 @pytest.mark.slow
-def test_recommended_is_the_fastest_eligible_and_deploy_snippet_runs(bundle, digits, monkeypatch):
+def test_recommended_is_the_fastest_eligible_and_deploy_snippet_runs(bundle, digits, model, tmp_path):
     out, manifest = bundle
     recommended = [a for a in manifest["artifacts"] if a["recommended"]]
     assert len(recommended) == 1 and recommended[0]["file"] == manifest["recommended"]
@@ -204,10 +204,18 @@ def test_recommended_is_the_fastest_eligible_and_deploy_snippet_runs(bundle, dig
     deploy = (out / "DEPLOY.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", deploy, re.S).group(1)
     assert manifest["recommended"] in snippet
-    monkeypatch.chdir(out)
-    scope: dict = {}
-    exec(snippet, scope)  # the user's copy-paste, run as written
-    assert scope["logits"].shape == (1, digits.num_classes)
+    from PIL import Image
+
+    pixels = (digits.test_x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "digit.png")
+    with torch.no_grad():
+        expected = int(model(torch.from_numpy(pixels.astype(np.float32) / 255).permute(2, 0, 1)[None]).argmax())
+    (tmp_path / "predict.py").write_text(snippet)
+    # The user's copy-paste, run as written from the bundle directory on an image file.
+    done = subprocess.run([sys.executable, str(tmp_path / "predict.py"), str(tmp_path / "digit.png")], cwd=out,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == manifest["class_names"][expected] == str(expected)
 
 
 def test_an_impossible_gate_fails_the_artifact_keeps_its_figures_and_never_recommends_it(tiny_net, tiny_data, quick_target, tmp_path):

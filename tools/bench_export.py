@@ -94,7 +94,8 @@ def main() -> int:
     from compressor.data.datasets import load_dataset
 
     torch.set_num_threads(1)
-    dataset = load_dataset("digits", image_size=32, channels=3, seed=0)
+    raw = load_dataset("digits", image_size=32, channels=3, seed=0)
+    dataset = raw.normalised(raw.student_preprocessing())
     target = load_target(TARGET)
     eager_target = dataclasses.replace(target, name=f"{TARGET}-torch", runtime="torch")
     config = ExportConfig(formats=("onnx", "ort", "int8"), profile_max_seconds=args.max_seconds, profile_memory=False)
@@ -104,7 +105,8 @@ def main() -> int:
         shape = (target.batch_size, *dataset.input_shape)
         eager = profilers.measure(model, eager_target, input_shape=shape, max_seconds=args.max_seconds, memory=False)
         with tempfile.TemporaryDirectory() as tmp:
-            manifest = export_bundle(model, arch, dataset, target, Path(tmp) / "bundle", config)
+            manifest = export_bundle(model, arch, raw, target, Path(tmp) / "bundle", config,
+                                     preprocessing=dataset.preprocessing)
         by_format = {a["format"]: a for a in manifest["artifacts"]}
 
         def p50(fmt: str):

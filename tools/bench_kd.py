@@ -37,14 +37,15 @@ def main() -> int:
     import torch
 
     from compressor.data.datasets import load_dataset
-    from compressor.train.distill import LogitsCache, TrainConfig, evaluate, train_student
+    from compressor.train.distill import LogitsCache, TrainConfig, logits_accuracy, train_student
     from compressor.models.build import build_from_arch
-    from compressor.models.teachers import load_teacher
+    from compressor.models.teachers import load_teacher, teacher_inputs
 
     torch.set_num_threads(1)
-    data = load_dataset("digits")
+    raw = load_dataset("digits")
+    data = raw.normalised(raw.student_preprocessing())
     teacher = load_teacher(args.teacher, num_classes=data.num_classes, input_shape=data.input_shape)
-    logits = LogitsCache().get(teacher, data)
+    logits = LogitsCache().get(teacher, teacher_inputs(teacher, raw).dataset)
 
     def student(seed):
         torch.manual_seed(seed)
@@ -72,11 +73,11 @@ def main() -> int:
         return 0
     # 2. accuracy, all labels and 10% labels
     rows = []
-    teacher_acc = evaluate(teacher.module, data.test_x, data.test_y) if teacher.module is not None else float(
-        (logits["test"].argmax(1) == data.test_y).float().mean())
+    teacher_acc = logits_accuracy(logits["test"], data.test_y)
     rows.append(("teacher " + teacher.arch, "all", [teacher_acc]))
     for fraction in (1.0, 0.1):
         subset = load_dataset("digits", label_fraction=fraction)
+        subset = subset.normalised(subset.student_preprocessing())
         for kd in (False, True):
             accs = []
             for seed in args.seeds:

@@ -114,6 +114,7 @@ def main() -> int:
                       f"best {run['curve'][-1]:.4f} at {fidelities[0]} ep, {run['best_top']:.4f} at {fidelities[-1]} ep "
                       f"({run['seconds']:.0f} s of search, {time.time() - started:.0f} s now)", flush=True)
         dataset = load_dataset("digits", label_fraction=fraction)
+        dataset = dataset.normalised(dataset.student_preprocessing())
         teacher = load_teacher(args.teacher, num_classes=dataset.num_classes, input_shape=dataset.input_shape)
         baseline = hand_designed_baseline(teacher, dataset, "cpu-1t", latency_ms=latency, epochs=fidelities[-1])
         results[fraction] = {"latency_ms": latency, "runs": runs, "baseline": baseline}

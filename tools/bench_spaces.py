@@ -175,6 +175,7 @@ def accuracy_table(result: dict) -> list[tuple]:
     from compressor.spaces import build_model, spec_from_ref
 
     dataset = load_dataset("digits", image_size=32, channels=3)
+    dataset = dataset.normalised(dataset.student_preprocessing())
     config = TrainConfig(epochs=8, seed=0)
     builders = {ref: (lambda ref=ref: build_model(spec_from_ref(ref), dataset.input_shape, dataset.num_classes))
                 for ref in ("nago", "zoo:plain", "zoo:mobilenet_v3_small", "zoo:resnet")}

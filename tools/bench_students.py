@@ -42,14 +42,15 @@ def main() -> int:
     from compressor.train.distill import LogitsCache, TrainConfig, train_student
     from compressor.models.build import build_from_arch
     from compressor.models.onnx_export import export_onnx
-    from compressor.models.teachers import load_teacher
+    from compressor.models.teachers import load_teacher, teacher_inputs
 
     torch.set_num_threads(1)
     run = Path(args.run)
     report = json.loads((run / "report.json").read_text())
-    data = load_dataset("digits")
+    raw = load_dataset("digits")
+    data = raw.normalised(raw.student_preprocessing())
     teacher = load_teacher(report["teacher"]["ref"], num_classes=data.num_classes, input_shape=data.input_shape)
-    logits = LogitsCache().get(teacher, data)
+    logits = LogitsCache().get(teacher, teacher_inputs(teacher, raw).dataset)
     target = load_target("cpu-1t").with_budgets(latency_ms=report["budgets"]["latency_ms"])
     shape = (1, *data.input_shape)
     searched = load_checkpoint(run / "best.pt").arch

@@ -11,15 +11,34 @@ Sources (`--data`):
 - `cifar10`, `cifar100`, `mnist`, `fashionmnist`: torchvision datasets read
   from `--data-root`; nothing is downloaded unless `--download` is given.
 
-Every source becomes a `Dataset` of float32 tensors normalised with the
-training split's per-channel mean and std. The data are small enough to hold
-in memory, which keeps training free of DataLoader workers (the search trains
-hundreds of candidates on two cores).
+Every source becomes a `Dataset` of raw float32 images in [0, 1] (8-bit
+pixels / 255; `npz` arrays of uint8 are scaled, floats are taken as they are
+unless they exceed 1.5, then as 0-255). Normalisation is not baked in: it
+belongs to the network that consumes the images (compressor.models.preprocessing).
+`Dataset.normalised(pre)` applies one preprocessing once to every split and
+returns a new `Dataset` (the trainer then indexes ready tensors, no per-batch
+work); `student_preprocessing()` is the default for students, the training
+split's per-channel mean and std. A teacher that takes another size or
+channel count gets its images from `at_size`, which reads the source again
+with the same split seed (so the same images land in the same splits, in the
+same order, which it checks). The data are small enough to hold in memory,
+which keeps training free of DataLoader workers (the search trains hundreds
+of candidates on two cores).
 
-`identity` hashes what determines the images (source, split seed,
-preprocessing) and is the key of the teacher-logits cache; `label_fraction`
-hides labels of all but a stratified fraction of the training split (`y = -1`)
-without changing the images, so it is not part of the identity.
+ImageFolder: `root/CLASS/IMAGE` (any PIL format; grayscale, RGB, RGBA and
+palette images are converted to `--channels`, alpha dropped), or `train/`
+and `val/` (and optionally `test/`) sub-folders with the same class folders;
+without `test/`, `val/` is split in half into val and test. Class names are
+the folder names in sorted order, the order of the model's outputs. Images
+of any size are resized (stretched) to `image_size` x `image_size` with PIL's
+bilinear filter, exactly what an exported model's DEPLOY.md tells a deployer
+to do.
+
+`identity` hashes what determines the tensors (source, split seed, size,
+channels, and the preprocessing once normalised) and keys the teacher-logits
+cache; `label_fraction` hides labels of all but a stratified fraction of the
+training split (`y = -1`) without changing the images, so it is not part of
+the identity.
 """
 
 from __future__ import annotations
@@ -32,14 +51,19 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import UserError
+from compressor.models.preprocessing import Preprocessing
 
 TORCHVISION_SETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST", "fashionmnist": "FashionMNIST"}
 SPLIT = (0.6, 0.2, 0.2)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass
 class Dataset:
-    """Train/val/test tensors in memory (images float32 (N,C,H,W), labels int64 (N,))."""
+    """Train/val/test tensors in memory (images float32 (N,C,H,W), labels int64 (N,)).
+
+    The images are raw [0, 1] unless `preprocessing` says which normalisation was applied to them.
+    """
 
     name: str
     identity: str
@@ -56,6 +80,56 @@ class Dataset:
     # Which images are train/val/test (source and split seed, not the preprocessing): a teacher records
     # it, so that using the teacher on another split, whose test images it may have trained on, is flagged.
     split_identity: str = ""
+    # Per-channel mean and std of the raw training split: the student's default normalisation.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    preprocessing: Preprocessing | None = None
+    # load_dataset's arguments, so that `at_size` reads the same source with the same split again.
+    load_args: dict[str, Any] = field(default_factory=dict)
+    # The raw dataset a normalised one was made from (None for a raw one): a teacher's inputs start there.
+    raw: "Dataset | None" = field(default=None, repr=False)
+
+    def as_raw(self) -> "Dataset":
+        """The raw [0, 1] images of this dataset (itself when it is raw)."""
+        return self.raw if self.raw is not None else self
+
+    def student_preprocessing(self) -> Preprocessing:
+        """The training split's statistics at this size: how students are normalised by default."""
+        return Preprocessing(size=tuple(self.input_shape[1:]), channels=self.input_shape[0], mean=self.mean,
+                             std=self.std, name="dataset")
+
+    def normalised(self, preprocessing: Preprocessing) -> "Dataset":
+        """The same images with `preprocessing` applied to every split (once); `identity` includes it."""
+        import dataclasses
+
+        if self.preprocessing is not None:
+            raise ValueError("normalised() needs the raw dataset, this one is already normalised")
+        if (preprocessing.channels, *preprocessing.size) != tuple(self.input_shape):
+            raise ValueError(f"preprocessing for {preprocessing.channels}x{preprocessing.size} applied to images "
+                             f"of shape {self.input_shape}")
+        identity = hashlib.sha256(json.dumps([self.identity, preprocessing.to_dict()],
+                                             sort_keys=True).encode()).hexdigest()[:16]
+        return dataclasses.replace(
+            self, identity=identity, preprocessing=preprocessing, raw=self, train_x=preprocessing.normalise(self.train_x),
+            val_x=preprocessing.normalise(self.val_x), test_x=preprocessing.normalise(self.test_x))
+
+    def at_size(self, image_size: int, channels: int) -> "Dataset":
+        """The same images, splits and order at another size or channel count (the raw source read again)."""
+        import dataclasses
+
+        import torch
+
+        if tuple(self.input_shape) == (channels, image_size, image_size):
+            return self
+        if self.preprocessing is not None:
+            raise ValueError("at_size() needs the raw dataset")
+        other = load_dataset(**{**self.load_args, "image_size": image_size, "channels": channels})
+        same = other.split_identity == self.split_identity and all(
+            torch.equal(getattr(other, k), getattr(self, k)) for k in ("train_y", "val_y", "test_y"))
+        if not same:
+            raise UserError(f"{self.name}: reading the data again at {image_size} px gave other splits; "
+                            "the source changed while it was read")
+        return dataclasses.replace(other, label_fraction=self.label_fraction)
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -102,8 +176,11 @@ def load_dataset(ref: str = "digits", *, image_size: int | None = 32, channels: 
     else:
         raise UserError(f"unknown dataset {ref!r}; use digits, imagefolder:PATH, npz:PATH or "
                         f"{', '.join(TORCHVISION_SETS)}")
-    return _finish(ref, x, y, names, splits, image_size=image_size, channels=channels, seed=seed,
-                   label_fraction=label_fraction)
+    dataset = _finish(ref, x, y, names, splits, image_size=image_size, channels=channels, seed=seed,
+                      label_fraction=label_fraction)
+    dataset.load_args = {"ref": ref, "image_size": image_size, "channels": channels, "seed": seed,
+                         "data_root": data_root, "download": download, "label_fraction": label_fraction}
+    return dataset
 
 
 def _digits():
@@ -132,35 +209,46 @@ def _npz(path: Path):
         x = x.transpose(0, 3, 1, 2)
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
         raise UserError(f"npz:{path}: expected x of shape (N,H,W[,C]) and y of shape (N,), got {x.shape} and {y.shape}")
-    x = x.astype(np.float32)
-    if x.max() > 1.5:
-        x = x / 255.0
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
+        raise UserError(f"npz:{path}: y must hold class indices (integers >= 0), got dtype {y.dtype}")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    elif np.issubdtype(x.dtype, np.integer):
+        raise UserError(f"npz:{path}: x of dtype {x.dtype}; use uint8 pixels (0-255) or floats in [0, 1]")
+    else:
+        x = x.astype(np.float32)
+        if x.max() > 1.5:  # floats holding 0-255 pixel values
+            x = x / 255.0
     return x, y.astype(np.int64)
 
 
 def _imagefolder(path: Path, image_size: int | None, channels: int | None):
     import numpy as np
-    from PIL import Image
 
     if not path.is_dir():
         raise UserError(f"imagefolder:{path}: no such folder")
-    parts = [path / "train", path / "val"] if (path / "train").is_dir() and (path / "val").is_dir() else [path]
-    classes = sorted(d.name for d in parts[0].iterdir() if d.is_dir())
+    if (path / "train").is_dir() and (path / "val").is_dir():
+        parts = [path / "train", path / "val"] + ([path / "test"] if (path / "test").is_dir() else [])
+    else:
+        parts = [path]
+    classes = sorted(d.name for d in parts[0].iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"imagefolder:{path}: no class sub-folders (expected {path}/CLASS/IMAGE.png)")
-    mode = "L" if channels == 1 else "RGB"
+    for part in parts[1:]:
+        extra = sorted({d.name for d in part.iterdir() if d.is_dir()} - set(classes))
+        if extra:
+            raise UserError(f"imagefolder:{part}: class folder(s) {', '.join(extra)} not in {parts[0]}; "
+                            "every split needs the training split's classes")
     loaded = []
     for part in parts:
         xs, ys = [], []
         for label, name in enumerate(classes):
-            for file in sorted((part / name).glob("*")):
-                if file.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
-                    continue
-                with Image.open(file) as image:
-                    image = image.convert(mode)
-                    if image_size is not None:
-                        image = image.resize((image_size, image_size), Image.BILINEAR)
-                    xs.append(np.asarray(image, dtype=np.float32) / 255.0)
+            files = sorted(f for f in (part / name).glob("*") if f.suffix.lower() in IMAGE_SUFFIXES) \
+                if (part / name).is_dir() else []
+            if not files and part == parts[0]:
+                raise UserError(f"imagefolder:{part / name}: no images (every class needs at least one)")
+            for file in files:
+                xs.append(_read_image(file, image_size, channels))
                 ys.append(label)
         if not xs:
             raise UserError(f"imagefolder:{part}: no images found")
@@ -171,6 +259,21 @@ def _imagefolder(path: Path, image_size: int | None, channels: int | None):
     if len(loaded) == 1:
         return loaded[0][0], loaded[0][1], classes, None
     return None, None, classes, loaded
+
+
+def _read_image(file: Path, image_size: int | None, channels: int | None):
+    """One image as float32 (H, W) or (H, W, 3) in [0, 1]: converted to L or RGB, then resized bilinearly."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image_size is not None:
+                image = image.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"imagefolder: {file}: not a readable image ({str(exc).splitlines()[0][:120]})") from None
 
 
 def _torchvision(name: str, data_root: str | None, download: bool):
@@ -205,11 +308,11 @@ def _finish(ref, x, y, names, splits, *, image_size, channels, seed, label_fract
         if len(x) < 10:
             raise UserError(f"{ref}: only {len(x)} samples; need at least 10 to split into train/val/test")
         index = np.arange(len(y))
-        stratify = y if np.bincount(y).min() >= 3 else None
-        train_i, rest = train_test_split(index, train_size=SPLIT[0], random_state=seed, stratify=stratify)
-        val_i, test_i = train_test_split(rest, test_size=0.5, random_state=seed,
-                                         stratify=y[rest] if stratify is not None else None)
+        train_i, rest = train_test_split(index, train_size=SPLIT[0], random_state=seed, stratify=_stratify(y, 3))
+        val_i, test_i = train_test_split(rest, test_size=0.5, random_state=seed, stratify=_stratify(y[rest], 2))
         parts = [(x[i], y[i]) for i in (train_i, val_i, test_i)]
+    elif len(splits) == 3:
+        parts = list(splits)
     else:
         (train_x, train_y), (held_x, held_y) = splits
         if ref.lower() in TORCHVISION_SETS:
@@ -218,10 +321,13 @@ def _finish(ref, x, y, names, splits, *, image_size, channels, seed, label_fract
                                               stratify=train_y)
             parts = [(train_x[train_i], train_y[train_i]), (train_x[val_i], train_y[val_i]), (held_x, held_y)]
         else:
+            if len(held_y) < 2:
+                raise UserError(f"{ref}: the val folder holds {len(held_y)} image(s); need at least 2 to split it "
+                                "into val and test (or add a test/ folder)")
             val_i, test_i = train_test_split(np.arange(len(held_y)), test_size=0.5, random_state=seed,
-                                             stratify=held_y if np.bincount(held_y).min() >= 2 else None)
+                                             stratify=_stratify(held_y, 2))
             parts = [(train_x, train_y), (held_x[val_i], held_y[val_i]), (held_x[test_i], held_y[test_i])]
-    num_classes = int(max(int(p[1].max()) for p in parts) + 1)
+    num_classes = len(names) if names else int(max(int(p[1].max()) for p in parts) + 1)
     if names is None:
         names = [str(i) for i in range(num_classes)]
     tensors = []
@@ -232,9 +338,9 @@ def _finish(ref, x, y, names, splits, *, image_size, channels, seed, label_fract
         if image_size is not None and tuple(t.shape[2:]) != (image_size, image_size):
             t = F.interpolate(t, size=(image_size, image_size), mode="bilinear", align_corners=False)
         tensors.append((t.float(), torch.from_numpy(np.ascontiguousarray(py)).long()))
-    mean = tensors[0][0].mean(dim=(0, 2, 3), keepdim=True)
-    std = tensors[0][0].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = [((t - mean) / std, yy) for t, yy in tensors]
+    mean = tensors[0][0].mean(dim=(0, 2, 3))
+    std = tensors[0][0].std(dim=(0, 2, 3)).clamp_min(1e-6) if len(tensors[0][0]) > 1 else torch.ones_like(mean)
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = tensors
     if label_fraction < 1.0:
         train_y = train_y.clone()
         keep_n = max(num_classes, int(round(label_fraction * len(train_y))))
@@ -249,7 +355,15 @@ def _finish(ref, x, y, names, splits, *, image_size, channels, seed, label_fract
     split_identity = hashlib.sha256(json.dumps(split, sort_keys=True).encode()).hexdigest()[:16]
     return Dataset(name=ref, identity=identity, num_classes=num_classes, input_shape=tuple(train_x.shape[1:]),
                    train_x=train_x, train_y=train_y, val_x=val_x, val_y=val_y, test_x=test_x, test_y=test_y,
-                   class_names=list(names), label_fraction=label_fraction, split_identity=split_identity)
+                   class_names=list(names), label_fraction=label_fraction, split_identity=split_identity,
+                   mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+
+
+def _stratify(labels, minimum: int):
+    """`labels` for a stratified split when every class present has `minimum` samples, else None (random split)."""
+    import numpy as np
+
+    return labels if np.unique(labels, return_counts=True)[1].min() >= minimum else None
 
 
 def _source_key(ref: str) -> str:

@@ -20,6 +20,10 @@ the bundle's temporary directory; none of them runs the result (parity does).
   (93% -> 68%) at 8 bits and none at 7 (tests/test_export.py's model).
 - FP16: `convert_float_to_float16(keep_io_types=True)`, so callers still feed
   and read float32.
+
+Every ONNX artifact is then stamped (`stamp_metadata`) with the bundle's
+`metadata_props`: the input's preprocessing and the class names
+(compressor.models.preprocessing), so a file travels with its contract.
 """
 
 from __future__ import annotations
@@ -49,6 +53,19 @@ def build_onnx(model, input_shape: tuple[int, ...], path: Path) -> None:
 
     export_onnx(model, (1, *input_shape), path)
     onnx.checker.check_model(str(path))
+
+
+def stamp_metadata(path: Path, props: dict[str, str]) -> None:
+    """Write `props` into the ONNX file's `metadata_props` (replacing keys already there)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
 
 
 def build_ort(source: Path, path: Path, level: str, providers: list[str]) -> str:

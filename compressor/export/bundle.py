@@ -16,6 +16,15 @@ process killed before it could clean up leaves those directories behind; each
 export first removes the ones whose process is gone, and never those of an
 export still running (its pid is alive).
 
+Inputs: by default the bundle ships the student behind its normalisation
+(`preprocessing.normalising`), so every artifact takes raw pixels scaled to
+[0, 1] and a deployer only resizes and divides by 255. The parity gate
+compares like with like: the PyTorch reference is that same wrapped module,
+and both it and each artifact get the raw test images (INT8 is calibrated on
+raw training images). artifacts.json, DEPLOY.md and every ONNX file's
+`metadata_props` record what the input is (`preprocessing`), the
+normalisation inside the graph and the class names in output order.
+
 Logs: third-party libraries (onnxruntime.quantization, onnx) log through the
 root logger; during an export the root logger writes to `export.log` in the
 bundle instead of the terminal, so warnings are kept without flooding it.
@@ -56,6 +65,7 @@ from compressor.export.plan import (
 )
 from compressor.export.recommend import over_budget, recommend
 from compressor.models.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME
+from compressor.models.preprocessing import Preprocessing, normalising
 
 
 def export_bundle(
@@ -69,18 +79,23 @@ def export_bundle(
     progress: Callable[[str], None] | None = None,
     calibration: np.ndarray | None = None,
     checkpoint: str | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> dict[str, Any]:
     """Build, check, profile and write the export bundle for `model`.
 
     Args:
         model: the trained torch.nn.Module (the parity reference).
         arch: its ArchSpec JSON string or "torchvision:NAME", recorded in the bundle.
-        dataset: a `compressor.data.datasets.Dataset`-like object (input_shape, train_x, test_x, test_y).
+        dataset: a `compressor.data.datasets.Dataset`-like object (input_shape, train_x, test_x, test_y,
+            optionally class_names) holding raw images in [0, 1].
+        preprocessing: the normalisation `model` was trained with (None: it takes the dataset's
+            tensors as they are); folded into the artifacts unless `config.fold_normalisation` is False.
         target: where the artifacts will run.
         out_dir: the bundle directory; an existing bundle there is replaced once the new one is complete.
         config: formats and gate thresholds.
         progress: called with a short message as each step starts.
-        calibration: INT8 calibration inputs (N, C, H, W) instead of a sample of `dataset.train_x`.
+        calibration: INT8 calibration inputs (N, C, H, W), prepared as the artifacts' input (raw [0, 1]
+            by default), instead of a sample of `dataset.train_x`.
         checkpoint: the checkpoint path the model came from, recorded in the bundle.
 
     Returns:
@@ -94,11 +109,21 @@ def export_bundle(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     input_shape = tuple(int(d) for d in dataset.input_shape)
-    test_x = _as_float32(dataset.test_x)
+    trained = preprocessing or Preprocessing.raw(input_shape[1:], input_shape[0])
+    if (trained.channels, *trained.size) != input_shape:
+        raise UserError(f"the model's preprocessing is for {trained.channels}x{trained.size[0]}x{trained.size[1]} "
+                        f"inputs but the data is {'x'.join(map(str, input_shape))}")
+    folded = config.fold_normalisation and not trained.is_identity
+    shipped = normalising(model, trained) if folded else model
+    # What the artifacts take: raw [0, 1] pixels when the normalisation is inside them.
+    taken = Preprocessing.raw(trained.size, trained.channels) if config.fold_normalisation else trained
+    prepare = (lambda x: x) if config.fold_normalisation else trained.normalise
+    class_names = list(getattr(dataset, "class_names", None) or [str(i) for i in range(dataset.num_classes)])
+    test_x = _as_float32(prepare(dataset.test_x))
     test_y = np.asarray(dataset.test_y).astype(np.int64)
     calib = None
     if "int8" in formats and "int8" not in skipped:
-        calib = _calibration_sample(dataset, calibration, input_shape, config)
+        calib = _calibration_sample(prepare(dataset.train_x), calibration, input_shape, config)
     target_ok, target_why = availability(target)
 
     remove_stale_temporaries(out_dir)
@@ -108,8 +133,9 @@ def export_bundle(
     try:
         with library_log(tmp / LOG_FILE):
             say(f"PyTorch reference on {len(test_x)} test samples")
-            reference = parity.torch_logits(model, test_x)
-            builder = ArtifactBuilder(tmp, model, input_shape, target, config, reference, test_x, test_y, calib, say)
+            reference = parity.torch_logits(shipped, test_x)
+            builder = ArtifactBuilder(tmp, shipped, input_shape, target, config, reference, test_x, test_y, calib, say,
+                                      taken.metadata_props(class_names))
             artifacts = []
             for fmt in formats:
                 if fmt in skipped:
@@ -129,6 +155,9 @@ def export_bundle(
             "output_name": OUTPUT_NAME,
             "opset": OPSET,
             "input_shape": list(input_shape),
+            "preprocessing": taken.to_dict(),
+            "normalisation_in_graph": trained.to_dict() if folded else None,
+            "class_names": class_names,
             "reference": {
                 "runtime": "torch",
                 "test_accuracy": float((reference.argmax(axis=1) == test_y).mean()),
@@ -152,7 +181,8 @@ def export_bundle(
 class ArtifactBuilder:
     """Builds, gates and profiles one artifact at a time inside the temporary bundle directory."""
 
-    def __init__(self, root: Path, model, input_shape, target: Target, config: ExportConfig, reference, test_x, test_y, calib, say) -> None:
+    def __init__(self, root: Path, model, input_shape, target: Target, config: ExportConfig, reference, test_x, test_y, calib, say,
+                 metadata: dict[str, str]) -> None:
         self.root = root
         self.model = model
         self.input_shape = input_shape
@@ -163,6 +193,7 @@ class ArtifactBuilder:
         self.test_y = test_y
         self.calib = calib
         self.say = say
+        self.metadata = metadata
         self.providers = _local_providers(target)
 
     def artifact(self, fmt: str, *, profile: bool) -> dict[str, Any]:
@@ -173,11 +204,14 @@ class ArtifactBuilder:
         if fmt == "onnx":
             try:
                 builders.build_onnx(self.model, self.input_shape, path)
+                builders.stamp_metadata(path, self.metadata)
             except Exception as exc:  # nothing else can be built without it
                 raise UserError(f"the model could not be exported to ONNX: {first_line(exc)}") from exc
         else:
             try:
                 self._build(fmt, path, entry)
+                if fmt != "tensorrt":
+                    builders.stamp_metadata(path, self.metadata)
             except Exception as exc:  # one format failing (an op the quantiser rejects) must not sink the others
                 return {**entry, "status": "failed", "reason": f"build failed: {first_line(exc)}", "parity": {"passed": False}, "profile": None}
         data = path.read_bytes()
@@ -321,13 +355,14 @@ def _as_float32(values) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-def _calibration_sample(dataset, calibration, input_shape: tuple[int, ...], config: ExportConfig) -> np.ndarray:
+def _calibration_sample(train_x, calibration, input_shape: tuple[int, ...], config: ExportConfig) -> np.ndarray:
     source = "--calib-data" if calibration is not None else "the dataset's training split"
-    samples = _as_float32(calibration if calibration is not None else dataset.train_x)
+    samples = _as_float32(calibration if calibration is not None else train_x)
     if samples.ndim != 4 or tuple(samples.shape[1:]) != input_shape:
         raise UserError(
             f"calibration data from {source} has shape {tuple(samples.shape)}, but the model takes "
-            f"(N, {', '.join(map(str, input_shape))}); pass inputs preprocessed like the training data"
+            f"(N, {', '.join(map(str, input_shape))}); pass inputs prepared as the artifacts take them "
+            "(raw pixels / 255 unless --no-fold-normalisation)"
         )
     if len(samples) == 0:
         raise UserError(f"calibration data from {source} is empty; INT8 needs at least one sample")

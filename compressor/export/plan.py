@@ -43,6 +43,9 @@ class ExportConfig:
         profile_max_seconds: cap on each artifact's latency measurement (None: the target's).
         profile_memory: also measure peak memory (a fresh process per artifact; slower).
         seed: seeds the calibration sample.
+        fold_normalisation: ship the student behind its normalisation layer, so every artifact
+            takes raw pixels in [0, 1] (resize, divide by 255); False ships the bare network,
+            which takes normalised inputs (the mean and std are recorded in the bundle).
     """
 
     formats: tuple[str, ...] | None = None
@@ -53,6 +56,7 @@ class ExportConfig:
     profile_max_seconds: float | None = None
     profile_memory: bool = True
     seed: int = 0
+    fold_normalisation: bool = True
 
 
 def default_formats(target: Target) -> tuple[str, ...]:

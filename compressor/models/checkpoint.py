@@ -2,7 +2,11 @@
 
 A checkpoint is a `torch.save`d dict of plain data:
 `{"format": "compressor-checkpoint/1", "state_dict": {...}, "arch": <ArchSpec JSON string or
-"torchvision:NAME">, "num_classes": int, "input_shape": [c, h, w], "meta": {...}}`.
+"torchvision:NAME[:stem=small]">, "num_classes": int, "input_shape": [c, h, w], "meta": {...},
+"preprocessing": <compressor.models.preprocessing.Preprocessing.to_dict() or absent>}`.
+The preprocessing is what the network was trained on (its input contract);
+checkpoints written before it was recorded have none, and their readers fall
+back to the training split's statistics, which is what they were trained with.
 It is always read with `torch.load(weights_only=True)`, so a file that
 carries a pickled object (code) is refused, never executed.
 """
@@ -17,6 +21,8 @@ from typing import Any
 
 from targets.errors import UserError, first_line
 
+from compressor.models.preprocessing import Preprocessing
+
 FORMAT = "compressor-checkpoint/1"
 
 
@@ -27,6 +33,7 @@ class Checkpoint:
     num_classes: int
     input_shape: tuple[int, ...]
     meta: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing | None = None
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
@@ -44,12 +51,13 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     with open(tmp, "wb") as handle:
         torch.save(
             {
-            "format": FORMAT,
+                "format": FORMAT,
                 "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
                 "arch": ckpt.arch,
                 "num_classes": int(ckpt.num_classes),
                 "input_shape": [int(d) for d in ckpt.input_shape],
                 "meta": ckpt.meta,
+                **({"preprocessing": ckpt.preprocessing.to_dict()} if ckpt.preprocessing else {}),
             },
             handle,
         )
@@ -95,4 +103,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         num_classes=data["num_classes"],
         input_shape=tuple(data["input_shape"]),
         meta=data.get("meta", {}),
+        preprocessing=(Preprocessing.from_dict(data["preprocessing"], f"{path}: preprocessing")
+                       if data.get("preprocessing") is not None else None),
     )

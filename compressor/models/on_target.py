@@ -202,6 +202,7 @@ def _onnx_or_module(model, target, shape: tuple[int, ...]):
 
 
 def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int, ...], *,
+                       input_shapes: Mapping[str, tuple[int, ...]] | None = None,
                        reference: DriftReference | None = None, seconds: float | None = None,
                        memory: bool | None = None, name: str = "check", timer=None) -> Session:
     """Measure `models` side by side on `target` (with the drift reference) and judge each against the budgets.
@@ -210,6 +211,8 @@ def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int
         models: name -> torch.nn.Module (exported to ONNX here), ONNX bytes or an .onnx path.
         target: a `targets.Target` whose budgets decide the verdicts.
         input_shape: one sample's (C, H, W); the batch is the target's batch size.
+        input_shapes: name -> one sample's (C, H, W) for models that take another input than `input_shape`
+            (a teacher at its own size).
         reference: the run's drift reference; None judges raw figures.
         seconds: timed seconds of the session, all models (None: the target's `min_seconds` per model).
         memory: measure peak memory; None measures it only when the target has a memory budget.
@@ -225,19 +228,21 @@ def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int
 
     shape = (target.batch_size, *input_shape)
     names = list(models)
-    subjects = [_onnx_or_module(models[n], target, shape) for n in names]
+    shapes = [(target.batch_size, *(input_shapes or {}).get(n, input_shape)) for n in names]
+    subjects = [_onnx_or_module(models[n], target, s) for n, s in zip(names, shapes)]
     labels = list(names)
     ref_index = None
     if reference is not None and profilers.interleaves(target):
         subjects.append(reference.onnx)
         labels.append(reference.label)
+        shapes.append(shape)
         ref_index = len(subjects) - 1
     if memory is None:
         memory = target.budgets.memory_mb is not None
     session_id = f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
     remeasured = False
     while True:
-        comparison = profilers.compare(subjects, target, reference=ref_index, labels=labels, input_shape=shape,
+        comparison = profilers.compare(subjects, target, reference=ref_index, labels=labels, input_shape=shapes,
                                        seconds=seconds, memory=memory, percentile=target.budgets.latency_percentile,
                                        confidence=CONFIDENCE, **({} if timer is None else {"timer": timer}))
         described = _describe_session(session_id, comparison, reference, ref_index, remeasured)

@@ -35,7 +35,8 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
         dataset: a compressor.data.datasets.Dataset.
         target: a preset name, TOML path or targets.Target; budget arguments override its budgets.
         epochs: training epochs (use the searched student's final epochs).
-        teacher_logits: the logits cache's dict (computed if None).
+        teacher_logits: the logits cache's dict (computed if None, on the teacher's own inputs:
+            compressor.models.teachers.teacher_inputs with its recorded or default preprocessing).
         reference: the run's drift reference (compressor.models.on_target.DriftReference), or None.
 
     Returns:
@@ -47,6 +48,7 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
     from targets import Target, load_target
 
     from compressor.models.on_target import check_on_target
+    from compressor.models.teachers import teacher_inputs
     from compressor.spaces import build_model, spec_from_ref
     from compressor.train.distill import LogitsCache, TrainConfig, train_student
 
@@ -64,7 +66,7 @@ def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None
             break
     widths, spec, fits = chosen
     if teacher_logits is None:
-        teacher_logits = LogitsCache(cache_dir).get(teacher, dataset)
+        teacher_logits = LogitsCache(cache_dir).get(teacher, teacher_inputs(teacher, dataset).dataset)
     best, reasons = None, []
     for kd in (True, False):
         torch.manual_seed(seed)

@@ -1,16 +1,20 @@
 """`compress`: the whole loop behind `compressor compress` and the Python API.
 
 Order of work, cheapest first: check the flags, the target and its budgets
--> load data and teacher -> the runtime's latency floor (a latency budget
+-> load data (raw [0, 1] images) and teacher -> the teacher's inputs (its size,
+its preprocessing: compressor.models.teachers.teacher_inputs) and the
+student's (the training split's statistics, recorded in best.pt and folded
+into every exported artifact) -> the runtime's latency floor (a latency budget
 below it is refused before anything is written) -> teacher logits (cached on
 disk) -> the run's drift reference, measured once (kept in the store with its
-start latency) -> teacher accuracy and profile (kept in the run's store, so a
-resume does not measure again) -> screen the space's smallest network against
-the budgets (an unreachable budget is reported in seconds, not after an hour)
--> the search (compressor.search.loop) -> final training of the best family's
-best member -> `best.pt` -> optionally the hand-designed baseline
-(compressor.pipeline.baselines, same teacher and epochs, kept in the store) ->
-the final session -> export bundle (compressor.export) -> report.
+start latency) -> teacher accuracy (one console line, with a hint to check
+--teacher-preprocess when it is far too low) and profile (kept in the run's
+store, so a resume does not measure again) -> screen the space's smallest
+network against the budgets (an unreachable budget is reported in seconds,
+not after an hour) -> the search (compressor.search.loop) -> final training
+of the best family's best member -> `best.pt` -> optionally the hand-designed
+baseline (compressor.pipeline.baselines, same teacher and epochs, kept in the
+store) -> the final session -> export bundle (compressor.export) -> report.
 
 Every budget verdict comes from `compressor.models.on_target` (drift-corrected,
 with a confidence interval). The final verdicts of the student and of each
@@ -69,6 +73,9 @@ def compress(
     data: str = "digits",
     target: Any = "cpu-1t",
     teacher_weights: str | None = None,
+    teacher_preprocess: str | None = None,
+    teacher_image_size: int | None = None,
+    teacher_min_accuracy: float | None = None,
     latency_ms: float | None = None,
     memory_mb: float | None = None,
     size_mb: float | None = None,
@@ -83,6 +90,12 @@ def compress(
 
     Args:
         teacher: `torchvision:ARCH` (with `teacher_weights`), a compressor checkpoint, or an ONNX file.
+        teacher_preprocess: the teacher's input normalisation: `none` (raw [0, 1]), `imagenet`, `dataset`
+            or `mean=A,B,C,std=D,E,F`; None: what the teacher records, else its kind's default
+            (compressor.models.teachers.teacher_inputs).
+        teacher_image_size: the input size of a teacher that does not fix its own (default: the data's).
+        teacher_min_accuracy: a validation accuracy (fraction) below which the teacher's inputs are
+            reported as probably wrong (default: 2x chance, at most halfway from chance to 100%).
         out: the run directory (created; with `resume=True` an existing run is continued).
         data: `digits`, `imagefolder:PATH`, `npz:PATH` or a torchvision dataset name.
         target: a preset name, a TOML path or a `targets.Target`.
@@ -128,32 +141,53 @@ def compress(
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a directory")
     from compressor.data.datasets import load_dataset
-    from compressor.models.teachers import load_teacher
+    from compressor.models.preprocessing import PreprocessChoice
+    from compressor.models.teachers import load_teacher, teacher_inputs
 
+    if teacher_preprocess is not None:
+        PreprocessChoice.parse(teacher_preprocess)  # a typo fails before the data are read
+    if teacher_min_accuracy is not None and not 0.0 <= teacher_min_accuracy <= 1.0:
+        raise UserError(f"teacher_min_accuracy is a fraction in [0, 1], got {teacher_min_accuracy}")
     # Bad data or a bad teacher fail before anything is written.
-    dataset = load_dataset(data, **dataclasses.asdict(data_options))
-    teacher_model = load_teacher(teacher, weights=teacher_weights, num_classes=dataset.num_classes,
-                                 input_shape=dataset.input_shape)
+    raw = load_dataset(data, **dataclasses.asdict(data_options))
+    teacher_model = load_teacher(teacher, weights=teacher_weights, num_classes=raw.num_classes,
+                                 input_shape=raw.input_shape, image_size=teacher_image_size)
+    inputs = _Inputs(raw=raw, dataset=raw.normalised(raw.student_preprocessing()),
+                     teacher=teacher_inputs(teacher_model, raw, teacher_preprocess),
+                     teacher_min_accuracy=teacher_min_accuracy)
     floor = None
     if target.budgets.latency_ms is not None:
         from compressor.models.on_target import check_floor
 
-        floor = check_floor(target, dataset.input_shape)  # a budget below the runtime's floor fails here
+        floor = check_floor(target, inputs.dataset.input_shape)  # a budget below the runtime's floor fails here
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir):
         store = TrialStore(run_dir / "trials.sqlite")
         try:
-            return _compress_locked(config, target, teacher_model, dataset, run_dir, store, resume, quiet,
+            return _compress_locked(config, target, teacher_model, inputs, run_dir, store, resume, quiet,
                                     cache_dir, baseline, floor)
         finally:
             store.close()
 
 
-def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, quiet, cache_dir,
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """The images as each consumer sees them: raw [0, 1], the student's tensors and the teacher's."""
+
+    raw: Any
+    dataset: Any
+    teacher: Any
+    teacher_min_accuracy: float | None
+
+
+def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, resume, quiet, cache_dir,
                      baseline, floor) -> CompressResult:
+    from compressor.cli.console import err_console
+    from compressor.models.teachers import check_teacher_accuracy
     from compressor.train.distill import LogitsCache
 
-    fingerprint = _fingerprint(config, teacher, dataset, target)
+    dataset = inputs.dataset
+    fingerprint = _fingerprint(config, teacher, inputs, target)
     existing = store.get_meta("fingerprint")
     if existing is None or not store.records():
         # A run is its evaluations: a directory whose run stopped before the first one (budgets
@@ -172,16 +206,23 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
         raise UserError(f"--resume: {run_dir} was created with a different configuration ({detail} differs)")
     split_warning = _teacher_split_warning(teacher, dataset)
     if split_warning and not quiet:
-        from compressor.cli.console import err_console
-
         err_console.print(f"[yellow]warning[/]: {split_warning}")
+    if not quiet:
+        err_console.print(inputs.teacher.describe(), markup=False)
 
-    logits = LogitsCache(cache_dir).get(teacher, dataset)
+    logits = LogitsCache(cache_dir).get(teacher, inputs.teacher.dataset)
     reference = _drift_reference(store, target, dataset)
     teacher_info = store.get_meta("teacher")
     if teacher_info is None:
-        teacher_info = _describe_teacher(teacher, dataset, logits, target, reference)
+        teacher_info = _describe_teacher(teacher, inputs.teacher, logits, target, reference)
         store.set_meta("teacher", teacher_info)
+    accuracy_line, accuracy_hint = check_teacher_accuracy(teacher_info["val_accuracy"], len(dataset.val_y),
+                                                          dataset.num_classes, inputs.teacher_min_accuracy,
+                                                          teacher_info.get("preprocessing_alternatives"))
+    if not quiet:
+        err_console.print(accuracy_line, markup=False)
+        if accuracy_hint:
+            err_console.print(f"[yellow]hint[/]: {accuracy_hint}")
     if not store.records():
         store.set_meta("smallest_network", _check_reachable(config, target, dataset, reference))
 
@@ -196,8 +237,7 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
     report = _base_report(config, target, teacher_info, records, seconds)
     report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
                                "drift_reference": None if reference is None else reference.to_dict()}
-    if split_warning:
-        report["warnings"].append(split_warning)
+    report["warnings"] += [w for w in (split_warning, accuracy_hint) if w]
     if best is None:
         report["failure"] = failure_summary(records)
         from compressor.pipeline.report import write_report
@@ -213,14 +253,16 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
         # for the previous winner no longer describes the student.
         store.set_meta("artifacts", None)
         final = _final_training(config, best, dataset, logits, target, checkpoint, quiet)
+        final["preprocessing"] = dataset.preprocessing.to_dict()
         store.set_meta("final", final)
     model = _load_student(checkpoint)
     report["student"] = final
     report["param_reduction"] = teacher_info["params"] / max(1, final["params"])
     if baseline:
         report["baselines"] = [_baseline(config, store, teacher, dataset, logits, target, quiet, reference)]
-    _apply_final_session(report, _final_session(config, store, teacher, dataset, target, model, final,
-                                                report.get("baselines", []), reference, quiet))
+    _apply_final_session(report, _final_session(config, store, teacher, tuple(teacher_info["input_shape"]), dataset,
+                                                target, model, final, report.get("baselines", []), reference,
+                                                quiet))
     if config.export:
         bundle = run_dir / "artifacts"
         artifacts = store.get_meta("artifacts")
@@ -228,8 +270,9 @@ def _compress_locked(config, target, teacher, dataset, run_dir, store, resume, q
             try:
                 from compressor.export import ExportConfig, export_bundle
 
-                artifacts = export_bundle(model, json_dumps_arch(final["arch"]), dataset, target, bundle,
-                                          ExportConfig(formats=config.export_formats))["artifacts"]
+                artifacts = export_bundle(model, json_dumps_arch(final["arch"]), inputs.raw, target, bundle,
+                                          ExportConfig(formats=config.export_formats),
+                                          preprocessing=dataset.preprocessing, checkpoint=str(checkpoint))["artifacts"]
                 store.set_meta("artifacts", artifacts)
             except UserError:
                 raise
@@ -255,10 +298,12 @@ def _target_key(target) -> dict[str, Any]:
     return data
 
 
-def _fingerprint(config: SearchConfig, teacher, dataset, target) -> dict[str, Any]:
-    """What a resumed run must share with the original (`SearchConfig.fingerprint`, the teacher, data and target)."""
-    return json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash, "dataset": dataset.identity,
-                      "label_fraction": dataset.label_fraction, "target": _target_key(target)})
+def _fingerprint(config: SearchConfig, teacher, inputs: _Inputs, target) -> dict[str, Any]:
+    """What a resumed run must share with the original (`SearchConfig.fingerprint`, the teacher and its
+    inputs, the data and the target)."""
+    return json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash,
+                      "teacher_inputs": inputs.teacher.dataset.identity, "dataset": inputs.dataset.identity,
+                      "label_fraction": inputs.dataset.label_fraction, "target": _target_key(target)})
 
 
 def _identity(evaluation) -> tuple[int, int]:
@@ -291,16 +336,23 @@ def _drift_reference(store, target, dataset):
     return reference
 
 
-def _describe_teacher(teacher, dataset, logits, target, reference) -> dict[str, Any]:
+def _describe_teacher(teacher, teacher_in, logits, target, reference) -> dict[str, Any]:
+    """Accuracy from the cached logits, the profile at the teacher's own input shape, its preprocessing."""
     from compressor.models.on_target import check_on_target
+    from compressor.models.teachers import alternative_accuracies
+    from compressor.train.distill import logits_accuracy
 
+    dataset = teacher_in.dataset
     shape = (target.batch_size, *dataset.input_shape)
-    val_acc = float((logits["val"].argmax(1) == dataset.val_y).float().mean())
-    test_acc = float((logits["test"].argmax(1) == dataset.test_y).float().mean())
+    val_acc = logits_accuracy(logits["val"], dataset.val_y)
+    test_acc = logits_accuracy(logits["test"], dataset.test_y)
     profile = check_on_target(teacher.onnx_bytes(shape), target, dataset.input_shape, memory=True,
                               label="teacher", reference=reference).profile
     return {"ref": teacher.ref, "arch": teacher.arch, "val_accuracy": val_acc, "test_accuracy": test_acc,
-            "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile}
+            "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
+            "input_shape": list(dataset.input_shape), "preprocessing": teacher_in.preprocessing.to_dict(),
+            "preprocessing_source": teacher_in.source,
+            "preprocessing_alternatives": alternative_accuracies(teacher_in)}
 
 
 def _check_reachable(config, target, dataset, reference) -> dict[str, Any] | None:
@@ -353,7 +405,7 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
             "seconds": result.seconds}
     save_checkpoint(checkpoint, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
                                            num_classes=dataset.num_classes, input_shape=dataset.input_shape,
-                                           meta=meta))
+                                           meta=meta, preprocessing=dataset.preprocessing))
     profile = check_on_target(model, target, dataset.input_shape, memory=True).profile
     return {**meta, "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
@@ -374,8 +426,8 @@ def _baseline(config, store, teacher, dataset, logits, target, quiet: bool, refe
     return found
 
 
-def _final_session(config, store, teacher, dataset, target, student, final, baselines, reference,
-                   quiet: bool) -> dict[str, Any]:
+def _final_session(config, store, teacher, teacher_shape: tuple[int, ...], dataset, target, student, final,
+                   baselines, reference, quiet: bool) -> dict[str, Any]:
     """Teacher, student and trained baselines measured in ONE side-by-side session: verdicts and speed-up.
 
     Kept in the store (meta `final_session`) for the student and baselines it judged, so a finished
@@ -394,14 +446,13 @@ def _final_session(config, store, teacher, dataset, target, student, final, base
     if not quiet:
         err_console.print("final session: teacher, student" + (" and baseline" if trained else "")
                           + " measured side by side")
-    shape = (target.batch_size, *dataset.input_shape)
-    models = {"teacher": teacher.onnx_bytes(shape), "student": student}
+    models = {"teacher": teacher.onnx_bytes((target.batch_size, *teacher_shape)), "student": student}
     for entry in trained:
         # Latency depends on the architecture, not on the trained weights: the baseline is rebuilt from its arch.
         models[f"baseline: {entry['name']}"] = build_model(spec_from_ref(entry["arch"], seed=config.seed),
                                                            dataset.input_shape, dataset.num_classes)
-    session = check_side_by_side(models, target, dataset.input_shape, reference=reference, memory=True,
-                                 name="final")
+    session = check_side_by_side(models, target, dataset.input_shape, input_shapes={"teacher": teacher_shape},
+                                 reference=reference, memory=True, name="final")
     speedup, interval = session.ratio("teacher", "student", "p50")
     judged = {name: {**checked.verdict_fields(), "profile": checked.profile}
               for name, checked in session.checked.items()}

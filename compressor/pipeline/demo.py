@@ -77,7 +77,8 @@ def demo_teacher(config: DemoConfig, dataset, say) -> Path:
     save_checkpoint(path, Checkpoint(model.state_dict(), config.teacher_arch, dataset.num_classes, dataset.input_shape,
                                      meta={"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
                                            "epochs": config.teacher_epochs, "seconds": result.seconds,
-                                           "data_split": dataset.split_identity}))
+                                           "data_split": dataset.split_identity},
+                                     preprocessing=dataset.preprocessing))
     say(f"teacher: test accuracy {100 * result.test_accuracy:.2f}% after {result.seconds:.0f} s")
     return path
 
@@ -97,7 +98,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             err_console.print(f"[bold]demo[/]: {text}")
 
     started = time.time()
-    dataset = load_dataset("digits", image_size=config.image_size, channels=3, seed=config.seed)
+    raw = load_dataset("digits", image_size=config.image_size, channels=3, seed=config.seed)
+    # The teacher trains on the training split's statistics and its checkpoint records them.
+    dataset = raw.normalised(raw.student_preprocessing())
     teacher_path = demo_teacher(config, dataset, say)
     teacher = load_teacher(str(teacher_path), num_classes=dataset.num_classes, input_shape=dataset.input_shape)
     target = load_target(config.target)

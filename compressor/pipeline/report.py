@@ -71,7 +71,9 @@ class LatencyFloor(TypedDict):
 
 
 class _TeacherRequired(TypedDict):
-    """The teacher as the run saw it: accuracies from its cached logits, its profile on the target."""
+    """The teacher as the run saw it: accuracies from its cached logits, its profile on the target,
+    the input shape it was fed and its preprocessing (`Preprocessing.to_dict()`) with where that came from, and
+    its accuracy on up to 512 validation images with each other named preprocessing."""
 
     ref: str
     arch: str
@@ -80,6 +82,10 @@ class _TeacherRequired(TypedDict):
     params: int
     macs: int
     profile: Profile  # from the final session once there is a student
+    input_shape: list[int]
+    preprocessing: dict[str, Any]
+    preprocessing_source: str
+    preprocessing_alternatives: dict[str, float]
 
 
 class TeacherReport(_TeacherRequired, Verdict, total=False):
@@ -106,6 +112,7 @@ class _StudentRequired(TypedDict):
     profile: Profile
     arch: dict[str, Any]
     loss_curve: list[float]
+    preprocessing: dict[str, Any]
 
 
 class StudentReport(_StudentRequired, Verdict, total=False):

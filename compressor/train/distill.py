@@ -7,8 +7,8 @@ Without teacher logits the loss is plain cross-entropy (the `--no-kd`
 baseline).
 
 Teacher-logits cache: the teacher's logits on every split are computed once
-per (teacher content hash, dataset identity — source, split and
-preprocessing) and stored under `$COMPRESSOR_CACHE/logits/` (default
+per (teacher content hash, identity of the teacher's input tensors — source,
+split, the teacher's size and channels and its preprocessing) and stored under `$COMPRESSOR_CACHE/logits/` (default
 `~/.cache/compressor/logits/`), written atomically and read back with
 `torch.load(weights_only=True)`. A changed teacher or dataset is a new key, so
 stale logits are never used. With the cache, a KD epoch costs what a plain
@@ -158,6 +158,11 @@ class TrainResult:
     loss_curve: list[float] = field(default_factory=list)
     seconds: float = 0.0
     epochs_run: int = 0
+
+
+def logits_accuracy(logits, y) -> float:
+    """Top-1 accuracy (fraction) of precomputed logits (N, classes) against labels y (N,)."""
+    return float((logits.argmax(1) == y).float().mean()) if len(y) else 0.0
 
 
 def evaluate(model, x, y, batch_size: int = 512) -> float:

@@ -96,16 +96,17 @@ class OnnxRuntimeBackend:
             timing = time_adaptively(opened.timed(0), target.measure, max_seconds)
         return self._profile(prepared, target, timing, opened, memory=memory, label=label, keep_samples=keep_samples)
 
-    def measure_interleaved(self, models: list, target, *, input_shape: tuple[int, ...] | None,
+    def measure_interleaved(self, models: list, target, *, input_shapes: list[tuple[int, ...] | None],
                             labels: list[str | None], memory: bool,
                             loop: Callable[[list[Callable[[], object]]], list[Timing]]) -> list[Profile]:
         """Profile several models whose sessions are open together, timed by `loop` (see `profilers.compare`).
 
         Args:
             models: paths, bytes or ModelProtos, each checked and analysed like `measure`'s.
+            input_shapes: each model's first input shape, batch included (None: its own, as `measure`).
             loop: given one call per model (runs it once), returns one `Timing` per model.
         """
-        prepared = [prepare_model(m, input_shape, target.batch_size) for m in models]
+        prepared = [prepare_model(m, shape, target.batch_size) for m, shape in zip(models, input_shapes)]
         with pinned_sessions(prepared, target) as opened:
             timings = loop(opened.calls)
         return [self._profile(p, target, t, opened, memory=memory, label=label)

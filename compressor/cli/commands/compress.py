@@ -21,8 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--final-epochs, exported and reported in RUN_DIR (report.json, report.md, pareto.png, "
         "trials.sqlite, best.pt, artifacts/).",
     )
-    parser.add_argument("--teacher", required=True, help="torchvision:ARCH (with --teacher-weights), a compressor checkpoint, or an ONNX file")
-    parser.add_argument("--teacher-weights", metavar="FILE", help="state dict for a torchvision:ARCH teacher (loaded with weights_only=True)")
+    from compressor.models.teachers import add_teacher_args
+
+    add_teacher_args(parser)
     _add_data(parser)
     add_target_args(parser)
     parser.add_argument("--trials", type=positive_int, default=defaults.trials, help=f"proposals (families) to evaluate (default {defaults.trials})")
@@ -67,10 +68,13 @@ def data_options_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from compressor.models.teachers import min_accuracy_from_args
     from compressor.pipeline.compress import compress
 
     result = compress(
         args.teacher, out=args.out, data=args.data, target=args.target, teacher_weights=args.teacher_weights,
+        teacher_preprocess=args.teacher_preprocess, teacher_image_size=args.teacher_image_size,
+        teacher_min_accuracy=min_accuracy_from_args(args),
         latency_ms=args.latency_ms, memory_mb=args.memory_mb, size_mb=args.size_mb,
         data_options=data_options_from_args(args), resume=args.resume, quiet=args.quiet or args.json,
         cache_dir=args.cache_dir, baseline=args.baseline, trials=args.trials, strategy=args.strategy, space=args.space,

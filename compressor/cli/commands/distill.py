@@ -48,16 +48,34 @@ def run(args: argparse.Namespace) -> int:
     from compressor.train.distill import LogitsCache, TrainConfig, train_student
     from compressor.errors import UserError
     from compressor.models.build import build_from_arch
-    from compressor.models.teachers import teacher_from_args
+    from compressor.cli.console import err_console
+    from compressor.models.teachers import (alternative_accuracies, check_teacher_accuracy, min_accuracy_from_args,
+                                            teacher_from_args, teacher_inputs)
+    from compressor.train.distill import logits_accuracy
 
     if not 0.0 <= args.alpha <= 1.0:
         raise UserError(f"--alpha must be in [0, 1], got {args.alpha}")
     if not args.no_kd and not args.teacher:
         raise UserError("--teacher is required unless --no-kd is given")
-    dataset = dataset_from_args(args)
-    logits = None
+    min_accuracy = min_accuracy_from_args(args)
+    raw = dataset_from_args(args)
+    dataset = raw.normalised(raw.student_preprocessing())
+    logits, teacher_summary = None, {}
     if not args.no_kd:
-        logits = LogitsCache(args.cache_dir).get(teacher_from_args(args, dataset), dataset)
+        inputs = teacher_inputs(teacher_from_args(args, raw), raw, args.teacher_preprocess)
+        logits = LogitsCache(args.cache_dir).get(inputs.teacher, inputs.dataset)
+        teacher_accuracy = logits_accuracy(logits["val"], dataset.val_y)
+        alternatives = alternative_accuracies(inputs)
+        line, hint = check_teacher_accuracy(teacher_accuracy, len(dataset.val_y), dataset.num_classes, min_accuracy,
+                                            alternatives)
+        if not args.json:
+            err_console.print(inputs.describe(), markup=False)
+            err_console.print(line, markup=False)
+            if hint:
+                err_console.print(f"[yellow]hint[/]: {hint}")
+        teacher_summary = {"teacher_val_accuracy": teacher_accuracy,
+                           "teacher_preprocessing": inputs.preprocessing.to_dict(), "teacher_hint": hint,
+                           "teacher_preprocessing_alternatives": alternatives}
     arch = _arch_string(args.student, args.seed)
     torch.manual_seed(args.seed)
     model = build_from_arch(arch, dataset.num_classes, dataset.input_shape)
@@ -73,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
     summary = {"student": args.student, "kd": not args.no_kd, "alpha": config.alpha, "tau": config.tau,
                "epochs": args.epochs, "label_fraction": dataset.label_fraction, "params": params,
                "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-               "seconds": result.seconds, "loss_curve": result.loss_curve, "checkpoint": str(out / "student.pt")}
+               "seconds": result.seconds, "loss_curve": result.loss_curve, "checkpoint": str(out / "student.pt"),
+               "preprocessing": dataset.preprocessing.to_dict(), **teacher_summary}
     save_checkpoint(out / "student.pt", Checkpoint(model.state_dict(), arch, dataset.num_classes,
-                                                   dataset.input_shape, meta=summary))
+                                                   dataset.input_shape, meta=summary,
+                                                   preprocessing=dataset.preprocessing))
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     if args.json:
         print_json(summary)

@@ -2,7 +2,9 @@
 
 Loads a compressor checkpoint (or RUN_DIR/best.pt), rebuilds its network from
 the stored ArchSpec, loads the dataset it was trained on (for the parity check
-on the test split and INT8 calibration) and calls `compressor.export.export_bundle`.
+on the test split and INT8 calibration) and calls `compressor.export.export_bundle`
+with the preprocessing the checkpoint records (a checkpoint from before it was
+recorded was trained on the training split's statistics, which are used).
 Heavy imports (torch, onnxruntime) happen inside `run`.
 """
 
@@ -34,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--formats", metavar="LIST", help=f"comma-separated, from {FORMATS_HELP} (default: by target: "
                         "CPU -> onnx,ort,int8; TensorRT -> onnx,fp16,tensorrt; other GPU -> onnx,ort,fp16)")
     parser.add_argument("--calib-data", metavar="FILE.npy", help="INT8 calibration inputs, a float32 array (N, C, H, W) "
-                        "preprocessed like training data (default: a sample of the training split)")
+                        "prepared as the artifacts take them: raw pixels / 255 (normalised with --no-fold-normalisation) "
+                        "(default: a sample of the training split)")
+    parser.add_argument("--no-fold-normalisation", action="store_true",
+                        help="ship the bare network, which takes normalised inputs, instead of one that takes raw "
+                             "pixels / 255 with the normalisation inside (the default)")
     parser.add_argument("--calib-samples", type=positive_int, default=128, help="calibration samples (default %(default)s)")
     parser.add_argument("--max-accuracy-drop", type=positive_float, default=1.0, metavar="POINTS",
                         help="largest test-accuracy loss in percentage points allowed for INT8/FP16/TensorRT (default %(default)s)")
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.channels is None:
         args.channels = channels
     dataset = dataset_from_args(args)
+    preprocessing = ckpt.preprocessing or dataset.student_preprocessing()
     if tuple(dataset.input_shape) != tuple(ckpt.input_shape) or dataset.num_classes != ckpt.num_classes:
         raise UserError(
             f"the dataset gives inputs {tuple(dataset.input_shape)} with {dataset.num_classes} classes, but the checkpoint "
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         calib_samples=args.calib_samples,
         profile_max_seconds=args.profile_seconds,
         profile_memory=not args.no_memory,
+        fold_normalisation=not args.no_fold_normalisation,
     )
     calibration = _load_calibration(args.calib_data) if args.calib_data else None
     with err_console.status("exporting", spinner="dots") as status:
@@ -89,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             progress=lambda message: status.update(message),
             calibration=calibration,
             checkpoint=str(path),
+            preprocessing=preprocessing,
         )
     if args.json:
         print_json(manifest)
