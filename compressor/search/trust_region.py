@@ -258,7 +258,8 @@ class TrustRegionStrategy:
 
     def ask(self, proposal: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """The params of proposal number `proposal` and its `misc` (kept in the store, replayed by `tell`)."""
-        pending = [r for r in self.regions if r.told < len(self._design(r))]
+        # Every (re)start design has n_sobol + 1 points: the default first, or one more Sobol point after a restart.
+        pending = [r for r in self.regions if r.told < self.n_sobol[r.name] + 1]
         if pending:
             region = min(pending, key=lambda r: (r.told, r.index))
             x, how = self._design(region)[region.told], "design"
