@@ -167,13 +167,16 @@ def test_length_doubles_after_three_successes_up_to_its_maximum_and_halves_after
     improving = iter(-float(n) for n in range(100))
     _run(strategy, 3, loss=lambda p: next(improving))  # the design moves no counter
     lengths = []
-    for proposal in range(3, 9):  # each Thompson proposal improves the incumbent
+    for proposal in range(3, 6):  # each Thompson proposal improves the incumbent
         _run(strategy, 1, loss=lambda p: next(improving), start=proposal)
+        lengths.append(region.length)
+    for loss in (-10.0, -11.0, -12.0):  # three more successes: the length stays at its maximum
+        strategy.tell([_thompson([0.5] * 4, loss)])
         lengths.append(region.length)
     assert lengths == [0.8, 0.8, 1.6, 1.6, 1.6, MAX_LENGTH]
     best = min(region.y)
     # no better than 1e-3 x |incumbent|: a failure, like a worse loss
-    _run(strategy, 4, loss=lambda p: best * (1 + 5e-4), start=9)
+    _run(strategy, 4, loss=lambda p: best * (1 + 5e-4), start=6)
     assert (region.length, region.successes, region.failures) == (0.8, 0, 0)
     assert region.X[region.incumbent()].tolist() == region.X[int(np.argmin(region.y))].tolist()
 
