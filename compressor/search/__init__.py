@@ -30,6 +30,11 @@ How the parts fit:
   STATUS_FAIL, and a transient failure (device unreachable, timeout) is kept
   out of the history (`strategies`' docstring says why, from what
   hyperopt's TPE does with each).
+* `trust_region.TrustRegionStrategy` (`--strategy trade`): TRADE's
+  trust-region Bayesian optimisation, one TuRBO region per architecture
+  family of the space (its GP, Thompson sampling, length rules), the region
+  to propose from chosen by Thompson sampling across families. Same ask/tell
+  interface and outcome rules; `strategies.make_strategy` picks the strategy.
 * `store.TrialStore`: **nothing lost**. Every evaluation is committed to
   `trials.sqlite` when it ends. A new `Schedule` over the same store (what
   `--resume` does) restores hyperopt's history and replays the same

@@ -1,7 +1,8 @@
 """The search's configuration and the pieces of a proposal that are fixed by it.
 
-`SearchConfig` holds every knob of `compressor compress`; `kd_hyperopt_space`
-the distillation knobs searched beside the architecture; `member_seeds` the
+`SearchConfig` holds every knob of `compressor compress`; `kd_knobs` the
+distillation knobs searched beside the architecture (declared like a space's
+knobs; `kd_hyperopt_space` is derived from them); `member_seeds` the
 seeds that turn one proposal into its family's members. Nothing here imports
 torch or hyperopt at import time: the CLI imports this module to build its
 parser.
@@ -10,13 +11,12 @@ parser.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from compressor.errors import UserError
 
-STRATEGIES = ("tpe", "random")
+STRATEGIES = ("tpe", "random", "trade")
 
 
 @dataclass(frozen=True)
@@ -68,22 +68,30 @@ class SearchConfig:
                 if k != "trials"}
 
 
-def kd_hyperopt_space() -> dict[str, Any]:
-    """The distillation knobs searched beside the architecture.
+def kd_knobs() -> tuple:
+    """The distillation knobs searched beside the architecture, declared like a space's knobs.
 
     α starts at 0 so that the search can turn KD off where it hurts a small
     student. τ stops at 6 rather than the 10 common in the KD literature: with a confident
     teacher (logit std ~13 on digits) the τ²-weighted KL term at τ≈10 drowned
     the cross-entropy and a 19k-parameter student stalled at 47% after 20
-    epochs, while τ=4 trained normally.
+    epochs, while τ=4 trained normally. The defaults are `TrainConfig`'s (what
+    `--strategy trade` evaluates first). A function, not a constant: the
+    spaces package imports networkx, and the CLI imports this module to build
+    its parser.
     """
-    from hyperopt import hp
+    from compressor.spaces.base import FloatKnob
 
-    return {
-        "kd_alpha": hp.uniform("kd_alpha", 0.0, 0.9),
-        "kd_tau": hp.uniform("kd_tau", 1.0, 6.0),
-        "lr": hp.loguniform("lr", math.log(0.01), math.log(0.2)),
-    }
+    return (
+        FloatKnob("kd_alpha", 0.5, 0.0, 0.9, help="weight of the distillation term"),
+        FloatKnob("kd_tau", 4.0, 1.0, 6.0, help="distillation temperature"),
+        FloatKnob("lr", 0.1, 0.01, 0.2, log=True, help="SGD learning rate"),
+    )
+
+
+def kd_hyperopt_space() -> dict[str, Any]:
+    """The distillation knobs (`kd_knobs`) as hyperopt expressions, labelled with their bare names."""
+    return {k.name: k.hyperopt(k.name) for k in kd_knobs()}
 
 
 def member_seeds(run_seed: int, proposal: int, family_size: int) -> list[int]:

@@ -5,7 +5,7 @@ is evaluated is an injected `Evaluator` (the real one, screening and KD
 training, is `compressor.search.evaluate.FamilyEvaluator`; tests pass a fake
 one and run the whole schedule in milliseconds, without torch).
 
-* Proposal n is asked from the strategy (`HyperoptStrategy`) and evaluated at
+* Proposal n is asked from the strategy (`strategies.make_strategy`) and evaluated at
   the smallest fidelity. An infeasible one (over budget) costs a screening
   and no training, so it does not count towards `trials`; at most
   `trials * screen_factor` proposals are asked.
@@ -34,7 +34,7 @@ from targets.errors import first_line
 
 from compressor.search.config import SearchConfig, member_seeds
 from compressor.search.store import TrialRecord, TrialStore
-from compressor.search.strategies import HyperoptStrategy
+from compressor.search.strategies import make_strategy
 
 _log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Schedule:
 
     def __init__(self, *, config: SearchConfig, store: TrialStore, evaluate: Evaluator, space: dict[str, Any],
                  progress: Callable[[str, dict], None] | None = None) -> None:
-        """`space` is the hyperopt space a proposal is drawn from; `progress(event, info)` hears each evaluation."""
+        """`space`: the hyperopt space (trade reads `config.space`'s knobs); `progress(event, info)` hears each evaluation."""
         self.config = config
         self.store = store
         self.evaluate = evaluate
@@ -77,7 +77,7 @@ class Schedule:
         for rec in store.records():
             self._latest[(rec.proposal, rec.fidelity)] = rec
         self._retry = {key for key, rec in self._latest.items() if rec.retryable}
-        self.strategy = HyperoptStrategy(config, space)
+        self.strategy = make_strategy(config, space)
         self.strategy.tell([rec for rec in self.records if rec.fidelity == config.fidelities[0]])
 
     @property

@@ -26,12 +26,17 @@ What hyperopt is told, per outcome of an evaluation at the smallest fidelity
   nothing about the point, and as a failed trial TPE would steer away from
   it (and count it towards its random start-up proposals). A resumed run
   evaluates it again and tells the new outcome.
+
+`make_strategy` picks the strategy of `SearchConfig.strategy`: this bridge for
+"tpe" and "random", `trust_region.TrustRegionStrategy` for "trade" (which
+reads the space's knob declarations instead of the hyperopt space and keeps
+the same outcome rules).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -42,6 +47,24 @@ from compressor.search.store import TrialRecord
 def penalty_loss(overshoot: float) -> float:
     """hyperopt's loss for an over-budget family: above every feasible loss (which is >= -1), graded by overshoot."""
     return 1.0 + min(10.0, overshoot)
+
+
+class Strategy(Protocol):
+    """What the schedule asks and tells (`HyperoptStrategy`, `trust_region.TrustRegionStrategy`)."""
+
+    def ask(self, proposal: int) -> tuple[dict[str, Any], dict[str, Any]]: ...
+
+    def tell(self, records: list[TrialRecord]) -> None: ...
+
+
+def make_strategy(config: SearchConfig, space: dict[str, Any]) -> Strategy:
+    """The strategy of `config.strategy`; `space` is the hyperopt space (trade reads `config.space`'s knobs)."""
+    if config.strategy == "trade":
+        from compressor.search.trust_region import TrustRegionStrategy
+        from compressor.spaces import get_space
+
+        return TrustRegionStrategy(config, get_space(config.space))
+    return HyperoptStrategy(config, space)
 
 
 class HyperoptStrategy:

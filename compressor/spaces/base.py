@@ -227,6 +227,19 @@ class Space:
     """A family of student networks. Subclasses declare knobs and implement every method below that raises NotImplementedError."""
 
     name: str = ""
+    # A space without architecture families declares its knobs here (the zoo declares them per family).
+    knobs: tuple = ()
+
+    def search_groups(self) -> dict[str, tuple[Knob, ...]]:
+        """The searchable knobs by architecture family: what `--strategy trade` gives one trust region each.
+
+        A space without families is one group, named after the space.
+        """
+        return {self.name: tuple(k for k in self.knobs if k.searchable)}
+
+    def group_params(self, group: str, values: dict[str, Any]) -> dict[str, Any]:
+        """The params of the point `values` (knob -> value) of group `group` (a key of `search_groups`)."""
+        return dict(values)
 
     def hyperopt_space(self) -> dict:
         raise NotImplementedError

@@ -172,6 +172,12 @@ class ZooSpace(Space):
         options = [{"family": f.name, **knob_hyperopt(f.knobs, f"{self.name}.{f.name}")} for f in FAMILIES.values()]
         return {"family": hp.choice(f"{self.name}.family", options)}
 
+    def search_groups(self) -> dict[str, tuple]:
+        return {f.name: tuple(k for k in f.knobs if k.searchable) for f in FAMILIES.values()}
+
+    def group_params(self, group: str, values: dict) -> dict:
+        return {"family": self.family(group).name, **values}
+
     def default_params(self) -> dict:
         return {"family": DEFAULT_FAMILY, **knob_defaults(FAMILIES[DEFAULT_FAMILY].knobs)}
 

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "compress",
         help="search the most accurate distilled student that meets a target's budgets",
-        description="Constrained Bayesian search (hyperopt TPE or random) over student families of a space, "
+        description="Constrained Bayesian search (hyperopt TPE, random, or TRADE's trust-region BO) over student "
+        "families of a space, "
         "each candidate screened on the target before training, trained with knowledge distillation "
         "from the teacher under successive halving; the best family's best member is trained for "
         "--final-epochs, exported and reported in RUN_DIR (report.json, report.md, pareto.png, "
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_data(parser)
     add_target_args(parser)
     parser.add_argument("--trials", type=positive_int, default=defaults.trials, help=f"proposals (families) to evaluate (default {defaults.trials})")
-    parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy, help="hyperopt TPE or random search (default tpe)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy, help="tpe (hyperopt TPE), random, or trade (TRADE/TuRBO trust-region "
+                        "BO, one trust region per zoo family; best with --space zoo) (default tpe)")
     parser.add_argument("--space", default=defaults.space, help="student space: nago or zoo (default nago)")
     parser.add_argument("--family-size", type=positive_int, default=defaults.family_size, help=f"members sampled per proposal (default {defaults.family_size})")
     parser.add_argument("--fidelities", default=",".join(map(str, defaults.fidelities)), help="successive-halving epochs, e.g. 1,3,9 (default %(default)s)")

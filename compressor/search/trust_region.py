@@ -1,0 +1,340 @@
+"""`--strategy trade`: trust-region Bayesian optimisation with one trust region per architecture family.
+
+What is taken from where:
+
+* TRADE (Kim, Myeong and Yun 2022, "Revisiting Architecture-aware Knowledge
+  Distillation: Smaller Models and Faster Search"): pick the student among
+  several state-of-the-art families (the `zoo` space) with trust-region
+  Bayesian optimisation, searching each family's width/depth knobs rather
+  than a cell space.
+* TuRBO (Eriksson et al. 2019, "Scalable Global Optimization via Local
+  Bayesian Optimization"): the mechanics below, with its constants: a GP per
+  trust region, Thompson sampling on Sobol candidates in a box shaped by the
+  GP's length scales, the length's expand/shrink/restart rules, and TuRBO-m's
+  choice of the region to propose from by Thompson sampling across regions.
+
+`TrustRegionStrategy` has the ask/tell interface of
+`strategies.HyperoptStrategy`, so the schedule (screening, successive halving,
+the store, resume) is the same for every strategy.
+
+**Domain.** One region per group of `Space.search_groups()` (the zoo: one
+per family; nago, which has no families: one over all its knobs), over the
+group's searchable knobs followed by the distillation knobs
+(`config.kd_knobs`). Each knob maps to [0, 1] from its declaration
+(`to_unit` / `from_unit`):
+
+* `FloatKnob`: linear over [low, high]; over [log low, log high] when `log`.
+* `IntKnob` and `ChoiceKnob`: the n allowed values (low, low+step, ..., high,
+  or the choices in declared order) own n equal bins of [0, 1]; u decodes to
+  its bin's value and a value encodes to its bin's centre. A proposal is
+  snapped to bin centres (`KnobMap.snap`) before it is stored, so the GP and
+  the region's centre see the point that was evaluated.
+
+**One region** (TuRBO-1). A GP on the region's points since its last
+(re)start: scikit-learn `GaussianProcessRegressor`, Matérn ν=2.5 with one
+length scale per dimension plus a `WhiteKernel`, `normalize_y=True`, TuRBO's
+bounds (length scales 0.005..2, noise 5e-4..0.2). The box is centred on the
+region's incumbent (its best feasible loss; while none is feasible, its
+smallest penalty) with side L·w_i, w_i = l_i / geometric mean(l), clipped to
+[0, 1]. Candidates: 256 scrambled-Sobol points in the box; Thompson sampling
+draws one joint posterior sample over them (`sample_y`) and takes its argmin.
+The length L starts at 0.8, doubles (at most 1.6) after 3 consecutive
+successes (the incumbent improved by more than 1e-3·|incumbent|), halves
+after max(4, d) consecutive failures, and below 0.5^7 the region restarts as
+TuRBO does: its points leave its GP, L is 0.8 again, the counters are zero
+and it is seeded with a fresh Sobol design.
+
+**Across regions.** First an initial design, round robin over the regions:
+each region's default point (a warm start: the family's declared defaults
+and `TrainConfig`'s KD settings), then `n_sobol` scrambled-Sobol points per
+region (6 // regions, at least 1 and at most d // 2: one per zoo family,
+6 for nago; it does not depend on `--trials`, which a resume may raise).
+Then each region draws its Thompson candidate and the region with the lowest
+sampled value is proposed. `sample_y` undoes the per-region normalisation of
+y, so the sampled values compare across regions in loss units.
+
+**Outcomes**, as the hyperopt bridge reads them: loss = -validation accuracy;
+an over-budget family enters the GP with its `penalty_loss` and is a failure
+for the counters; a failed one (an exception, a NaN) is a failure that
+enters the GP at the region's worst loss, and no better than a family just
+over budget (the GP needs a value, and "as bad as the worst seen" is the
+usual imputation); a retryable failure is ignored. Only Thompson proposals
+move the counters (TuRBO's initial design does not).
+
+**State and resume.** `ask` reads the regions and changes nothing; `tell`
+replays outcomes in the order given and is the only thing that moves a
+region. `misc` = {"region", "x" (the snapped point in [0, 1]^d), "how"
+("design" or "thompson")}: the state is a function of the told history, so a
+resumed run, told the stored records, proposes the same next point. Every
+random draw is seeded from (run seed, proposal number, region, restart).
+
+**Departures.** One proposal at a time (TuRBO proposes batches for parallel
+workers). Categorical knobs (nago's graph models and ops) are ordinal bins
+on one axis, not a categorical kernel. No perturbation mask (TuRBO perturbs
+only min(20/d, 1) of the axes of each candidate; d is at most 24 here). No
+output-scale kernel: `normalize_y` gives y unit variance. The initial design
+is one or a few points per region instead of TuRBO's 2d, since these
+searches train 12 to 40 families in all.
+
+**Seam.** `candidate_filter(params_list) -> mask` (unused by the CLI yet) may
+reject Thompson candidates before the argmin, e.g. those a latency model
+predicts over budget; a region left without candidates sits the proposal
+out, and when every region does the filter is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from compressor.search.config import SearchConfig, kd_knobs
+from compressor.search.store import TrialRecord
+from compressor.search.strategies import penalty_loss
+from compressor.spaces.base import ChoiceKnob, FloatKnob, IntKnob, Knob, Space
+
+INITIAL_LENGTH = 0.8
+MIN_LENGTH = 0.5**7
+MAX_LENGTH = 1.6
+SUCCESS_TOLERANCE = 3
+IMPROVEMENT = 1e-3
+INIT_SOBOL_BUDGET = 6
+CANDIDATES_LOG2 = 8  # 256 Thompson candidates per region (a power of two keeps Sobol's balance)
+
+CandidateFilter = Callable[[list[dict[str, Any]]], Sequence[bool]]
+
+
+def _levels(knob: Knob) -> int:
+    """How many values a discrete knob allows."""
+    if isinstance(knob, IntKnob):
+        return (knob.high - knob.low) // knob.step + 1
+    return len(knob.choices)
+
+
+def from_unit(knob: Knob, u: float) -> Any:
+    """The knob value at u in [0, 1] (see the module docstring)."""
+    u = min(max(float(u), 0.0), 1.0)
+    if isinstance(knob, FloatKnob):
+        if knob.log:
+            value = math.exp(math.log(knob.low) + u * (math.log(knob.high) - math.log(knob.low)))
+        else:
+            value = knob.low + u * (knob.high - knob.low)
+        return min(max(value, knob.low), knob.high)
+    index = min(int(u * _levels(knob)), _levels(knob) - 1)
+    if isinstance(knob, IntKnob):
+        return knob.low + knob.step * index
+    return knob.choices[index]
+
+
+def to_unit(knob: Knob, value: Any) -> float:
+    """The point of [0, 1] that `value` encodes to: inverse of `from_unit` (a discrete value -> its bin's centre)."""
+    if isinstance(knob, FloatKnob):
+        if knob.log:
+            return (math.log(value) - math.log(knob.low)) / (math.log(knob.high) - math.log(knob.low))
+        return (value - knob.low) / (knob.high - knob.low)
+    index = round((value - knob.low) / knob.step) if isinstance(knob, IntKnob) else knob.choices.index(value)
+    return (index + 0.5) / _levels(knob)
+
+
+@dataclass(frozen=True)
+class KnobMap:
+    """[0, 1]^d <-> knob values for an ordered tuple of knobs."""
+
+    knobs: tuple[Knob, ...]
+
+    def decode(self, x: Sequence[float]) -> dict[str, Any]:
+        return {k.name: from_unit(k, u) for k, u in zip(self.knobs, x)}
+
+    def encode(self, values: dict[str, Any]) -> np.ndarray:
+        return np.array([to_unit(k, values[k.name]) for k in self.knobs])
+
+    def snap(self, x: Sequence[float]) -> np.ndarray:
+        """x clipped to [0, 1], each discrete axis moved to its bin's centre (float axes keep their bits)."""
+        return np.array([
+            min(max(float(u), 0.0), 1.0) if isinstance(k, FloatKnob) else to_unit(k, from_unit(k, u))
+            for k, u in zip(self.knobs, x)
+        ])
+
+
+@dataclass
+class Region:
+    """One trust region: a group's knobs, its length and counters, and its points since the last (re)start."""
+
+    name: str
+    index: int
+    arch_knobs: tuple[Knob, ...]
+    knob_map: KnobMap
+    length: float = INITIAL_LENGTH
+    successes: int = 0
+    failures: int = 0
+    restarts: int = 0
+    told: int = 0  # evaluations since the last (re)start, failed ones included: the design's progress
+    X: list[np.ndarray] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+    feasible: list[bool] = field(default_factory=list)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {k.name: k.default for k in self.knob_map.knobs}
+
+    @property
+    def dim(self) -> int:
+        return len(self.knob_map.knobs)
+
+    @property
+    def failure_tolerance(self) -> int:
+        return max(4, self.dim)
+
+    def incumbent(self) -> int | None:
+        """Index of the best feasible point, or of the smallest penalty while none is feasible."""
+        if not self.y:
+            return None
+        feasible = [i for i, ok in enumerate(self.feasible) if ok]
+        return min(feasible or range(len(self.y)), key=lambda i: self.y[i])
+
+    def observe(self, x: np.ndarray, rec: TrialRecord, counts: bool) -> None:
+        """Add one outcome; a Thompson proposal's outcome (`counts`) moves the length (TuRBO's rules)."""
+        best = self.incumbent()
+        incumbent = self.y[best] if best is not None and self.feasible[best] else None
+        if rec.status == "failed":
+            loss, feasible = max([penalty_loss(0.0), *self.y]), False
+        else:
+            loss, feasible = float(rec.loss), rec.status == "ok"
+        improved = feasible and (incumbent is None or loss < incumbent - IMPROVEMENT * abs(incumbent))
+        self.X.append(x)
+        self.y.append(loss)
+        self.feasible.append(feasible)
+        self.told += 1
+        if not counts:
+            return
+        self.successes, self.failures = (self.successes + 1, 0) if improved else (0, self.failures + 1)
+        if self.successes == SUCCESS_TOLERANCE:
+            self.length, self.successes = min(2.0 * self.length, MAX_LENGTH), 0
+        elif self.failures == self.failure_tolerance:
+            self.length, self.failures = self.length / 2.0, 0
+        if self.length < MIN_LENGTH:
+            self.restart()
+
+    def restart(self) -> None:
+        """TuRBO's restart: forget the points, length back to its start, a fresh design next."""
+        self.restarts += 1
+        self.length, self.successes, self.failures, self.told = INITIAL_LENGTH, 0, 0, 0
+        self.X, self.y, self.feasible = [], [], []
+
+
+class TrustRegionStrategy:
+    """TRADE/TuRBO over the groups of `space` plus the distillation knobs (see the module docstring).
+
+    scikit-learn and scipy are imported when a proposal is asked, not with
+    this module.
+    """
+
+    def __init__(self, config: SearchConfig, space: Space, candidate_filter: CandidateFilter | None = None) -> None:
+        self.config = config
+        self.space = space
+        self.candidate_filter = candidate_filter
+        kd = kd_knobs()
+        self.regions = [
+            Region(name, i, tuple(knobs), KnobMap((*knobs, *kd)))
+            for i, (name, knobs) in enumerate(space.search_groups().items())
+        ]
+        self._by_name = {r.name: r for r in self.regions}
+        self.n_sobol = {r.name: max(1, min(INIT_SOBOL_BUDGET // len(self.regions), r.dim // 2)) for r in self.regions}
+
+    def params(self, region: Region, x: Sequence[float]) -> dict[str, Any]:
+        """The proposal's params (the shape `FamilyEvaluator` reads) at the point x of `region`.
+
+        The region's default point gives the declared defaults exactly (decoding
+        its encoding could move a float by one ulp: lr 0.10000000000000002).
+        """
+        values = region.knob_map.decode(x)
+        if np.array_equal(x, region.knob_map.snap(region.knob_map.encode(region.defaults))):
+            values = dict(region.defaults)
+        arch = {k.name: values.pop(k.name) for k in region.arch_knobs}
+        return {"arch": self.space.group_params(region.name, arch), **values}
+
+    def ask(self, proposal: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The params of proposal number `proposal` and its `misc` (kept in the store, replayed by `tell`)."""
+        # Every (re)start design has n_sobol + 1 points: the default first, or one more Sobol point after a restart.
+        pending = [r for r in self.regions if r.told < self.n_sobol[r.name] + 1]
+        if pending:
+            region = min(pending, key=lambda r: (r.told, r.index))
+            x, how = self._design(region)[region.told], "design"
+        else:
+            region, x = self._thompson(proposal)
+            how = "thompson"
+        x = region.knob_map.snap(x)
+        return self.params(region, x), {"region": region.name, "x": [float(v) for v in x], "how": how}
+
+    def tell(self, records: list[TrialRecord]) -> None:
+        """Replay outcomes in order (see the module docstring); records of other strategies are refused."""
+        for rec in records:
+            if rec.misc is None or rec.retryable:
+                continue
+            region = self._by_name.get(rec.misc.get("region"))
+            if region is None or len(rec.misc.get("x", ())) != region.dim:
+                raise ValueError(f"proposal {rec.proposal} was not made by --strategy trade over this space")
+            region.observe(np.array(rec.misc["x"], dtype=float), rec, counts=rec.misc.get("how") == "thompson")
+
+    def _seed(self, *path: int) -> int:
+        return int(np.random.SeedSequence([self.config.seed, *path]).generate_state(1)[0])
+
+    def _design(self, region: Region) -> list[np.ndarray]:
+        """The region's (re)start design: its default point first (only before any restart), then Sobol points."""
+        from scipy.stats import qmc
+
+        count = self.n_sobol[region.name] + (1 if region.restarts else 0)
+        sobol = qmc.Sobol(region.dim, scramble=True, seed=self._seed(0, region.index, region.restarts))
+        points = list(sobol.random_base2(max(0, math.ceil(math.log2(count))))[:count])
+        if region.restarts == 0:
+            points.insert(0, region.knob_map.encode(region.defaults))
+        return points
+
+    def _thompson(self, proposal: int) -> tuple[Region, np.ndarray]:
+        """The region whose Thompson sample is lowest, and that sample's argmin."""
+        drawn = [(region, *self._region_sample(region, proposal)) for region in self.regions]
+        kept = [item for item in drawn if item[3]] or drawn
+        region, x, _, _ = min(kept, key=lambda item: (item[2], item[0].index))
+        return region, x
+
+    def _region_sample(self, region: Region, proposal: int) -> tuple[np.ndarray, float, bool]:
+        """Thompson sampling in one region: (argmin candidate, its sampled loss, whether the filter kept any)."""
+        from scipy.stats import qmc
+
+        gp = fit_gp(np.array(region.X), np.array(region.y), self._seed(1, proposal, region.index))
+        centre = region.X[region.incumbent()]
+        scales = gp.kernel_.k1.length_scale
+        weights = scales / np.exp(np.mean(np.log(scales)))
+        low = np.clip(centre - region.length * weights / 2.0, 0.0, 1.0)
+        high = np.clip(centre + region.length * weights / 2.0, 0.0, 1.0)
+        sobol = qmc.Sobol(region.dim, scramble=True, seed=self._seed(2, proposal, region.index))
+        candidates = low + (high - low) * sobol.random_base2(CANDIDATES_LOG2)
+        sample = gp.sample_y(candidates, random_state=self._seed(3, proposal, region.index)).ravel()
+        unfiltered = int(np.argmin(sample))
+        if self.candidate_filter is not None:
+            keep = np.asarray(self.candidate_filter([self.params(region, c) for c in candidates]), dtype=bool)
+            if not keep.any():
+                return candidates[unfiltered], float(sample[unfiltered]), False
+            sample = np.where(keep, sample, np.inf)
+        best = int(np.argmin(sample))
+        return candidates[best], float(sample[best]), True
+
+
+def fit_gp(X: np.ndarray, y: np.ndarray, seed: int):
+    """A GP on one region's points: Matérn-5/2 with ARD length scales + white noise, TuRBO's bounds."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import Matern, WhiteKernel
+
+    kernel = Matern(length_scale=np.full(X.shape[1], 0.5), length_scale_bounds=(0.005, 2.0), nu=2.5) + WhiteKernel(
+        noise_level=5e-3, noise_level_bounds=(5e-4, 0.2)
+    )
+    gp = GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=seed)
+    with warnings.catch_warnings():
+        # A handful of points often puts a length scale on its bound: expected, not worth a warning per proposal.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gp.fit(X, y)
+    return gp
