@@ -38,3 +38,15 @@ def test_variants_multiply_each_split_and_clutter_adds_ink():
     (x_busy, _), _, _ = render_splits(0, busy)
     assert len(y_plain) == 2 * 1078 and np.array_equal(y_plain[::2], y_plain[1::2])
     assert (x_busy > 0.1).mean() > (x_plain > 0.1).mean()
+
+
+@pytest.mark.slow
+def test_load_dataset_serves_it_as_digits_cluttered():
+    from compressor.data.datasets import load_dataset
+
+    data = load_dataset("digits-cluttered", channels=1, image_size=None)
+    plain = load_dataset("digits", channels=1, image_size=32)
+    assert data.input_shape == (1, 32, 32) and data.num_classes == 10
+    assert (len(data.train_y), len(data.val_y), len(data.test_y)) == (3 * 1078, 3 * 359, 3 * 360)
+    assert data.identity != plain.identity and data.split_identity != plain.split_identity
+    assert 0.0 <= float(data.train_x.min()) and float(data.train_x.max()) <= 1.0

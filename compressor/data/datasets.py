@@ -4,6 +4,10 @@ Sources (`--data`):
 - `digits` (default): scikit-learn's bundled 8x8 handwritten digits (1,797
   real images, no download), upsampled bilinearly to `image_size` (32 px by
   default), gray repeated to `channels`.
+- `digits-cluttered`: the same digits scaled, rotated and placed on a 32 px
+  canvas among clutter cut from other digits (compressor.data.cluttered);
+  split by source image with the split seed, so no digit crosses splits. A
+  harder set, where a search and distillation have room to show their worth.
 - `imagefolder:PATH`: torchvision's ImageFolder layout; with `train/` and
   `val/` subfolders those are used (val split in half into val and test),
   otherwise the whole folder is split 60/20/20.
@@ -135,7 +139,7 @@ class Dataset:
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     """The data flags shared by train-teacher, distill, compress and export."""
     parser.add_argument("--data", default="digits",
-                        help="digits (bundled), imagefolder:PATH, npz:PATH, or cifar10|cifar100|mnist|fashionmnist "
+                        help="digits (bundled), digits-cluttered (bundled, harder), imagefolder:PATH, npz:PATH, or cifar10|cifar100|mnist|fashionmnist "
                              "(default digits)")
     parser.add_argument("--data-root", help="folder holding torchvision datasets")
     parser.add_argument("--download", action="store_true", help="allow torchvision datasets to download")
@@ -167,6 +171,10 @@ def load_dataset(ref: str = "digits", *, image_size: int | None = 32, channels: 
         raise UserError(f"--image-size must be >= 8, got {image_size}")
     if ref == "digits":
         (x, y), names, splits = _digits(), [str(i) for i in range(10)], None
+    elif ref == "digits-cluttered":
+        from compressor.data.cluttered import render_splits
+
+        x, y, names, splits = None, None, [str(i) for i in range(10)], render_splits(seed)
     elif ref.startswith("imagefolder:"):
         x, y, names, splits = _imagefolder(Path(ref.split(":", 1)[1]), image_size, channels)
     elif ref.startswith("npz:"):
@@ -174,7 +182,7 @@ def load_dataset(ref: str = "digits", *, image_size: int | None = 32, channels: 
     elif ref.lower() in TORCHVISION_SETS:
         x, y, names, splits = _torchvision(ref.lower(), data_root, download)
     else:
-        raise UserError(f"unknown dataset {ref!r}; use digits, imagefolder:PATH, npz:PATH or "
+        raise UserError(f"unknown dataset {ref!r}; use digits, digits-cluttered, imagefolder:PATH, npz:PATH or "
                         f"{', '.join(TORCHVISION_SETS)}")
     dataset = _finish(ref, x, y, names, splits, image_size=image_size, channels=channels, seed=seed,
                       label_fraction=label_fraction)
@@ -376,4 +384,8 @@ def _source_key(ref: str) -> str:
         listing = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
                          for p in root.rglob("*") if p.is_file())
         return "imagefolder:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+    if ref == "digits-cluttered":
+        from compressor.data.cluttered import ClutterConfig
+
+        return "digits-cluttered:" + json.dumps(ClutterConfig().key(), sort_keys=True)
     return ref.lower()

@@ -94,7 +94,7 @@ import numpy as np
 from compressor.search.config import SearchConfig, kd_knobs
 from compressor.search.store import TrialRecord
 from compressor.search.strategies import penalty_loss
-from compressor.spaces.base import ChoiceKnob, FloatKnob, IntKnob, Knob, Space
+from compressor.spaces.base import FloatKnob, IntKnob, Knob, Space
 
 INITIAL_LENGTH = 0.8
 MIN_LENGTH = 0.5**7
