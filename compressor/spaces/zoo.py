@@ -33,6 +33,7 @@ from compressor.spaces.base import (
     knob_cheapest,
     knob_defaults,
     knob_hyperopt,
+    knob_hyperopt_point,
     knob_rows,
     validate_knobs,
 )
@@ -171,6 +172,12 @@ class ZooSpace(Space):
 
         options = [{"family": f.name, **knob_hyperopt(f.knobs, f"{self.name}.{f.name}")} for f in FAMILIES.values()]
         return {"family": hp.choice(f"{self.name}.family", options)}
+
+    def hyperopt_point(self, params: dict) -> dict:
+        params = self.validate_params(params)
+        family = params["family"]
+        return {f"{self.name}.family": list(FAMILIES).index(family),
+                **knob_hyperopt_point(FAMILIES[family].knobs, f"{self.name}.{family}", params)}
 
     def search_groups(self) -> dict[str, tuple]:
         return {f.name: tuple(k for k in f.knobs if k.searchable) for f in FAMILIES.values()}
