@@ -63,7 +63,7 @@ def _search(path: Path, evaluate: FakeEvaluator, **knobs) -> tuple[Schedule, lis
     config = SearchConfig(**{"family_size": 1, "fidelities": (1,), **knobs}).validate()
     store = TrialStore(path)
     try:
-        schedule = Schedule(config=config, store=store, evaluate=evaluate, space=SPACE)
+        schedule = Schedule(config=config, store=store, evaluate=evaluate, space=SPACE, warm_starts=())
         return schedule, schedule.run()
     finally:
         store.close()
