@@ -231,7 +231,7 @@ def plot_pareto(records: list[TrialRecord], report: Report, path: Path) -> None:
         # One front per fidelity (compressor.search.analysis.pareto_front): the highest drawn darkest.
         points = [p for p in front if p["fidelity"] == fidelity]
         ax.plot([p["latency_ms"] for p in points], [100 * p["val_accuracy"] for p in points], ".-", c="tab:blue",
-                alpha=0.3 + 0.5 * (i + 1) / len(fidelities), label=f"Pareto front after {fidelity} epochs")
+                alpha=0.3 + 0.5 * (i + 1) / len(fidelities), label=f"Pareto front after {fidelity} epoch{'' if fidelity == 1 else 's'}")
     if budgets.get("latency_ms"):
         ax.axvline(budgets["latency_ms"], ls="--", c="k", label=f"latency budget ({budgets['latency_ms']:.3g} ms)")
     teacher = report["teacher"]

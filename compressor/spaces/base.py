@@ -159,6 +159,16 @@ def knob_hyperopt_point(knobs: Sequence[Knob], prefix: str, values: dict[str, An
     return {f"{prefix}.{k.name}": k.hyperopt_value(values[k.name]) for k in knobs if k.searchable}
 
 
+def flatten_choice(params: Any, key: str, where: str) -> dict[str, Any]:
+    """A copy of `params` with hyperopt's nested choice `{key: {...option}}` (what `space_eval` returns) flattened."""
+    if not isinstance(params, dict):
+        raise UserError(f"{where} params must be a dict, got {type(params).__name__}")
+    params = dict(params)
+    if isinstance(params.get(key), dict):
+        params = {**params.pop(key), **params}
+    return params
+
+
 def validate_knobs(knobs: Sequence[Knob], params: dict[str, Any], where: str) -> dict[str, Any]:
     """Normalised copy of `params` (missing knobs take their default); unknown keys are errors."""
     by_name = {k.name: k for k in knobs}

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from compressor.errors import UserError
-from compressor.spaces.base import ArchSpec, Space, knob_hyperopt, knob_hyperopt_point
+from compressor.spaces.base import ArchSpec, Space, flatten_choice, knob_hyperopt, knob_hyperopt_point
 
 
 class UnionSpace(Space):
@@ -82,11 +82,7 @@ class UnionSpace(Space):
         return {"space": self.default_member, **self.member(self.default_member).smallest_params()}
 
     def validate_params(self, params: dict) -> dict:
-        if not isinstance(params, dict):
-            raise UserError(f"{self.name} params must be a dict, got {type(params).__name__}")
-        params = dict(params)
-        if isinstance(params.get("member"), dict):  # hyperopt's nested choice
-            params = {**params.pop("member"), **params}
+        params = flatten_choice(params, "member", self.name)
         member = self.member(params.pop("space", self.default_member))
         return {"space": member.name, **member.validate_params(params)}
 

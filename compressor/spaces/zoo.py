@@ -30,6 +30,7 @@ from compressor.spaces.base import (
     IntKnob,
     Space,
     check_input_shape,
+    flatten_choice,
     knob_cheapest,
     knob_defaults,
     knob_hyperopt,
@@ -192,11 +193,7 @@ class ZooSpace(Space):
         return {"family": SMALLEST_FAMILY, **knob_cheapest(FAMILIES[SMALLEST_FAMILY].knobs)}
 
     def validate_params(self, params: dict) -> dict:
-        if not isinstance(params, dict):
-            raise UserError(f"zoo params must be a dict, got {type(params).__name__}")
-        params = dict(params)
-        if isinstance(params.get("family"), dict):  # hyperopt's nested choice
-            params = {**params.pop("family"), **params}
+        params = flatten_choice(params, "family", self.name)
         family = self.family(params.pop("family", DEFAULT_FAMILY))
         return {"family": family.name, **validate_knobs(family.knobs, params, f"zoo {family.name}: ")}
 
