@@ -63,7 +63,7 @@ def _search(path: Path, evaluate: FakeEvaluator, **knobs) -> tuple[Schedule, lis
     config = SearchConfig(**{"family_size": 1, "fidelities": (1,), **knobs}).validate()
     store = TrialStore(path)
     try:
-        schedule = Schedule(config=config, store=store, evaluate=evaluate, space=SPACE)
+        schedule = Schedule(config=config, store=store, evaluate=evaluate, space=SPACE, warm_starts=())
         return schedule, schedule.run()
     finally:
         store.close()
@@ -164,10 +164,10 @@ def test_best_record_pareto_front_and_failure_summary():
     best = best_record(trained + problems)
     assert (best.proposal, best.fidelity) == (2, 3)
     assert best_record(problems) is None
-    # each family at its highest fidelity: proposal 2 is faster and more accurate than all others
-    assert [(p["proposal"], p["fidelity"]) for p in pareto_front(trained + problems)] == [(2, 3)]
+    # one front per fidelity: after 1 epoch proposal 1 is more accurate than 2, after 3 it is not
+    assert [(p["proposal"], p["fidelity"]) for p in pareto_front(trained + problems)] == [(2, 1), (1, 1), (2, 3)]
     trained[4].val_accuracy = 0.70
-    assert [(p["proposal"], p["fidelity"]) for p in pareto_front(trained)] == [(2, 3), (0, 1), (1, 3)]
+    assert [(p["proposal"], p["fidelity"]) for p in pareto_front(trained)] == [(2, 1), (1, 1), (2, 3), (1, 3)]
     assert failure_summary(trained + problems) == (
         "2 over budget (latency p50 # ms > budget # ms), 1 failed (RemoteError: device unreachable)"
     )

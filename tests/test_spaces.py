@@ -192,7 +192,7 @@ def test_spec_from_ref_forms(tmp_path):
 @pytest.mark.parametrize(
     "ref,message",
     [
-        ("mystery", "unknown space 'mystery'; valid: nago, zoo"),
+        ("mystery", "unknown space 'mystery'; valid: all, nago, zoo"),
         ("zoo:vgg", "unknown zoo family 'vgg'"),
         ("zoo:resnet:width=128", "width=128 is out of range; valid: 8..64"),
         ("nago:op=conv7x7", "op='conv7x7' is not a valid choice"),

@@ -48,7 +48,10 @@ def test_sample_json_with_knobs_and_zoo_family_switch(run, tmp_path):
 
 def test_list_and_show(run):
     code, out, _ = run("space", "list", "--json")
-    assert code == 0 and [s["name"] for s in json.loads(out)] == ["nago", "zoo"]
+    assert code == 0 and [s["name"] for s in json.loads(out)] == ["all", "nago", "zoo"]
+    code, out, _ = run("space", "show", "all", "--json")
+    knobs = {k["knob"] for k in json.loads(out)["knobs"]}
+    assert {"space", "nago.top_nodes", "zoo.family", "zoo.resnet.depth_1"} <= knobs
     code, out, _ = run("space", "show", "zoo", "--json")
     knobs = {k["knob"] for k in json.loads(out)["knobs"]}
     assert {"family", "resnet.depth_1", "plain.width_1", "mobilenet_v3_small.width_mult"} <= knobs
@@ -59,7 +62,7 @@ def test_list_and_show(run):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["space", "sample", "foo"], "unknown space 'foo'; valid: nago, zoo"),
+        (["space", "sample", "foo"], "unknown space 'foo'; valid: all, nago, zoo"),
         (["space", "sample", "nago", "--set", "top_nodes=9"], "top_nodes=9 is out of range; valid: 3..6"),
         (["space", "sample", "nago", "--set", "top_nodes"], "--set expects KNOB=VALUE"),
         (["space", "sample", "nago", "--params", "[1]"], "--params must be a JSON object"),

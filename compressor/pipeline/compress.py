@@ -23,7 +23,13 @@ session of teacher, student, baselines and the drift reference at the end
 (`_final_session`, kept in the store as meta `final_session`): report.json
 gives each `within_budget` (true, false or "borderline"), its ratio to the
 budget with the interval, and the session's id; a baseline that misses the
-budget is reported as such, not as "at the same budget".
+budget is reported as such, not as "at the same budget". When that session
+finds the teacher itself within the budgets, `teacher_meets_budget` is true
+and the summaries say so first.
+
+The student trained last is the search's best family at its highest fidelity
+(`search.analysis.best_record`): families within one validation image of the
+best accuracy are a tie, and the tie goes to the faster.
 
 Every stage that has finished is on disk before the next begins; a resumed
 run skips them. A finished run resumed again does nothing more.
@@ -233,7 +239,8 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         display.preload(search.records)
         records = search.run()
     seconds = sum(r.total_s for r in records)
-    best = best_record(records)
+    # Families within one validation image of the best are a tie, which goes to the faster.
+    best = best_record(records, tolerance=1.0 / len(dataset.val_y))
     report = _base_report(config, target, teacher_info, records, seconds)
     report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
                                "drift_reference": None if reference is None else reference.to_dict()}
@@ -263,6 +270,8 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     _apply_final_session(report, _final_session(config, store, teacher, tuple(teacher_info["input_shape"]), dataset,
                                                 target, model, final, report.get("baselines", []), reference,
                                                 quiet))
+    # Said first in the summaries: a user whose teacher already fits may not need a student at all.
+    report["teacher_meets_budget"] = target.budgets.any() and report["teacher"].get("within_budget") is True
     if config.export:
         bundle = run_dir / "artifacts"
         artifacts = store.get_meta("artifacts")

@@ -159,7 +159,7 @@ class SearchSummary(TypedDict):
     seconds: float
     screen_seconds_median: float | None
     train_fraction: float
-    pareto: list[dict[str, Any]]
+    pareto: list[dict[str, Any]]  # one front per fidelity, each point with its "fidelity" (search.analysis.pareto_front)
 
 
 class _ReportRequired(TypedDict):
@@ -187,6 +187,7 @@ class Report(_ReportRequired, total=False):
     artifacts_error: str
     goals: list[dict[str, Any]]
     demo: dict[str, Any]
+    teacher_meets_budget: bool  # the final session found the teacher itself within the (non-empty) budgets
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -225,9 +226,12 @@ def plot_pareto(records: list[TrialRecord], report: Report, path: Path) -> None:
         ax.scatter([r.latency_ms for r in infeasible], [floor] * len(infeasible), marker="x", c="tab:red",
                    label="over budget (screened, not trained)", zorder=3)
     front = report["search"].get("pareto", [])
-    if front:
-        ax.plot([p["latency_ms"] for p in front], [100 * p["val_accuracy"] for p in front], "-", c="tab:blue",
-                alpha=0.5, label="Pareto front")
+    fidelities = sorted({p["fidelity"] for p in front})
+    for i, fidelity in enumerate(fidelities):
+        # One front per fidelity (compressor.search.analysis.pareto_front): the highest drawn darkest.
+        points = [p for p in front if p["fidelity"] == fidelity]
+        ax.plot([p["latency_ms"] for p in points], [100 * p["val_accuracy"] for p in points], ".-", c="tab:blue",
+                alpha=0.3 + 0.5 * (i + 1) / len(fidelities), label=f"Pareto front after {fidelity} epoch{'' if fidelity == 1 else 's'}")
     if budgets.get("latency_ms"):
         ax.axvline(budgets["latency_ms"], ls="--", c="k", label=f"latency budget ({budgets['latency_ms']:.3g} ms)")
     teacher = report["teacher"]
@@ -262,6 +266,10 @@ def _ms(profile: dict | None, key: str) -> str:
     return "-" if not profile else f"{profile['latency_ms'][key]:.3f}"
 
 
+TEACHER_MEETS_BUDGET = ("The teacher itself meets the budgets (final session): it may be deployed as it is; "
+                        "compare it with the student below.")
+
+
 def markdown_report(report: Report) -> str:
     """A person's summary of report.json."""
     teacher, student, search = report["teacher"], report.get("student"), report["search"]
@@ -269,6 +277,7 @@ def markdown_report(report: Report) -> str:
     lines = [
         f"# Compression report: {report['target']['name']}",
         "",
+        *([TEACHER_MEETS_BUDGET, ""] if report.get("teacher_meets_budget") else []),
         f"Target `{report['target']['name']}` ({report['target']['runtime']}); budgets: "
         + ", ".join(f"{k} {v}" for k, v in budgets.items() if v is not None),
         "",

@@ -10,7 +10,8 @@ How the parts fit:
   the run seed and the proposal number (`config.member_seeds`), so a resumed
   run rebuilds them.
 * `schedule.Schedule` decides what is evaluated: it asks the strategy for
-  proposals, screens at most `trials * screen_factor` of them, trains
+  proposals (the space's known-good points first, `config.warm_start_points`,
+  whatever the strategy), screens at most `trials * screen_factor` of them, trains
   `trials` families in successive-halving rounds (BOHB-style: rounds of
   η^(L-1) families at the smallest fidelity, in epochs; the best 1/η of a
   round go on to the next fidelity, and so on) and commits every evaluation
@@ -29,7 +30,8 @@ How the parts fit:
   a penalty loss above every feasible one, a failed one hyperopt's
   STATUS_FAIL, and a transient failure (device unreachable, timeout) is kept
   out of the history (`strategies`' docstring says why, from what
-  hyperopt's TPE does with each).
+  hyperopt's TPE does with each). An infeasible family leaves the KD labels
+  unobserved: it was never trained, so its penalty is not held against them.
 * `trust_region.TrustRegionStrategy` (`--strategy trade`): TRADE's
   trust-region Bayesian optimisation, one TuRBO region per architecture
   family of the space (its GP, Thompson sampling, length rules), the region
@@ -40,7 +42,8 @@ How the parts fit:
   `--resume` does) restores hyperopt's history and replays the same
   schedule, skipping finished evaluations and evaluating transient failures
   again; at most the evaluation in flight is redone.
-* `analysis`: the best family, the Pareto front and a summary of why
+* `analysis`: the best family (a tie within one validation image goes to
+  the faster), the Pareto front of each fidelity and a summary of why
   families failed, from the records.
 * `loop.Search` wires the schedule to the real evaluator for
   `compressor.pipeline.compress`, which, **after the search**, trains the

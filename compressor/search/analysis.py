@@ -1,4 +1,4 @@
-"""Reading a search's records: the best family, the Pareto front, why nothing fit.
+"""Reading a search's records: the best family, the Pareto front of each fidelity, why nothing fit.
 
 Pure functions of `TrialRecord` lists (what `Schedule.run` returns), used by
 the pipeline's final training and report.
@@ -7,6 +7,7 @@ the pipeline's final training and report.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from typing import Any
@@ -14,13 +15,27 @@ from typing import Any
 from compressor.search.store import TrialRecord
 
 
-def best_record(records: list[TrialRecord]) -> TrialRecord | None:
-    """The feasible evaluation with the best mean validation accuracy at the highest fidelity reached."""
+def best_record(records: list[TrialRecord], tolerance: float = 0.0) -> TrialRecord | None:
+    """The feasible evaluation to train last: best validation accuracy at the highest fidelity reached, the faster on a tie.
+
+    Families whose mean validation accuracy is within `tolerance` of the best
+    one's are a tie, and the tie goes to the lowest latency (the screened
+    figure, the same measure for all); then to the higher accuracy, then to the
+    earlier proposal. The pipeline passes one validation image (1 / the
+    validation split's size): accuracies closer than that differ by less than
+    one image and are equal for any purpose. The spread of a family's members
+    (their std) would be the statistician's tolerance, but with the default 2
+    members it is itself a noisy figure, and it could trade points of accuracy
+    for speed that no budget asked for.
+    """
     ok = [r for r in records if r.status == "ok"]
     if not ok:
         return None
     top = max(r.fidelity for r in ok)
-    return max((r for r in ok if r.fidelity == top), key=lambda r: (r.val_accuracy, -r.proposal))
+    at_top = [r for r in ok if r.fidelity == top]
+    leader = max(r.val_accuracy for r in at_top)
+    tied = [r for r in at_top if r.val_accuracy >= leader - tolerance]
+    return min(tied, key=lambda r: (math.inf if r.latency_ms is None else r.latency_ms, -r.val_accuracy, r.proposal))
 
 
 def failure_summary(records: list[TrialRecord]) -> str:
@@ -36,18 +51,23 @@ def failure_summary(records: list[TrialRecord]) -> str:
 
 
 def pareto_front(records: list[TrialRecord]) -> list[dict[str, Any]]:
-    """Feasible families not dominated in (higher accuracy, lower latency), at each one's highest fidelity."""
-    latest: dict[int, TrialRecord] = {}
-    for rec in records:
-        if rec.status == "ok" and (rec.proposal not in latest or rec.fidelity > latest[rec.proposal].fidelity):
-            latest[rec.proposal] = rec
-    points = sorted(latest.values(), key=lambda r: (r.latency_ms, -r.val_accuracy))
-    front, best = [], -1.0
-    for rec in points:
-        if rec.val_accuracy > best:
-            front.append({"proposal": rec.proposal, "fidelity": rec.fidelity, "latency_ms": rec.latency_ms,
-                          "val_accuracy": rec.val_accuracy, "params": rec.n_params, "macs": rec.macs})
-            best = rec.val_accuracy
+    """One front per fidelity: the feasible families not dominated in (higher accuracy, lower latency) there.
+
+    Accuracies after 1 epoch and after 9 do not compare, so each fidelity has
+    its own front, over every family evaluated at it. The points are listed by
+    fidelity, then latency; each carries its `fidelity` (report.json's
+    `search.pareto`), so a reader takes the front of one fidelity by filtering.
+    """
+    front = []
+    for fidelity in sorted({r.fidelity for r in records if r.status == "ok"}):
+        points = sorted((r for r in records if r.status == "ok" and r.fidelity == fidelity),
+                        key=lambda r: (r.latency_ms, -r.val_accuracy, r.proposal))
+        best = -math.inf
+        for rec in points:
+            if rec.val_accuracy > best:
+                front.append({"proposal": rec.proposal, "fidelity": rec.fidelity, "latency_ms": rec.latency_ms,
+                              "val_accuracy": rec.val_accuracy, "params": rec.n_params, "macs": rec.macs})
+                best = rec.val_accuracy
     return front
 
 

@@ -2,7 +2,8 @@
 
 `SearchConfig` holds every knob of `compressor compress`; `kd_knobs` the
 distillation knobs searched beside the architecture (declared like a space's
-knobs; `kd_hyperopt_space` is derived from them); `member_seeds` the
+knobs; `kd_hyperopt_space` is derived from them); `warm_start_points` the
+known-good points every strategy evaluates first; `member_seeds` the
 seeds that turn one proposal into its family's members. Nothing here imports
 torch or hyperopt at import time: the CLI imports this module to build its
 parser.
@@ -92,6 +93,46 @@ def kd_knobs() -> tuple:
 def kd_hyperopt_space() -> dict[str, Any]:
     """The distillation knobs (`kd_knobs`) as hyperopt expressions, labelled with their bare names."""
     return {k.name: k.hyperopt(k.name) for k in kd_knobs()}
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A known-good point: one group of the space (`Space.search_groups`) at given knob values, with KD knobs.
+
+    `arch` holds the group's searchable knobs, `kd` the distillation knobs
+    (`kd_knobs`); `params` is the proposal the evaluator reads.
+    """
+
+    group: str
+    arch: dict[str, Any]
+    kd: dict[str, Any]
+
+    def params(self, space) -> dict[str, Any]:
+        return {"arch": space.group_params(self.group, dict(self.arch)), **self.kd}
+
+    def hyperopt_point(self, space) -> dict[str, Any]:
+        """The point as hyperopt labels it in the search's space (`{"arch": space's, **kd_hyperopt_space()}`)."""
+        kd = {k.name: k for k in kd_knobs()}
+        return {**space.hyperopt_point(self.params(space)["arch"]),
+                **{name: kd[name].hyperopt_value(value) for name, value in self.kd.items()}}
+
+
+def warm_start_points(space) -> list[WarmStart]:
+    """The points every search evaluates first, in this order: each group's declared defaults, default KD.
+
+    One per group of `space.search_groups()`: nago's default generator; the zoo's
+    plain CNN (the hand-designed baseline's family) and each family's default;
+    both for the `all` space. The defaults are the spaces' known-good settings,
+    so the search starts from them instead of hoping to find them: a search
+    that ends below one of them has not earned its place. The hyperopt bridge
+    asks them first (`strategies.HyperoptStrategy`, fmin's points_to_evaluate)
+    and `--strategy trade` starts each trust region's design with its group's
+    (`trust_region`); a caller may pass others (scaled to a budget, say) to
+    `Schedule`, one per group at most.
+    """
+    kd = {k.name: k.default for k in kd_knobs()}
+    return [WarmStart(group, {k.name: k.default for k in knobs}, dict(kd))
+            for group, knobs in space.search_groups().items()]
 
 
 def member_seeds(run_seed: int, proposal: int, family_size: int) -> list[int]:

@@ -6,7 +6,9 @@ training, is `compressor.search.evaluate.FamilyEvaluator`; tests pass a fake
 one and run the whole schedule in milliseconds, without torch).
 
 * Proposal n is asked from the strategy (`strategies.make_strategy`) and evaluated at
-  the smallest fidelity. An infeasible one (over budget) costs a screening
+  the smallest fidelity. The first proposals are the warm starts
+  (`config.warm_start_points`: the space's known-good points), whatever the
+  strategy. An infeasible one (over budget) costs a screening
   and no training, so it does not count towards `trials`; at most
   `trials * screen_factor` proposals are asked.
 * Trained families come in rounds of η^(L-1); when a round is full, the best
@@ -27,12 +29,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from profilers import RemoteError
 from targets.errors import first_line
 
-from compressor.search.config import SearchConfig, member_seeds
+from compressor.search.config import SearchConfig, WarmStart, member_seeds, warm_start_points
 from compressor.search.store import TrialRecord, TrialStore
 from compressor.search.strategies import make_strategy
 
@@ -66,8 +68,13 @@ class Schedule:
     """One run of the search over a trial store (see the module docstring)."""
 
     def __init__(self, *, config: SearchConfig, store: TrialStore, evaluate: Evaluator, space: dict[str, Any],
-                 progress: Callable[[str, dict], None] | None = None) -> None:
-        """`space`: the hyperopt space (trade reads `config.space`'s knobs); `progress(event, info)` hears each evaluation."""
+                 progress: Callable[[str, dict], None] | None = None,
+                 warm_starts: Sequence[WarmStart] | None = None) -> None:
+        """`space`: the hyperopt space (trade reads `config.space`'s knobs); `progress(event, info)` hears each evaluation.
+
+        `warm_starts`: the points proposed first (default: `warm_start_points` of `config.space`; `()`:
+        none, for a hyperopt space that is not a registered space's).
+        """
         self.config = config
         self.store = store
         self.evaluate = evaluate
@@ -77,7 +84,11 @@ class Schedule:
         for rec in store.records():
             self._latest[(rec.proposal, rec.fidelity)] = rec
         self._retry = {key for key, rec in self._latest.items() if rec.retryable}
-        self.strategy = make_strategy(config, space)
+        if warm_starts is None:
+            from compressor.spaces import get_space
+
+            warm_starts = warm_start_points(get_space(config.space))
+        self.strategy = make_strategy(config, space, warm_starts)
         self.strategy.tell([rec for rec in self.records if rec.fidelity == config.fidelities[0]])
 
     @property

@@ -7,6 +7,16 @@ evaluates it, and the outcome is inserted back as one trial document (built by
 inserts the stored outcomes the same way before asking anything, so TPE sees
 the history it had when the run stopped and proposes the same points.
 
+**Warm start.** The first proposals are the known-good points of
+`config.warm_start_points` (each group's defaults with the default KD knobs),
+in their declared order, as hyperopt's `fmin(points_to_evaluate=...)` would
+evaluate them: `ask(n)` for n below their count returns point n, with the
+`misc` vals hyperopt's own `generate_trial` gives a given point (the labels
+the point sets; the others, conditional labels of other families, empty). They
+are told like any proposal, so TPE learns from them, and count towards its
+random start-up proposals. `ask` is a function of the proposal number and the
+told history, so a resumed run asks them again first, in the same order.
+
 What hyperopt is told, per outcome of an evaluation at the smallest fidelity
 (the only one every proposal has, so the losses are comparable):
 
@@ -17,7 +27,19 @@ What hyperopt is told, per outcome of an evaluation at the smallest fidelity
   rather than a failure: hyperopt 0.3's `tpe.suggest` counts a trial without
   a loss (any failed one) as loss = +inf, so every over-budget family would
   look equally bad, whereas the penalty tells TPE that a family 5% over the
-  budget is nearer the feasible region than one 300% over.
+  budget is nearer the feasible region than one 300% over. The penalty is
+  the architecture's, not the distillation knobs' (they were never used: the
+  family was not trained), so the trial is told with the KD labels (`kd_knobs`)
+  *unobserved*: their idxs and vals are left empty, as for a conditional
+  label of a family the trial did not choose. `tpe.suggest` gathers each
+  label's observations with `miscs_to_idxs_vals` over the trials' `misc`, and
+  `build_posterior` splits each label's observations into below/above by the
+  loss of the trial (tid) they belong to (`ap_split_trials`); a trial with no
+  idxs for a label adds nothing to either density of that label. So TPE's KD
+  densities are built from trained families only, while its architecture
+  labels learn where the budget lies. What remains shared: the below/above
+  split size, ceil(gamma * sqrt(N)), counts every trial (N includes the
+  infeasible ones), and so do the start-up proposals.
 * failed (an exception, a NaN loss): status fail, no loss. TPE files it with
   the worst trials (loss +inf) and steers away from its point, which is
   right for a network that cannot be built or trained.
@@ -36,11 +58,11 @@ the same outcome rules).
 from __future__ import annotations
 
 import functools
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from compressor.search.config import SearchConfig
+from compressor.search.config import SearchConfig, WarmStart, kd_knobs
 from compressor.search.store import TrialRecord
 
 
@@ -57,14 +79,22 @@ class Strategy(Protocol):
     def tell(self, records: list[TrialRecord]) -> None: ...
 
 
-def make_strategy(config: SearchConfig, space: dict[str, Any]) -> Strategy:
-    """The strategy of `config.strategy`; `space` is the hyperopt space (trade reads `config.space`'s knobs)."""
+def make_strategy(config: SearchConfig, space: dict[str, Any], warm_starts: Sequence[WarmStart]) -> Strategy:
+    """The strategy of `config.strategy`, evaluating `warm_starts` first.
+
+    `space` is the hyperopt space; trade reads `config.space`'s knob declarations
+    instead, and so do the warm starts' hyperopt labels (`Space.hyperopt_point`).
+    """
+    if not warm_starts and config.strategy != "trade":
+        return HyperoptStrategy(config, space)
+    from compressor.spaces import get_space
+
+    student_space = get_space(config.space)
     if config.strategy == "trade":
         from compressor.search.trust_region import TrustRegionStrategy
-        from compressor.spaces import get_space
 
-        return TrustRegionStrategy(config, get_space(config.space))
-    return HyperoptStrategy(config, space)
+        return TrustRegionStrategy(config, student_space, warm_starts=warm_starts)
+    return HyperoptStrategy(config, space, [w.hyperopt_point(student_space) for w in warm_starts])
 
 
 class HyperoptStrategy:
@@ -74,7 +104,8 @@ class HyperoptStrategy:
     the CLI imports the search package to build its parser.
     """
 
-    def __init__(self, config: SearchConfig, space: dict[str, Any]) -> None:
+    def __init__(self, config: SearchConfig, space: dict[str, Any], points: Sequence[dict[str, Any]] = ()) -> None:
+        """`points`: evaluated first, in order ({label: value as hyperopt's vals hold it}, fmin's points_to_evaluate)."""
         from hyperopt import Trials
         from hyperopt.base import Domain
 
@@ -82,6 +113,11 @@ class HyperoptStrategy:
         self.space = space
         self.trials = Trials()
         self._domain = Domain(lambda _: 0.0, space)
+        self.points = [dict(p) for p in points]
+        for point in self.points:
+            unknown = sorted(set(point) - set(self._domain.params))
+            if unknown:
+                raise ValueError(f"warm-start point sets {unknown[0]!r}, not a label of this hyperopt space")
 
     def _algo(self):
         from hyperopt import rand, tpe
@@ -95,9 +131,15 @@ class HyperoptStrategy:
         """The decoded parameters of proposal number `proposal` and its hyperopt `misc` (kept in the store)."""
         from hyperopt import space_eval
 
-        seed = (self.config.seed * 7919 + proposal) % (2**31 - 1)
-        doc = self._algo()([proposal], self._domain, self.trials, seed)[0]
-        vals = {k: [_plain(x) for x in v] for k, v in doc["misc"]["vals"].items()}
+        if proposal < len(self.points):
+            from hyperopt.fmin import generate_trial
+
+            given = generate_trial(proposal, self.points[proposal])["misc"]["vals"]
+            vals = {label: [_plain(x) for x in given.get(label, [])] for label in self._domain.params}
+        else:
+            seed = (self.config.seed * 7919 + proposal) % (2**31 - 1)
+            doc = self._algo()([proposal], self._domain, self.trials, seed)[0]
+            vals = {k: [_plain(x) for x in v] for k, v in doc["misc"]["vals"].items()}
         point = {k: v[0] for k, v in vals.items() if v}
         return _plain(space_eval(self.space, point)), {"vals": vals}
 
@@ -113,11 +155,20 @@ class HyperoptStrategy:
 
         tid = rec.proposal
         vals = rec.misc["vals"]
+        if rec.status == "infeasible":
+            # Never trained: its penalty says nothing about the KD knobs (see the module docstring).
+            vals = {k: ([] if k in _kd_labels() else v) for k, v in vals.items()}
         misc = {"tid": tid, "cmd": self._domain.cmd, "workdir": self._domain.workdir,
                 "idxs": {k: ([tid] if v else []) for k, v in vals.items()}, "vals": vals}
         [doc] = self.trials.new_trial_docs([tid], [None], [_result(rec)], [misc])
         doc["state"] = JOB_STATE_DONE
         return doc
+
+
+@functools.cache
+def _kd_labels() -> frozenset[str]:
+    """The hyperopt labels of the distillation knobs (`kd_hyperopt_space` labels them with their bare names)."""
+    return frozenset(k.name for k in kd_knobs())
 
 
 def _result(rec: TrialRecord) -> dict[str, Any]:

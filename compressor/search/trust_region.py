@@ -45,8 +45,10 @@ TuRBO does: its points leave its GP, L is 0.8 again, the counters are zero
 and it is seeded with a fresh Sobol design.
 
 **Across regions.** First an initial design, round robin over the regions:
-each region's default point (a warm start: the family's declared defaults
-and `TrainConfig`'s KD settings), then `n_sobol` scrambled-Sobol points per
+each region's warm start (`config.warm_start_points`, the same points the
+hyperopt bridge asks first: the family's declared defaults and
+`TrainConfig`'s KD settings; a region without one starts with one more Sobol
+point), then `n_sobol` scrambled-Sobol points per
 region (6 // regions, at least 1 and at most d // 2: one per zoo family,
 6 for nago; it does not depend on `--trials`, which a resume may raise).
 Then each region draws its Thompson candidate and the region with the lowest
@@ -91,7 +93,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from compressor.search.config import SearchConfig, kd_knobs
+from compressor.search.config import SearchConfig, WarmStart, kd_knobs, warm_start_points
 from compressor.search.store import TrialRecord
 from compressor.search.strategies import penalty_loss
 from compressor.spaces.base import FloatKnob, IntKnob, Knob, Space
@@ -167,6 +169,7 @@ class Region:
     index: int
     arch_knobs: tuple[Knob, ...]
     knob_map: KnobMap
+    warm: dict[str, Any] | None = None  # the warm start's knob values (arch and KD), evaluated first
     length: float = INITIAL_LENGTH
     successes: int = 0
     failures: int = 0
@@ -175,10 +178,6 @@ class Region:
     X: list[np.ndarray] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
     feasible: list[bool] = field(default_factory=list)
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        return {k.name: k.default for k in self.knob_map.knobs}
 
     @property
     def dim(self) -> int:
@@ -232,33 +231,38 @@ class TrustRegionStrategy:
     this module.
     """
 
-    def __init__(self, config: SearchConfig, space: Space, candidate_filter: CandidateFilter | None = None) -> None:
+    def __init__(self, config: SearchConfig, space: Space, candidate_filter: CandidateFilter | None = None,
+                 warm_starts: Sequence[WarmStart] | None = None) -> None:
+        """`warm_starts`: at most one per group (default: `warm_start_points(space)`)."""
         self.config = config
         self.space = space
         self.candidate_filter = candidate_filter
         kd = kd_knobs()
+        warm = {w.group: {**w.arch, **w.kd} for w in (warm_start_points(space) if warm_starts is None else warm_starts)}
         self.regions = [
-            Region(name, i, tuple(knobs), KnobMap((*knobs, *kd)))
+            Region(name, i, tuple(knobs), KnobMap((*knobs, *kd)), warm.pop(name, None))
             for i, (name, knobs) in enumerate(space.search_groups().items())
         ]
+        if warm:
+            raise ValueError(f"warm start for {sorted(warm)[0]!r}, not a group of space {space.name!r} (or twice)")
         self._by_name = {r.name: r for r in self.regions}
         self.n_sobol = {r.name: max(1, min(INIT_SOBOL_BUDGET // len(self.regions), r.dim // 2)) for r in self.regions}
 
     def params(self, region: Region, x: Sequence[float]) -> dict[str, Any]:
         """The proposal's params (the shape `FamilyEvaluator` reads) at the point x of `region`.
 
-        The region's default point gives the declared defaults exactly (decoding
-        its encoding could move a float by one ulp: lr 0.10000000000000002).
+        The region's warm start gives its values exactly (decoding its encoding
+        could move a float by one ulp: lr 0.10000000000000002).
         """
         values = region.knob_map.decode(x)
-        if np.array_equal(x, region.knob_map.snap(region.knob_map.encode(region.defaults))):
-            values = dict(region.defaults)
+        if region.warm is not None and np.array_equal(x, region.knob_map.snap(region.knob_map.encode(region.warm))):
+            values = dict(region.warm)
         arch = {k.name: values.pop(k.name) for k in region.arch_knobs}
         return {"arch": self.space.group_params(region.name, arch), **values}
 
     def ask(self, proposal: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """The params of proposal number `proposal` and its `misc` (kept in the store, replayed by `tell`)."""
-        # Every (re)start design has n_sobol + 1 points: the default first, or one more Sobol point after a restart.
+        # Every (re)start design has n_sobol + 1 points: the warm start first, or one more Sobol point after a restart.
         pending = [r for r in self.regions if r.told < self.n_sobol[r.name] + 1]
         if pending:
             region = min(pending, key=lambda r: (r.told, r.index))
@@ -283,14 +287,15 @@ class TrustRegionStrategy:
         return int(np.random.SeedSequence([self.config.seed, *path]).generate_state(1)[0])
 
     def _design(self, region: Region) -> list[np.ndarray]:
-        """The region's (re)start design: its default point first (only before any restart), then Sobol points."""
+        """The region's (re)start design: its warm start first (only before any restart), then Sobol points."""
         from scipy.stats import qmc
 
-        count = self.n_sobol[region.name] + (1 if region.restarts else 0)
+        warm = region.warm is not None and region.restarts == 0
+        count = self.n_sobol[region.name] + (0 if warm else 1)
         sobol = qmc.Sobol(region.dim, scramble=True, seed=self._seed(0, region.index, region.restarts))
         points = list(sobol.random_base2(max(0, math.ceil(math.log2(count))))[:count])
-        if region.restarts == 0:
-            points.insert(0, region.knob_map.encode(region.defaults))
+        if warm:
+            points.insert(0, region.knob_map.encode(region.warm))
         return points
 
     def _thompson(self, proposal: int) -> tuple[Region, np.ndarray]:

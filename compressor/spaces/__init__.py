@@ -2,13 +2,16 @@
 
 A `Space` (see `base.py`) turns knob values into a family: `sample(params,
 seed)` draws one member as an `ArchSpec` (JSON), `build(spec, input_shape,
-num_classes)` makes the `torch.nn.Module`. Two spaces are registered:
+num_classes)` makes the `torch.nn.Module`. Three spaces are registered:
 
 - `nago` (default, `nago.py` + `nago_net.py`): NAGO's three-level random-graph
   generator (networkx: Watts-Strogatz, Erdős-Rényi, Barabási-Albert);
 - `zoo` (`zoo.py` + `zoo_net.py`): TRADE-style families from torchvision's
   blocks (MobileNetV2/V3, ResNet, ShuffleNetV2) adapted to small images, and
-  the `plain` conv-BN-ReLU baseline.
+  the `plain` conv-BN-ReLU baseline;
+- `all` (`union.py`): their union, one choice between nago and the zoo
+  families with their knobs nested; its members' ArchSpecs name their own
+  space (nago or zoo). `nago` stays the default until the benchmark says otherwise.
 
 `spec_from_ref` reads the short forms users type (`zoo:resnet:depths=1-1-1-1,width=16`,
 `nago`, or a spec file). Sampling a nago member needs no torch (unless `param_budget` is set); building does.
@@ -24,11 +27,13 @@ from compressor.errors import UserError
 from compressor.registry import Registry
 from compressor.spaces.base import ArchSpec, Space, check_input_shape
 from compressor.spaces.nago import NagoSpace
+from compressor.spaces.union import UnionSpace
 from compressor.spaces.zoo import ZooSpace
 
 SPACES: Registry[Space] = Registry("space")
 SPACES.add("nago", NagoSpace())
 SPACES.add("zoo", ZooSpace())
+SPACES.add("all", UnionSpace((SPACES.get("nago"), SPACES.get("zoo"))))
 DEFAULT_SPACE = "nago"
 
 __all__ = ["SPACES", "ArchSpec", "Space", "build_model", "expand_param", "get_space", "load_spec", "spec_from_ref"]

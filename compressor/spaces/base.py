@@ -46,6 +46,10 @@ class IntKnob:
         count = (self.high - self.low) // self.step
         return scope.int(self.low + self.step * hp.uniformint(label, 0, count))
 
+    def hyperopt_value(self, value: int) -> float:
+        """What hyperopt's trial `vals` hold for `value` (inverse of `hyperopt`): the quantised float, or the step index."""
+        return float(value) if self.step == 1 else float((value - self.low) // self.step)
+
     def validate(self, value: Any, where: str) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
             raise UserError(f"{where}{self.name} must be an integer in [{self.low}, {self.high}], got {value!r}")
@@ -79,6 +83,10 @@ class FloatKnob:
             return hp.loguniform(label, math.log(self.low), math.log(self.high))
         return hp.uniform(label, self.low, self.high)
 
+    def hyperopt_value(self, value: float) -> float:
+        """What hyperopt's trial `vals` hold for `value` (the value itself, log-uniform or not)."""
+        return float(value)
+
     def validate(self, value: Any, where: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise UserError(f"{where}{self.name} must be a number in [{self.low:g}, {self.high:g}], got {value!r}")
@@ -111,6 +119,10 @@ class ChoiceKnob:
 
         return hp.choice(label, list(self.choices))
 
+    def hyperopt_value(self, value: Any) -> int:
+        """What hyperopt's trial `vals` hold for `value`: its index among the choices."""
+        return self.choices.index(value)
+
     def validate(self, value: Any, where: str) -> Any:
         for choice in self.choices:
             # 1 == 1.0 == True in Python; compare types too so JSON round trips stay exact.
@@ -140,6 +152,21 @@ def knob_cheapest(knobs: Sequence[Knob]) -> dict[str, Any]:
 def knob_hyperopt(knobs: Sequence[Knob], prefix: str) -> dict[str, Any]:
     """{name: hp expression} for the searchable knobs; labels are `prefix.name` (unique)."""
     return {k.name: k.hyperopt(f"{prefix}.{k.name}") for k in knobs if k.searchable}
+
+
+def knob_hyperopt_point(knobs: Sequence[Knob], prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    """{label: value as hyperopt's trial `vals` hold it} for the searchable knobs (labels as `knob_hyperopt`'s)."""
+    return {f"{prefix}.{k.name}": k.hyperopt_value(values[k.name]) for k in knobs if k.searchable}
+
+
+def flatten_choice(params: Any, key: str, where: str) -> dict[str, Any]:
+    """A copy of `params` with hyperopt's nested choice `{key: {...option}}` (what `space_eval` returns) flattened."""
+    if not isinstance(params, dict):
+        raise UserError(f"{where} params must be a dict, got {type(params).__name__}")
+    params = dict(params)
+    if isinstance(params.get(key), dict):
+        params = {**params.pop(key), **params}
+    return params
 
 
 def validate_knobs(knobs: Sequence[Knob], params: dict[str, Any], where: str) -> dict[str, Any]:
@@ -243,6 +270,15 @@ class Space:
 
     def hyperopt_space(self) -> dict:
         raise NotImplementedError
+
+    def hyperopt_point(self, params: dict) -> dict[str, Any]:
+        """The labels of `hyperopt_space` that `params` sets, valued as hyperopt's trial `vals` hold them.
+
+        The inverse of `hyperopt.space_eval`: what a search tells hyperopt to evaluate a given point
+        first (fmin's points_to_evaluate). This default suits a space without families whose
+        hyperopt space is `knob_hyperopt(self.knobs, self.name)`.
+        """
+        return knob_hyperopt_point(self.knobs, self.name, self.validate_params(params))
 
     def default_params(self) -> dict:
         raise NotImplementedError

@@ -30,9 +30,11 @@ from compressor.spaces.base import (
     IntKnob,
     Space,
     check_input_shape,
+    flatten_choice,
     knob_cheapest,
     knob_defaults,
     knob_hyperopt,
+    knob_hyperopt_point,
     knob_rows,
     validate_knobs,
 )
@@ -172,6 +174,12 @@ class ZooSpace(Space):
         options = [{"family": f.name, **knob_hyperopt(f.knobs, f"{self.name}.{f.name}")} for f in FAMILIES.values()]
         return {"family": hp.choice(f"{self.name}.family", options)}
 
+    def hyperopt_point(self, params: dict) -> dict:
+        params = self.validate_params(params)
+        family = params["family"]
+        return {f"{self.name}.family": list(FAMILIES).index(family),
+                **knob_hyperopt_point(FAMILIES[family].knobs, f"{self.name}.{family}", params)}
+
     def search_groups(self) -> dict[str, tuple]:
         return {f.name: tuple(k for k in f.knobs if k.searchable) for f in FAMILIES.values()}
 
@@ -185,11 +193,7 @@ class ZooSpace(Space):
         return {"family": SMALLEST_FAMILY, **knob_cheapest(FAMILIES[SMALLEST_FAMILY].knobs)}
 
     def validate_params(self, params: dict) -> dict:
-        if not isinstance(params, dict):
-            raise UserError(f"zoo params must be a dict, got {type(params).__name__}")
-        params = dict(params)
-        if isinstance(params.get("family"), dict):  # hyperopt's nested choice
-            params = {**params.pop("family"), **params}
+        params = flatten_choice(params, "family", self.name)
         family = self.family(params.pop("family", DEFAULT_FAMILY))
         return {"family": family.name, **validate_knobs(family.knobs, params, f"zoo {family.name}: ")}
 

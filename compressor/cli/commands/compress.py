@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_target_args(parser)
     parser.add_argument("--trials", type=positive_int, default=defaults.trials, help=f"proposals (families) to evaluate (default {defaults.trials})")
     parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy, help="tpe (hyperopt TPE), random, or trade (TRADE/TuRBO trust-region "
-                        "BO, one trust region per zoo family; best with --space zoo) (default tpe)")
-    parser.add_argument("--space", default=defaults.space, help="student space: nago or zoo (default nago)")
+                        "BO, one trust region per zoo family and one for nago; best with --space zoo or all) (default tpe); every "
+                        "strategy evaluates the space's defaults first (each zoo family's, nago's)")
+    parser.add_argument("--space", default=defaults.space, help="student space: nago, zoo, or all (their union: nago or a zoo family, chosen by the search) "
+                        "(default nago)")
     parser.add_argument("--family-size", type=positive_int, default=defaults.family_size, help=f"members sampled per proposal (default {defaults.family_size})")
     parser.add_argument("--fidelities", default=",".join(map(str, defaults.fidelities)), help="successive-halving epochs, e.g. 1,3,9 (default %(default)s)")
     parser.add_argument("--eta", type=positive_int, default=defaults.eta, help="successive-halving rate η (default 3)")
@@ -97,7 +99,11 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(report: dict, run_dir) -> None:
     """Teacher vs student (and baselines) side by side with their budget verdicts, then where the files are."""
     from compressor.cli.console import console, print_table
-    from compressor.pipeline.report import failed_baselines, model_rows, trained_baselines, verdict_text
+    from compressor.pipeline.report import (TEACHER_MEETS_BUDGET, failed_baselines, model_rows, trained_baselines,
+                                            verdict_text)
+
+    if report.get("teacher_meets_budget"):
+        console.print(f"[bold]{TEACHER_MEETS_BUDGET}[/]")
 
     percentile = report["budgets"].get("latency_percentile", "p50")
     rows = model_rows(report)
