@@ -4,6 +4,7 @@ loop over a thread pool of fake evaluators (milliseconds, no torch)."""
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 
@@ -169,3 +170,14 @@ def test_parallel_schedule_redoes_a_transient_failure_on_resume_at_its_point(tmp
     redone = [r for r in again if r.proposal == 1]
     assert [r.status for r in redone] == ["ok"] and redone[0].params == failed.params
     assert fake.calls.count((1, 1)) == 2 and len(again) == 4
+
+
+def test_workers_without_ray_installed_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
+    from compressor.cli.app import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code = main(["compress", "--teacher", "torchvision:resnet18", "--workers", "2", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "--workers 2" in err and "pip install 'compressor[ray]'" in err
+    assert not (tmp_path / "run").exists()

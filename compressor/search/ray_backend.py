@@ -22,8 +22,8 @@ How the parts fit:
   and target (`Measurer`, `max_concurrency` 1, so it runs one measurement at a
   time, in arrival order) and it runs `check_on_target`, the one
   measure-and-check step, with the run's drift reference. Each measurement is
-  logged to `RUN_DIR/measurements.jsonl` (label, pid, start, end), so the
-  serialisation can be checked after the fact. On one machine the measuring
+  logged to `RUN_DIR/measurements.jsonl` (pid, start, end, verdict, judged
+  latency and its interval), so the serialisation can be checked after the fact. On one machine the measuring
   core is reserved: a local instance is started from a thread pinned away
   from the target's `cpu_affinity`, so Ray's daemons and every worker inherit
   that exclusion, and each task also sets its process's affinity to exclude
@@ -121,7 +121,10 @@ def ray_session(config: SearchConfig, target) -> Iterator[None]:
 
 
 class Measurer:
-    """The run's measuring actor: one `check_on_target` at a time, each logged to `log_path` (JSON lines)."""
+    """The run's measuring actor: one `check_on_target` at a time, each logged to `log_path` (JSON lines).
+
+    The log is written by the actor, on the driver's node, after the measurement: it never delays one.
+    """
 
     def __init__(self, log_path: str, cpus: list[int]) -> None:
         self.log_path = log_path
@@ -133,10 +136,15 @@ class Measurer:
         # This process was started off the reserved cores; `check_on_target` pins the measurement onto them.
         os.sched_setaffinity(0, self.cpus)
         start = time.time()
+        checked = None
         try:
-            return check_on_target(subject, target, input_shape, **options)
+            checked = check_on_target(subject, target, input_shape, **options)
+            return checked
         finally:
-            line = {"label": options.get("label"), "pid": os.getpid(), "start": start, "end": time.time()}
+            line = {"pid": os.getpid(), "start": start, "end": time.time(),
+                    "verdict": None if checked is None else checked.verdict,
+                    "latency_ms": None if checked is None else checked.latency_ms,
+                    "latency_interval": None if checked is None else checked.latency_interval}
             with open(self.log_path, "a", encoding="utf-8") as log:
                 log.write(json.dumps(line) + "\n")
 
