@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-from tests.test_search import ROOT, _compress  # noqa: E402
+from tests.test_search import ROOT, _compress, wait_for_trials  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -114,17 +114,7 @@ def test_driver_killed_then_resumed_loses_only_the_trials_in_flight(local_ray, t
     driver = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     db = run / "trials.sqlite"
-    deadline = time.time() + 300
-    rows = 0
-    while time.time() < deadline and driver.poll() is None and rows < 2:
-        time.sleep(0.5)
-        if db.exists():
-            try:
-                with sqlite3.connect(db) as conn:
-                    rows = conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
-            except sqlite3.OperationalError:
-                continue
-    assert driver.poll() is None, "the search ended before it could be killed"
+    wait_for_trials(driver, db, 2, timeout=300)
     tree = psutil.Process(driver.pid).children(recursive=True)  # its local Ray, started by the driver
     driver.send_signal(signal.SIGKILL)
     driver.wait()
