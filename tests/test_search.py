@@ -162,6 +162,21 @@ def test_injected_failing_candidate_is_a_failed_trial(tiny_teacher, tmp_path, mo
     assert result.report["student"] is not None
 
 
+def wait_for_trials(proc: subprocess.Popen, db_path: Path, count: int, timeout: float = 240) -> None:
+    """Wait until the search run by `proc` has stored `count` evaluations; it must still be running then."""
+    deadline = time.time() + timeout
+    finished = 0
+    while time.time() < deadline and proc.poll() is None and finished < count:
+        time.sleep(0.5)
+        if db_path.exists():
+            try:
+                with sqlite3.connect(db_path) as db:
+                    finished = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+    assert proc.poll() is None, "the search ended before it could be killed"
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_keeps_finished_trials(tiny_teacher, tmp_path):
     run = tmp_path / "run"
@@ -173,19 +188,7 @@ def test_resume_after_sigkill_keeps_finished_trials(tiny_teacher, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     db_path = run / "trials.sqlite"
-    deadline = time.time() + 240
-    finished = 0
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if db_path.exists():
-            try:
-                with sqlite3.connect(db_path) as db:
-                    finished = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
-            except sqlite3.OperationalError:
-                continue
-            if finished >= 1:
-                break
-    assert proc.poll() is None, "the search ended before it could be killed"
+    wait_for_trials(proc, db_path, 1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     with sqlite3.connect(db_path) as db:

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 __all__ = ["Checked", "DriftReference", "REFERENCE_ARCH", "Session", "check_floor", "check_on_target",
-           "check_side_by_side"]
+           "check_side_by_side", "measurable"]
 
 # The drift reference: the smallest plain CNN of the zoo space, a few microseconds to a few tenths of a
 # millisecond on a CPU, so measuring it next to every candidate costs little.
@@ -193,7 +193,8 @@ class Session:
         return found.value, (found.low, found.high)
 
 
-def _onnx_or_module(model, target, shape: tuple[int, ...]):
+def measurable(model, target, shape: tuple[int, ...]):
+    """What the profilers measure for `model` on `target`: ONNX bytes for a module (the module itself for eager torch)."""
     if hasattr(model, "state_dict") and target.runtime != "torch":
         from compressor.models.onnx_export import export_onnx
 
@@ -229,7 +230,7 @@ def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int
     shape = (target.batch_size, *input_shape)
     names = list(models)
     shapes = [(target.batch_size, *(input_shapes or {}).get(n, input_shape)) for n in names]
-    subjects = [_onnx_or_module(models[n], target, s) for n, s in zip(names, shapes)]
+    subjects = [measurable(models[n], target, s) for n, s in zip(names, shapes)]
     labels = list(names)
     ref_index = None
     if reference is not None and profilers.interleaves(target):

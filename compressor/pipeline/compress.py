@@ -37,6 +37,7 @@ run skips them. A finished run resumed again does nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -112,7 +113,9 @@ def compress(
         cache_dir: the teacher-logits cache (default: $COMPRESSOR_CACHE or ~/.cache/compressor).
         baseline: also train the best hand-designed student at the same budget (report["baselines"]).
         **search_knobs: fields of `SearchConfig` (trials, strategy, space, family_size, fidelities,
-            eta, final_epochs, seed, trial_timeout_s, profile_seconds, batch_size, export, export_formats).
+            eta, final_epochs, seed, trial_timeout_s, profile_seconds, batch_size, export, export_formats,
+            workers, ray_address: with several workers or an address the trainings run on Ray,
+            compressor.search.ray_backend).
 
     Returns:
         A `CompressResult` with the report (report.json's content) and the checkpoint path.
@@ -138,6 +141,10 @@ def compress(
     if target.budgets.memory_mb is not None and profilers.memory_meaning(target) is None:
         raise UserError(f"target {target.name!r} has a memory budget, but its runtime ({target.runtime}) does not "
                         "measure peak memory there; drop the memory budget or use an onnxruntime target")
+    if config.parallel:
+        from compressor.search.ray_backend import require_ray
+
+        require_ray(config)
     if config.export:
         from compressor.export import ExportConfig, plan_formats
 
@@ -233,9 +240,17 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         store.set_meta("smallest_network", _check_reachable(config, target, dataset, reference))
 
     display = _Progress(config, quiet)
-    search = Search(config=config, target=target, dataset=dataset, teacher_logits=logits, store=store,
-                    progress=display.event, reference=reference)
-    with display:
+    if config.parallel:
+        from compressor.search.ray_backend import parallel_search
+
+        searching = parallel_search(config=config, target=target, dataset=dataset, teacher_logits=logits,
+                                    store=store, log_path=run_dir / "measurements.jsonl", progress=display.event,
+                                    reference=reference)
+    else:
+        searching = contextlib.nullcontext(Search(config=config, target=target, dataset=dataset,
+                                                  teacher_logits=logits, store=store, progress=display.event,
+                                                  reference=reference))
+    with searching as search, display:
         display.preload(search.records)
         records = search.run()
     seconds = sum(r.total_s for r in records)
@@ -536,7 +551,7 @@ def _median(values: list[float]) -> float | None:
 
 
 class _Progress:
-    """Live display on stderr: trial n/N, feasible so far, best accuracy, elapsed/ETA."""
+    """Live display on stderr: trial n/N, feasible so far, best accuracy, the evaluations in flight, elapsed/ETA."""
 
     def __init__(self, config: SearchConfig, quiet: bool) -> None:
         self.config = config
@@ -545,6 +560,7 @@ class _Progress:
         self.screened = 0
         self.feasible = 0
         self.best: float | None = None
+        self.in_flight: dict[tuple[int, int], None] = {}  # (proposal, fidelity) of the evaluations running now
         self._progress = None
         self._task = None
 
@@ -586,13 +602,18 @@ class _Progress:
                               description=f"screened {self.screened} | feasible {self.feasible} | "
                                           f"best val {best} | {doing}")
 
+    def _running(self) -> str:
+        return ", ".join(f"proposal {p} @ {f} ep" for p, f in self.in_flight)
+
     def event(self, kind: str, info: dict) -> None:
         if kind == "start":
-            self._refresh(f"proposal {info['proposal']} @ {info['fidelity']} ep")
+            self.in_flight[(info["proposal"], info["fidelity"])] = None
+            self._refresh(self._running())
             return
         rec = info["record"]
+        self.in_flight.pop((rec.proposal, rec.fidelity), None)
         self._count(rec)
-        self._refresh("")
+        self._refresh(self._running())
         if not self.quiet and not self._progress.console.is_terminal:
             # Logs and pipes get one line per evaluation instead of a live bar.
             outcome = (f"val {100 * rec.val_accuracy:.2f}%" if rec.status == "ok" else f"{rec.status}: {rec.reason}")

@@ -42,6 +42,11 @@ How the parts fit:
   `--resume` does) restores hyperopt's history and replays the same
   schedule, skipping finished evaluations and evaluating transient failures
   again; at most the evaluation in flight is redone.
+* `parallel.ParallelSchedule` and `ray_backend` (`--workers N`,
+  `--ray-address`): the same schedule with several trainings in flight on
+  Ray, asynchronous successive halving (ASHA) and constant-liar asks; every
+  screening still goes, one at a time, through one measuring actor on the
+  target's reserved core, and the driver alone writes the store.
 * `analysis`: the best family (a tie within one validation image goes to
   the faster), the Pareto front of each fidelity and a summary of why
   families failed, from the records.

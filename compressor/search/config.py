@@ -41,6 +41,15 @@ class SearchConfig:
     batch_size: int = 16
     export: bool = True
     export_formats: tuple[str, ...] | None = None
+    # Trainings run at once: 1 is the in-process schedule; more run on Ray (compressor.search.ray_backend),
+    # a local instance or the cluster at `ray_address`.
+    workers: int = 1
+    ray_address: str | None = None
+
+    @property
+    def parallel(self) -> bool:
+        """Whether the search runs on Ray (compressor.search.parallel) rather than in process."""
+        return self.workers > 1 or self.ray_address is not None
 
     def validate(self) -> "SearchConfig":
         if self.trials <= 0:
@@ -55,6 +64,8 @@ class SearchConfig:
             raise UserError(f"screen_factor must be >= 1, got {self.screen_factor}")
         if self.eta < 2:
             raise UserError(f"--eta must be >= 2, got {self.eta}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
         if self.final_epochs <= 0:
             raise UserError(f"--final-epochs must be >= 1, got {self.final_epochs}")
         return self
@@ -62,11 +73,13 @@ class SearchConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with the original: every knob that shapes the result.
 
-        Only `trials` may change (grow, to search longer); the final epochs, the
-        screening time, the export formats and the rest are part of the result.
+        Only `trials` (grow, to search longer) and where the trainings run
+        (`workers`, `ray_address`: a run killed on a cluster may resume on one
+        machine) may change; the final epochs, the screening time, the export
+        formats and the rest are part of the result.
         """
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
-                if k != "trials"}
+                if k not in ("trials", "workers", "ray_address")}
 
 
 def kd_knobs() -> tuple:

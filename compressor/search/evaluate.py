@@ -43,8 +43,13 @@ class FamilyEvaluator:
     """`Evaluator` (compressor.search.schedule) of families of `space` on `target`, trained on `dataset`."""
 
     def __init__(self, *, config: SearchConfig, space, target, dataset, teacher_logits: dict[str, Any],
-                 reference=None) -> None:
+                 reference=None, checker=None) -> None:
+        from compressor.models.on_target import check_on_target
+
         self.config = config
+        # How a member is measured and judged: `check_on_target` in process, or the run's measuring actor
+        # (compressor.search.ray_backend) when trainings run in parallel; same signature, same `Checked`.
+        self.checker = checker or check_on_target
         self.reference = reference  # the run's DriftReference (compressor.models.on_target), or None
         self.space = space
         self.target = target
@@ -66,11 +71,9 @@ class FamilyEvaluator:
             self._train(record, specs, started)
 
     def _screen(self, record: TrialRecord, specs) -> None:
-        from compressor.models.on_target import check_on_target
-
         for spec in specs:
             model = self.space.build(spec, self.dataset.input_shape, self.dataset.num_classes)
-            checked = check_on_target(model, self.target, self.dataset.input_shape,
+            checked = self.checker(model, self.target, self.dataset.input_shape,
                                       max_seconds=self.config.profile_seconds, reference=self.reference)
             profile = checked.profile
             record.profiles.append(profile)

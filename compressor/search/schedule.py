@@ -139,27 +139,42 @@ class Schedule:
 
     def _evaluate(self, proposal: int, params: dict[str, Any], misc: dict[str, Any] | None, fidelity: int,
                   previous: TrialRecord | None) -> TrialRecord:
-        cfg = self.config
-        rec = TrialRecord(proposal=proposal, fidelity=fidelity, status="ok", params=params,
-                          seeds=member_seeds(cfg.seed, proposal, cfg.family_size), misc=misc)
+        rec = self._new_record(proposal, params, misc, fidelity)
         self.progress("start", {"proposal": proposal, "fidelity": fidelity})
         started = time.perf_counter()
         try:
             self.evaluate(rec, previous)
         except Exception as exc:  # noqa: BLE001 - any candidate failure is a failed trial, never a crashed search
-            rec.status, rec.retryable = "failed", isinstance(exc, TRANSIENT)
-            message = first_line(exc)
-            rec.reason = message if isinstance(exc, TrialTimeout) else f"{type(exc).__name__}: {message}"
-            _log.debug("proposal %d at %d epochs failed", proposal, fidelity, exc_info=True)
+            record_failure(rec, exc, transient=isinstance(exc, TRANSIENT))
         rec.total_s = time.perf_counter() - started
+        return self._commit(rec)
+
+    def _new_record(self, proposal: int, params: dict[str, Any], misc: dict[str, Any] | None,
+                    fidelity: int) -> TrialRecord:
+        """The record an evaluator fills in: status "ok", the point and the family's member seeds."""
+        cfg = self.config
+        return TrialRecord(proposal=proposal, fidelity=fidelity, status="ok", params=params,
+                           seeds=member_seeds(cfg.seed, proposal, cfg.family_size), misc=misc)
+
+    def _commit(self, rec: TrialRecord) -> TrialRecord:
+        """Store an ended evaluation, make it the one that counts, tell the strategy (smallest fidelity)."""
         if rec.status == "ok":
             rec.loss = -rec.val_accuracy
         elif rec.status == "failed":
             rec.loss = None
         self.store.add(rec)
-        self._latest[(proposal, fidelity)] = rec
-        self._retry.discard((proposal, fidelity))
-        if fidelity == cfg.fidelities[0]:
+        key = (rec.proposal, rec.fidelity)
+        self._latest[key] = rec
+        self._retry.discard(key)
+        if rec.fidelity == self.config.fidelities[0]:
             self.strategy.tell([rec])
         self.progress("end", {"record": rec})
         return rec
+
+
+def record_failure(rec: TrialRecord, exc: BaseException, *, transient: bool) -> None:
+    """Mark `rec` failed by `exc`: retryable when the cause is transient, the reason its first line."""
+    rec.status, rec.retryable = "failed", transient
+    message = first_line(exc)
+    rec.reason = message if isinstance(exc, TrialTimeout) else f"{type(exc).__name__}: {message}"
+    _log.debug("proposal %d at %d epochs failed", rec.proposal, rec.fidelity, exc_info=exc)

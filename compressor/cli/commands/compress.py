@@ -43,6 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--formats", help="export formats, e.g. onnx,ort,int8 (default: by target)")
     parser.add_argument("--no-export", action="store_true", help="skip the export bundle")
     parser.add_argument("--baseline", action="store_true", help="also train the best hand-designed student (a plain CNN) within the budget, same teacher and epochs, and judge it side by side with the student")
+    parser.add_argument("--workers", type=positive_int, default=defaults.workers, metavar="N",
+                        help="trainings run at once on Ray (a local instance; needs pip install 'compressor[ray]'); "
+                        "every measurement still runs one at a time on the target's reserved core (default 1: in "
+                        "process, no Ray)")
+    parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (e.g. 10.0.0.5:6379) instead "
+                        "of starting a local instance; --workers trainings are kept in flight")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR up to --trials")
     parser.add_argument("--cache-dir", help="teacher-logits cache (default $COMPRESSOR_CACHE or ~/.cache/compressor)")
@@ -84,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, baseline=args.baseline, trials=args.trials, strategy=args.strategy, space=args.space,
         family_size=args.family_size, fidelities=parse_fidelities(args.fidelities), eta=args.eta,
         final_epochs=args.final_epochs, seed=args.seed, trial_timeout_s=args.trial_timeout,
-        profile_seconds=args.profile_seconds, export=not args.no_export,
+        profile_seconds=args.profile_seconds, export=not args.no_export, workers=args.workers,
+        ray_address=args.ray_address,
         export_formats=tuple(args.formats.split(",")) if args.formats else None,
     )
     if args.json:

@@ -1,0 +1,181 @@
+"""The search on a real Ray: end to end, measurements one at a time, a killed worker, a killed driver, a joined
+cluster. One local Ray (2 CPUs) is shared by the in-process tests of this module; the driver and the cluster
+tests run their own processes. Every process killed or stopped here is one these tests started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+from tests.test_search import ROOT, _compress, wait_for_trials  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+PARALLEL = dict(workers=2, export=False, fidelities=(1, 2), eta=2)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _measurements(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "measurements.jsonl").read_text().splitlines()]
+
+
+def test_parallel_search_end_to_end_measures_one_model_at_a_time(local_ray, tiny_teacher, tmp_path):
+    run = tmp_path / "run"
+    result = _compress(tiny_teacher, run, tmp_path / "cache", trials=4, latency_ms=5.0, **PARALLEL)
+    report = result.report
+    assert report["search"]["trials"] == 4 and report["student"] is not None
+    first = [r for r in result.records if r.fidelity == 1]
+    assert len(first) == 4 and any(r.fidelity == 2 for r in result.records)
+    assert all(r.latency_ms <= 5.0 for r in result.records if r.status == "ok")
+    # two trainings were in flight at once
+    spans = sorted((r.ended_at - r.total_s, r.ended_at) for r in result.records)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
+    # every screening went through the one measuring actor, and no two measurements overlapped
+    log = sorted(_measurements(run), key=lambda m: m["start"])
+    assert len(log) == len(first) and len({m["pid"] for m in log}) == 1
+    assert all(a["end"] <= b["start"] for a, b in zip(log, log[1:]))
+    # the stored rows are what the driver committed: resumed, nothing is evaluated again
+    again = _compress(tiny_teacher, run, tmp_path / "cache", trials=4, latency_ms=5.0, resume=True, **PARALLEL)
+    assert [r.id for r in again.records] == [r.id for r in result.records]
+
+
+def _descendants() -> list:
+    return psutil.Process().children(recursive=True)
+
+
+def _kill_first_training(killed: list, stop: threading.Event) -> None:
+    """Kill -9 the first Ray worker seen running a training task (its title is ray::evaluate_family)."""
+    while not stop.is_set():
+        for proc in _descendants():
+            try:
+                if "ray::evaluate_family" in " ".join(proc.cmdline()):
+                    proc.send_signal(signal.SIGKILL)
+                    killed.append(proc.pid)
+                    return
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_trial_is_a_retryable_failure_redone_on_resume(local_ray, tiny_teacher, tmp_path):
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_first_training, args=(killed, stop))
+    killer.start()
+    try:
+        result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", trials=3, **PARALLEL)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed
+    [failed] = [r for r in result.records if r.status == "failed"]
+    assert failed.retryable and "WorkerCrashedError" in failed.reason
+    again = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", trials=3, resume=True, **PARALLEL)
+    redone = [r for r in again.records if (r.proposal, r.fidelity) == (failed.proposal, failed.fidelity)]
+    assert redone[0].status != "failed" and redone[0].params == failed.params
+
+
+def _kill_tree(procs: list) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            continue
+
+
+def test_driver_killed_then_resumed_loses_only_the_trials_in_flight(local_ray, tiny_teacher, tmp_path):
+    run = tmp_path / "run"
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_search import _compress; "
+            f"_compress({tiny_teacher!r}, {str(run)!r}, {str(tmp_path / 'cache')!r}, trials=5, workers=2, "
+            "export=False, fidelities=(1, 2), eta=2)")
+    driver = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    db = run / "trials.sqlite"
+    wait_for_trials(driver, db, 2, timeout=300)
+    tree = psutil.Process(driver.pid).children(recursive=True)  # its local Ray, started by the driver
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    _kill_tree(tree)
+    with sqlite3.connect(db) as conn:
+        before = conn.execute("SELECT id, proposal, fidelity, status, params FROM trials ORDER BY id").fetchall()
+    result = _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True, **PARALLEL)
+    with sqlite3.connect(db) as conn:
+        after = conn.execute("SELECT id, proposal, fidelity, status, params FROM trials ORDER BY id").fetchall()
+    assert after[:len(before)] == before
+    assert sum(r.status != "infeasible" for r in result.records if r.fidelity == 1) == 5
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster():
+    """A one-node cluster from `ray start --head` on loopback, its files under its own short temp dir."""
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # Ray's socket paths must stay under 107 characters
+    port = _free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--include-dashboard", "false", "--num-cpus", "2", "--temp-dir", temp, "--disable-usage-stats"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        # `ray stop` would stop every Ray on the machine: stop only this cluster's processes and their children.
+        ours = [p for p in psutil.process_iter() if _mentions(p, temp) or _mentions(p, f":{port}")]
+        _kill_tree([c for p in ours for c in _children(p)] + ours)
+
+
+def _mentions(proc, text: str) -> bool:
+    try:
+        return proc.pid != os.getpid() and text in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _children(proc) -> list:
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def test_cli_joins_a_running_cluster_with_ray_address(ray_cluster, tiny_teacher, tmp_path):
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "compressor", "compress", "--teacher", tiny_teacher, "--data", "digits",
+         "--image-size", "16", "--channels", "1", "--target", "cpu-1t", "--trials", "2", "--family-size", "1",
+         "--fidelities", "1", "--final-epochs", "1", "--profile-seconds", "0.2", "--no-export", "--workers", "2",
+         "--ray-address", ray_cluster, "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=500,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["search"]["trials"] == 2 and report["student"] is not None
+    assert len(_measurements(run)) == 2
