@@ -40,6 +40,9 @@ class SearchConfig:
     batch_size: int = 16
     export: bool = True
     export_formats: tuple[str, ...] | None = None
+    # Fit to budget (compressor.search.fit): before screening, a proposal's width is sized so its family is
+    # predicted at this share of the latency budget; None screens proposals as asked.
+    fill_fraction: float | None = 0.8
 
     def validate(self) -> "SearchConfig":
         if self.trials <= 0:
@@ -54,6 +57,8 @@ class SearchConfig:
             raise UserError(f"screen_factor must be >= 1, got {self.screen_factor}")
         if self.eta < 2:
             raise UserError(f"--eta must be >= 2, got {self.eta}")
+        if self.fill_fraction is not None and not 0.0 < self.fill_fraction <= 1.0:
+            raise UserError(f"--fill-fraction must be in (0, 1] (a share of the latency budget), got {self.fill_fraction}")
         if self.final_epochs <= 0:
             raise UserError(f"--final-epochs must be >= 1, got {self.final_epochs}")
         return self
