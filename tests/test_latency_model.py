@@ -91,7 +91,7 @@ def test_fit_scales_every_size_knob_of_a_family_and_skips_far_over():
     assert all(latency(a) > 0.2 for a in ladder if a != fit.arch and latency(a) >= latency(fit.arch))
     far = fit_to_budget(space, arch, lambda a: 10 * latency(a), budget_ms=0.05, fraction=0.8, far_over=FAR_OVER)
     assert far.skip and far.arch == ladder[0]
-    near = fit_to_budget(space, arch, latency, budget_ms=0.02, fraction=0.8, far_over=FAR_OVER)
+    near = fit_to_budget(space, arch, latency, budget_ms=0.022, fraction=0.8, far_over=FAR_OVER)
     assert not near.skip and near.arch == ladder[0]  # over the fraction but not far over: measured
 
 
@@ -184,20 +184,28 @@ def test_fit_to_budget_lands_near_the_fraction_on_a_real_target(fast_target):
 
 @pytest.mark.slow
 def test_a_search_with_fit_to_budget_reports_its_model(tiny_teacher, tmp_path):
-    """Fit on and off over the same warm calibration: both report the model; the figures are for a person."""
+    """Fit on (from an empty calibration), then off (warm): both report the model; the figures are for a person."""
+    from compressor.errors import UserError
     from compressor.models.on_target import check_floor
     from compressor.pipeline.compress import DataOptions, compress
     from targets import load_target
 
     floor = check_floor(load_target("cpu-1t"), (1, 16, 16))
-    options = dict(data="digits", target="cpu-1t", cache_dir=tmp_path / "cache", latency_ms=3 * floor,
+    options = dict(data="digits", target="cpu-1t", cache_dir=tmp_path / "cache", latency_ms=8 * floor,
                    data_options=DataOptions(image_size=16, channels=1), trials=3, family_size=2, fidelities=(1,),
                    final_epochs=1, profile_seconds=0.2, export=False, seed=0)
-    off = compress(tiny_teacher, out=tmp_path / "off", fill_fraction=None, **options).report["search"]
-    on = compress(tiny_teacher, out=tmp_path / "on", **options).report["search"]
-    assert off["fill_fraction"] is None and off["latency_model"]["fitted"] == 0
-    assert on["fill_fraction"] == 0.8
-    assert on["latency_model"]["fitted"] + on["latency_model"]["skipped"] >= 1  # calibrated by the first run
-    assert on["latency_model"]["predicted"] == on["latency_model"]["screenings"]
+    searches = {}
+    for name, fill in (("on", 0.8), ("off", None)):
+        try:
+            compress(tiny_teacher, out=tmp_path / name, fill_fraction=fill, **options)
+        except UserError:
+            pass  # nothing feasible is a possible outcome under a tight budget; report.json is written either way
+        searches[name] = json.loads((tmp_path / name / "report.json").read_text())["search"]
+    on, off = searches["on"], searches["off"]
+    assert on["fill_fraction"] == 0.8 and off["fill_fraction"] is None
+    # Calibrated by its own first screenings, the model then sizes (or skips) every proposal.
+    assert on["latency_model"]["fitted"] + on["latency_model"]["skipped"] >= 1
+    assert off["latency_model"]["fitted"] == off["latency_model"]["skipped"] == 0
+    assert off["latency_model"]["predicted"] == off["latency_model"]["screenings"]  # warm: every one predicted
     for search in (off, on):
         assert set(search["latency_model"]) >= {"kendall_tau", "predicted_feasible_ok", "over_budget_share"}
