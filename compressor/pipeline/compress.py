@@ -249,7 +249,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     else:
         searching = contextlib.nullcontext(Search(config=config, target=target, dataset=dataset,
                                                   teacher_logits=logits, store=store, progress=display.event,
-                                                  reference=reference))
+                                                  reference=reference, cache_dir=cache_dir))
     with searching as search, display:
         display.preload(search.records)
         records = search.run()
@@ -518,6 +518,8 @@ def _load_student(checkpoint: Path):
 def _base_report(config, target, teacher_info, records, seconds) -> Report:
     from dataclasses import asdict
 
+    from compressor.search.latency_model import screening_summary
+
     proposals = {r.proposal for r in records}
     first = config.fidelities[0]
     at_first = [r for r in records if r.fidelity == first]
@@ -538,6 +540,8 @@ def _base_report(config, target, teacher_info, records, seconds) -> Report:
             "screen_seconds_median": _median([r.screen_s for r in at_first]),
             "train_fraction": (sum(r.train_s for r in records) / seconds) if seconds else 0.0,
             "pareto": pareto_front(records),
+            "fill_fraction": config.fill_fraction,
+            "latency_model": screening_summary(at_first, target.budgets.latency_ms),
         },
         "artifacts": [],
         "warnings": [],

@@ -160,6 +160,8 @@ class SearchSummary(TypedDict):
     screen_seconds_median: float | None
     train_fraction: float
     pareto: list[dict[str, Any]]  # one front per fidelity, each point with its "fidelity" (search.analysis.pareto_front)
+    fill_fraction: float | None
+    latency_model: dict[str, Any]
 
 
 class _ReportRequired(TypedDict):

@@ -51,6 +51,10 @@ class SearchConfig:
         """Whether the search runs on Ray (compressor.search.parallel) rather than in process."""
         return self.workers > 1 or self.ray_address is not None
 
+    # Fit to budget (compressor.search.fit): before screening, a proposal's width is sized so its family is
+    # predicted at this share of the latency budget; None screens proposals as asked.
+    fill_fraction: float | None = 0.8
+
     def validate(self) -> "SearchConfig":
         if self.trials <= 0:
             raise UserError(f"--trials must be >= 1, got {self.trials}")
@@ -66,6 +70,8 @@ class SearchConfig:
             raise UserError(f"--eta must be >= 2, got {self.eta}")
         if self.workers < 1:
             raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.fill_fraction is not None and not 0.0 < self.fill_fraction <= 1.0:
+            raise UserError(f"--fill-fraction must be in (0, 1] (a share of the latency budget), got {self.fill_fraction}")
         if self.final_epochs <= 0:
             raise UserError(f"--final-epochs must be >= 1, got {self.final_epochs}")
         return self

@@ -2,7 +2,9 @@
 
 `Search` is a `Schedule` (compressor.search.schedule) whose evaluator is
 `FamilyEvaluator` (compressor.search.evaluate) and whose hyperopt space is the
-student space's architecture knobs plus the distillation knobs.
+student space's architecture knobs plus the distillation knobs. The
+evaluator's latency model (compressor.search.latency_model) starts from the
+samples this machine has stored for the target under `cache_dir`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any, Callable
 
 from compressor.search.config import SearchConfig, kd_hyperopt_space
 from compressor.search.evaluate import FamilyEvaluator
+from compressor.search.latency_model import LatencyModel
 from compressor.search.schedule import Schedule
 from compressor.search.store import TrialStore
 
@@ -21,11 +24,12 @@ class Search(Schedule):
     """The search over `config.space` on `target`, distilling from `teacher_logits` (see the package docstring)."""
 
     def __init__(self, *, config: SearchConfig, target, dataset, teacher_logits: dict[str, Any], store: TrialStore,
-                 progress: Callable[[str, dict], None] | None = None, reference=None) -> None:
+                 progress: Callable[[str, dict], None] | None = None, reference=None, cache_dir=None) -> None:
         from compressor.spaces import get_space
 
         space = get_space(config.space)
         evaluate = FamilyEvaluator(config=config, space=space, target=target, dataset=dataset,
-                                   teacher_logits=teacher_logits, reference=reference)
+                                   teacher_logits=teacher_logits, reference=reference,
+                                   latency=LatencyModel.open(target, cache_dir))
         super().__init__(config=config, store=store, evaluate=evaluate,
                          space={"arch": space.hyperopt_space(), **kd_hyperopt_space()}, progress=progress)

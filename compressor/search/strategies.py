@@ -191,3 +191,34 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+# --- Fit to budget (compressor.search.fit): what the strategies are told ---------------------------------------
+
+
+def record_fitted(misc: dict[str, Any], space, arch: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `misc` whose point is the proposal with its knobs set to `values` (changed after it was asked).
+
+    Fit-to-budget resizes a proposal before it is screened; a strategy reads
+    the point it is told from `misc` (hyperopt: `misc["vals"]`, trade:
+    `misc["x"]`), so the fitted values are written there and both learn from
+    what was evaluated. Under a knob's hyperopt label goes the value hyperopt
+    itself records (`Knob.hyperopt_value`: the value of a float or step-1 int
+    knob, the step index of a stepped int knob); in trade's unit cube, the
+    value's bin centre (`trust_region.to_unit`), as a snapped proposal has.
+    """
+    import copy
+
+    knobs = {k.name: k for k in space.search_groups()[space.group_of(arch)]}
+    fitted = copy.deepcopy(misc)
+    if "vals" in fitted:
+        for name, value in values.items():
+            [label] = [key for key, v in fitted["vals"].items() if v and key.rsplit(".", 1)[-1] == name]
+            fitted["vals"][label] = [knobs[name].hyperopt_value(value)]
+    if "x" in fitted:
+        from compressor.search.trust_region import to_unit
+
+        order = list(knobs)
+        for name, value in values.items():
+            fitted["x"][order.index(name)] = to_unit(knobs[name], value)
+    return fitted

@@ -35,6 +35,7 @@ class IntKnob:
     smallest: int | None = None  # the value giving the cheapest networks (default: low)
     searchable: bool = True
     help: str = ""
+    size: bool = False  # a width knob: latency grows with it (what `Space.size_knobs` returns)
 
     def hyperopt(self, label: str):
         from hyperopt import hp
@@ -47,8 +48,17 @@ class IntKnob:
         return scope.int(self.low + self.step * hp.uniformint(label, 0, count))
 
     def hyperopt_value(self, value: int) -> float:
-        """What hyperopt's trial `vals` hold for `value` (inverse of `hyperopt`): the quantised float, or the step index."""
-        return float(value) if self.step == 1 else float((value - self.low) // self.step)
+        """What hyperopt records under the knob's label for `value` (`misc.vals`, a float): the step index when stepped."""
+        return float(value if self.step == 1 else (value - self.low) // self.step)
+
+    def values(self) -> list[int]:
+        """Every allowed value, ascending."""
+        return list(range(self.low, self.high + 1, self.step))
+
+    def nearest(self, value: float) -> int:
+        """The allowed value nearest to `value` (clipped to the range)."""
+        index = round((min(max(value, self.low), self.high) - self.low) / self.step)
+        return self.low + self.step * index
 
     def validate(self, value: Any, where: str) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
@@ -75,6 +85,7 @@ class FloatKnob:
     smallest: float | None = None
     searchable: bool = True
     help: str = ""
+    size: bool = False  # a width knob: latency grows with it (what `Space.size_knobs` returns)
 
     def hyperopt(self, label: str):
         from hyperopt import hp
@@ -84,8 +95,17 @@ class FloatKnob:
         return hp.uniform(label, self.low, self.high)
 
     def hyperopt_value(self, value: float) -> float:
-        """What hyperopt's trial `vals` hold for `value` (the value itself, log-uniform or not)."""
+        """What hyperopt records under the knob's label for `value` (`misc.vals`, a float): the value itself."""
         return float(value)
+
+    def values(self, count: int = 13) -> list[float]:
+        """`count` values spread evenly over the range (geometrically when `log`), ascending."""
+        low, high = (math.log(self.low), math.log(self.high)) if self.log else (self.low, self.high)
+        points = [low + (high - low) * i / (count - 1) for i in range(count)]
+        return [min(max(math.exp(p) if self.log else p, self.low), self.high) for p in points]
+
+    def nearest(self, value: float) -> float:
+        return float(min(max(value, self.low), self.high))
 
     def validate(self, value: Any, where: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -267,6 +287,14 @@ class Space:
     def group_params(self, group: str, values: dict[str, Any]) -> dict[str, Any]:
         """The params of the point `values` (knob -> value) of group `group` (a key of `search_groups`)."""
         return dict(values)
+
+    def group_of(self, params: dict[str, Any]) -> str:
+        """The group (a key of `search_groups`) that `params` belong to."""
+        return self.name
+
+    def size_knobs(self, params: dict[str, Any]) -> tuple[Knob, ...]:
+        """The knobs declared `size=True` in `params`' group: what fit-to-budget scales together."""
+        return tuple(k for k in self.search_groups()[self.group_of(params)] if getattr(k, "size", False))
 
     def hyperopt_space(self) -> dict:
         raise NotImplementedError

@@ -72,7 +72,7 @@ KNOBS = (
     FloatKnob("stage_ratio_3", 0.5, 0.1, 1.0, help="share of cells in stage 3"),
     ChoiceKnob("channel_ratios", "1-2-4", CHANNEL_RATIOS, smallest="1-1-1", help="stage widths relative to the base width"),
     ChoiceKnob("op", "sep3x3", OPS, smallest="avgpool3x3", help="operation of every bottom node"),
-    IntKnob("base_width", 16, 8, 64, step=4, help="channels of stage 1"),
+    IntKnob("base_width", 16, 8, 64, step=4, size=True, help="channels of stage 1"),
     IntKnob(
         "param_budget",
         0,

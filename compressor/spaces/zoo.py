@@ -96,8 +96,8 @@ class Family:
     help: str
 
 
-def _mult(name: str, default: float, help: str) -> FloatKnob:
-    return FloatKnob(name, default, 0.25, 1.0, help=help)
+def _mult(name: str, default: float, help: str, size: bool = False) -> FloatKnob:
+    return FloatKnob(name, default, 0.25, 1.0, size=size, help=help)
 
 
 FAMILIES: dict[str, Family] = {
@@ -106,9 +106,9 @@ FAMILIES: dict[str, Family] = {
         Family(
             "plain",
             (
-                IntKnob("width_1", 16, 8, 64, step=8, help="channels of stage 1"),
-                IntKnob("width_2", 32, 8, 128, step=8, help="channels of stage 2"),
-                IntKnob("width_3", 64, 8, 256, step=8, help="channels of stage 3"),
+                IntKnob("width_1", 16, 8, 64, step=8, size=True, help="channels of stage 1"),
+                IntKnob("width_2", 32, 8, 128, step=8, size=True, help="channels of stage 2"),
+                IntKnob("width_3", 64, 8, 256, step=8, size=True, help="channels of stage 3"),
                 IntKnob("convs_1", 1, 1, 3, help="conv3x3-BN-ReLU layers in stage 1"),
                 IntKnob("convs_2", 1, 1, 3, help="conv3x3-BN-ReLU layers in stage 2"),
                 IntKnob("convs_3", 1, 1, 3, help="conv3x3-BN-ReLU layers in stage 3"),
@@ -118,26 +118,26 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "mobilenet_v2",
-            (_mult("width_mult", 0.5, "channel multiplier"), _mult("depth_mult", 0.5, "multiplier of each stage's block count")),
+            (_mult("width_mult", 0.5, "channel multiplier", size=True), _mult("depth_mult", 0.5, "multiplier of each stage's block count")),
             _resolve_mobilenet_v2,
             "torchvision MobileNetV2 inverted residuals",
         ),
         Family(
             "mobilenet_v3_small",
-            (_mult("width_mult", 0.5, "channel multiplier"),),
+            (_mult("width_mult", 0.5, "channel multiplier", size=True),),
             _resolve_mobilenet_v3("mobilenet_v3_small"),
             "torchvision MobileNetV3-small (SE, hard-swish)",
         ),
         Family(
             "mobilenet_v3_large",
-            (_mult("width_mult", 0.5, "channel multiplier"),),
+            (_mult("width_mult", 0.5, "channel multiplier", size=True),),
             _resolve_mobilenet_v3("mobilenet_v3_large"),
             "torchvision MobileNetV3-large (SE, hard-swish)",
         ),
         Family(
             "resnet",
             (
-                IntKnob("width", 16, 8, 64, step=8, help="channels of stage 1 (doubling per stage)"),
+                IntKnob("width", 16, 8, 64, step=8, size=True, help="channels of stage 1 (doubling per stage)"),
                 *(IntKnob(f"depth_{i}", 1, 1, 3, help=f"BasicBlocks in stage {i}") for i in range(1, 5)),
             ),
             _resolve_resnet,
@@ -146,13 +146,13 @@ FAMILIES: dict[str, Family] = {
         Family(
             "shufflenet_v2",
             (
-                IntKnob("width_1", 48, 16, 128, step=16, help="channels of stage 2 (torchvision's numbering)"),
-                IntKnob("width_2", 96, 32, 256, step=16, help="channels of stage 3"),
-                IntKnob("width_3", 192, 64, 512, step=16, help="channels of stage 4"),
+                IntKnob("width_1", 48, 16, 128, step=16, size=True, help="channels of stage 2 (torchvision's numbering)"),
+                IntKnob("width_2", 96, 32, 256, step=16, size=True, help="channels of stage 3"),
+                IntKnob("width_3", 192, 64, 512, step=16, size=True, help="channels of stage 4"),
                 IntKnob("depth_1", 4, 1, 4, help="units in stage 2"),
                 IntKnob("depth_2", 8, 1, 8, help="units in stage 3"),
                 IntKnob("depth_3", 4, 1, 4, help="units in stage 4"),
-                IntKnob("last_width", 1024, 128, 1024, step=64, help="channels of the last 1x1 conv"),
+                IntKnob("last_width", 1024, 128, 1024, step=64, size=True, help="channels of the last 1x1 conv"),
             ),
             _resolve_shufflenet_v2,
             "torchvision ShuffleNetV2 units (defaults: shufflenet_v2_x0_5)",
@@ -185,6 +185,9 @@ class ZooSpace(Space):
 
     def group_params(self, group: str, values: dict) -> dict:
         return {"family": self.family(group).name, **values}
+
+    def group_of(self, params: dict) -> str:
+        return self.validate_params(params)["family"]
 
     def default_params(self) -> dict:
         return {"family": DEFAULT_FAMILY, **knob_defaults(FAMILIES[DEFAULT_FAMILY].knobs)}

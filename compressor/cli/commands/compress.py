@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="search seed (default 0)")
     parser.add_argument("--trial-timeout", type=positive_float, metavar="S", help="seconds after which a trial fails")
     parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds, help="time cap of each screening profile (default %(default)s)")
+    parser.add_argument("--fill-fraction", type=_fill_fraction, default=defaults.fill_fraction, metavar="F|off",
+                        help="before screening, size each proposal's width so its family is predicted at this share of "
+                        "the latency budget (a latency model calibrated on this machine's screenings); off screens "
+                        "proposals as asked (default %(default)s)")
     parser.add_argument("--formats", help="export formats, e.g. onnx,ort,int8 (default: by target)")
     parser.add_argument("--no-export", action="store_true", help="skip the export bundle")
     parser.add_argument("--baseline", action="store_true", help="also train the best hand-designed student (a plain CNN) within the budget, same teacher and epochs, and judge it side by side with the student")
@@ -61,6 +65,15 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     from compressor.data.datasets import add_data_args
 
     add_data_args(parser)
+
+
+def _fill_fraction(text: str) -> float | None:
+    if text == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share of the budget like 0.8, or off; got {text!r}") from None
 
 
 def parse_fidelities(text: str) -> tuple[int, ...]:
@@ -90,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, baseline=args.baseline, trials=args.trials, strategy=args.strategy, space=args.space,
         family_size=args.family_size, fidelities=parse_fidelities(args.fidelities), eta=args.eta,
         final_epochs=args.final_epochs, seed=args.seed, trial_timeout_s=args.trial_timeout,
-        profile_seconds=args.profile_seconds, export=not args.no_export, workers=args.workers,
-        ray_address=args.ray_address,
+        profile_seconds=args.profile_seconds, fill_fraction=args.fill_fraction, export=not args.no_export,
+        workers=args.workers, ray_address=args.ray_address,
         export_formats=tuple(args.formats.split(",")) if args.formats else None,
     )
     if args.json:

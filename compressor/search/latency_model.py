@@ -1,0 +1,255 @@
+"""A latency model of the run's target, calibrated on the run's own screenings.
+
+Screening a candidate (build, ONNX export, a side-by-side measurement with the
+drift reference) costs about a second; under a tight budget most proposals
+used to be over it. This model predicts a candidate's latency from figures
+that cost a few milliseconds, so the search can size a proposal to the budget
+before measuring it (`compressor.search.fit`) and skip one that cannot fit.
+
+**Features** (`network_features`): MACs, parameters, activation elements (the
+sum of every leaf module's output sizes: the memory traffic a small-image
+CNN is bound by), leaf-module calls (the runtime's per-op overhead, which
+dominates networks of a few hundred microseconds) and conv/linear layers
+(depth), all from ONE forward pass of the built torch module at batch 1 with
+hooks (MACs with `profilers.backends.torch_eager.count_macs`). From the module
+rather than the ONNX export: on the 2-core dev VM the hooks took 3-26 ms per
+network and the export 40-380 ms (plus ~25 ms of ONNX static analysis), so a
+fit that predicts a few sizes stays far cheaper than one screening.
+
+**Regressor**: an additive cost model, latency = c0 + c1 x MACs + c2 x
+activations + c3 x ops with every c >= 0 (a per-call overhead, compute,
+memory traffic, a per-op overhead), fitted by scikit-learn's
+`LinearRegression(positive=True)` on the relative error (weights 1/latency^2).
+Chosen by measurement on 64 screened nago and zoo members on cpu-1t at 32 px
+(`tools/bench_latency_model.py`, BENCHMARKS.md "Latency model"), fitted on the
+first k screenings and asked about the rest, as a search uses it: at k = 8 /
+16 / 32 it ranked with Kendall tau 0.93 / 0.91 / 0.93 and a median relative
+error of 19 / 11 / 8%, against 0.67 / 0.65 / 0.80 and 50 / 51 / 34% for ridge
+regression on log features and 0.75 / 0.76 / 0.82 and 34 / 30 / 19% for a
+gradient-boosted tree on them (adding params and layers to the additive model
+changed nothing: 19 / 11 / 9%). It also extrapolates, which a tree cannot: a
+fit asks about sizes larger than any measured so far.
+
+**Ranking vs absolute.** ReNAS (Xu et al. 2021) and CTNAS (Chen et al. 2021)
+argue that a predictor only needs to *rank* architectures to steer a search.
+Ordering is enough to pick the largest of a few sizes of one family (sizes of
+one family are ordered by the model whatever its scale), but the fit also asks
+"which sizes are under 0.8 x budget", an absolute question, and skipping a
+proposal needs "far over budget" to be true in milliseconds. So the model is
+used absolutely, with margins that keep its errors cheap: sizes aim at
+`fill_fraction` of the budget (room for a ~20% error) and the real screening
+still decides (`check_on_target`); a proposal is skipped unmeasured only when
+even its smallest size is predicted over `FAR_OVER` x the budget and the
+model has `MIN_SAMPLES` samples. The run reports how good it was: Kendall's
+tau between predicted and measured latency over its screenings (the ranking
+claim), the share of families predicted feasible that were, and the skips.
+
+**Calibration** persists per target fingerprint: the samples (features and
+measured latency, JSON, never a pickle) under
+`profilers.host.cache_root()/latency/<key>.json`, where the key hashes the
+target's runtime settings (providers, threads, affinity, precision, batch,
+optimisation level, the budget's percentile; not the budgets themselves, not
+the name), the CPU model (`profilers.host.cpu_model`) and the runtime's own
+description (its version). A later run on the same machine and runtime starts
+calibrated; another CPU or runtime version starts empty. Every screening of
+the run adds its members; the file is rewritten atomically after each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["FAR_OVER", "MIN_SAMPLES", "Features", "LatencyModel", "kendall_tau", "network_features", "screening_summary",
+           "target_key"]
+
+SAMPLES_FORMAT = "compressor-latency-samples/1"
+# Predictions are acted on (sizes fitted, proposals skipped) from this many screened members on.
+MIN_SAMPLES = 8
+# A proposal is skipped unmeasured when even its smallest size is predicted over FAR_OVER x the budget. Once
+# calibrated the model's median relative error was 8-12% (module docstring); at 1.5 most over-budget screenings
+# of a fitted search were proposals predicted 1.15-1.45x over and measured over (BENCHMARKS.md, "Fit to budget").
+FAR_OVER = 1.15
+# The newest samples kept per target: enough for any space, small enough to refit in milliseconds.
+MAX_SAMPLES = 2000
+# A floor for predictions (ms): the additive model cannot go below its overhead, but keep logs finite.
+MIN_PREDICTED_MS = 1e-6
+# Target settings that do not change how fast a network runs.
+_NOT_SPEED = ("name", "description", "source", "budgets", "measure", "token_env", "timeout_s")
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a network costs, as counted without measuring it (see the module docstring)."""
+
+    macs: int
+    params: int
+    activations: int
+    ops: int
+    layers: int
+
+    def costs(self) -> np.ndarray:
+        """The additive model's columns: one (the per-call overhead), MACs, activations, ops."""
+        return np.array([1.0, self.macs, self.activations, self.ops], dtype=float)
+
+
+def network_features(model, input_shape: tuple[int, ...]) -> Features:
+    """The features of a built torch module for one (C, H, W) input: one forward pass with hooks."""
+    import torch
+
+    from profilers.backends.torch_eager import count_macs
+
+    counts = {"activations": 0, "ops": 0, "layers": 0}
+    layer_types = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
+
+    def hook(module, inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            counts["activations"] += output.numel()
+        counts["ops"] += 1
+        counts["layers"] += isinstance(module, layer_types)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if next(m.children(), None) is None]
+    was_training = model.training
+    model.eval()
+    try:
+        macs = count_macs(model, torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return Features(macs=int(macs), params=sum(p.numel() for p in model.parameters()), **counts)
+
+
+def target_key(target) -> dict[str, Any]:
+    """What a calibration is valid for: the target's speed-relevant settings, the CPU and the runtime."""
+    import profilers
+    from profilers.host import cpu_model
+
+    settings = {k: v for k, v in target.to_dict().items() if k not in _NOT_SPEED}
+    settings["latency_percentile"] = target.budgets.latency_percentile
+    return {"target": settings, "cpu": cpu_model(), "runtime": profilers.backend(target.runtime).describe()}
+
+
+def _key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class LatencyModel:
+    """The additive cost model (see the module docstring) over the samples of one target key."""
+
+    def __init__(self, key: dict[str, Any], path: Path | None = None,
+                 samples: list[tuple[Features, float]] | None = None) -> None:
+        self.key = key
+        self.path = path
+        self.samples: list[tuple[Features, float]] = list(samples or [])
+        self._fitted = None
+        self._scale = None
+        self._fitted_on = -1
+
+    @classmethod
+    def open(cls, target, cache_dir: str | os.PathLike | None = None) -> "LatencyModel":
+        """The target's model with the samples this machine has stored for it (none when there are none)."""
+        from profilers.host import cache_root
+
+        key = target_key(target)
+        return cls.load(key, cache_root(cache_dir) / "latency" / f"{_key_hash(key)}.json")
+
+    @classmethod
+    def load(cls, key: dict[str, Any], path: Path) -> "LatencyModel":
+        """The samples at `path` if they were stored for `key`; an unreadable or foreign file starts empty."""
+        samples = []
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") == SAMPLES_FORMAT and data.get("key") == json.loads(json.dumps(key, default=str)):
+                samples = [(Features(**s["features"]), float(s["latency_ms"])) for s in data["samples"]]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            samples = []  # a corrupt cache costs a cold start, never the run
+        return cls(key, path, samples)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"format": SAMPLES_FORMAT, "key": self.key,
+                "samples": [{"features": asdict(f), "latency_ms": ms} for f, ms in self.samples[-MAX_SAMPLES:]]}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, default=str))
+        os.replace(tmp, self.path)
+
+    def add(self, features: Features, latency_ms: float, *, save: bool = True) -> None:
+        """One measured network; the model refits on its next prediction."""
+        if latency_ms > 0 and math.isfinite(latency_ms):
+            self.samples.append((features, float(latency_ms)))
+            if save:
+                self.save()
+
+    @property
+    def calibrated(self) -> bool:
+        return len(self.samples) >= MIN_SAMPLES
+
+    def predict(self, features: Sequence[Features]) -> np.ndarray:
+        """Predicted latencies (ms) of `features`; needs at least two samples."""
+        if len(self.samples) < 2:
+            raise ValueError("the latency model needs at least two measured networks to predict")
+        if self._fitted_on != len(self.samples):
+            from sklearn.linear_model import LinearRegression
+
+            recent = self.samples[-MAX_SAMPLES:]
+            X = np.array([f.costs() for f, _ in recent])
+            y = np.array([ms for _, ms in recent])
+            # Columns scaled to [0, 1] keep the non-negative least squares well conditioned.
+            self._scale = np.maximum(X.max(axis=0), 1.0)
+            self._fitted = LinearRegression(positive=True, fit_intercept=False).fit(X / self._scale, y,
+                                                                                    sample_weight=1.0 / y**2)
+            self._fitted_on = len(self.samples)
+        X = np.array([f.costs() for f in features])
+        return np.maximum(self._fitted.predict(X / self._scale), MIN_PREDICTED_MS)
+
+
+def kendall_tau(predicted: Sequence[float], measured: Sequence[float]) -> float | None:
+    """Kendall's tau-b between two sequences (None with fewer than two pairs or no variation)."""
+    if len(predicted) < 2:
+        return None
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(predicted, measured).statistic
+    return None if tau is None or not math.isfinite(tau) else float(tau)
+
+
+def screening_summary(records, budget_ms: float | None) -> dict[str, Any]:
+    """How the latency model did over a run's proposals (records at the smallest fidelity), for report.json.
+
+    `screenings`: proposals measured; `over_budget_share`: the share of them
+    over a budget; `fitted` / `skipped`: proposals resized / recorded infeasible
+    unmeasured (`misc["fit"]`); then, over the screenings made with a
+    calibrated model (`misc["predicted"]`): `predicted`, their count;
+    `kendall_tau` between the predicted and the measured family latency (the
+    worst member's; a family stops at its first member over budget, so that is
+    the worst one measured); `predicted_feasible`, those predicted at or under
+    the budget, and `predicted_feasible_ok`, the share of them that fit.
+    """
+    def misc(rec, key: str) -> dict[str, Any]:
+        return (rec.misc or {}).get(key) or {}
+
+    skipped = sum(bool(misc(r, "fit").get("skipped")) for r in records)
+    measured = [r for r in records if r.status != "failed" and r.latency_ms is not None]
+    judged = [r for r in measured if "latency_ms" in misc(r, "predicted")]
+    predicted = [misc(r, "predicted")["latency_ms"] for r in judged]
+    feasible = [r for r, p in zip(judged, predicted) if budget_ms is not None and p <= budget_ms]
+    return {
+        "screenings": len(measured),
+        "over_budget_share": (sum(r.status == "infeasible" for r in measured) / len(measured)) if measured else None,
+        "fitted": sum(bool(misc(r, "fit")) for r in records) - skipped,
+        "skipped": skipped,
+        "predicted": len(judged),
+        "kendall_tau": kendall_tau(predicted, [r.latency_ms for r in judged]),
+        "predicted_feasible": len(feasible),
+        "predicted_feasible_ok": (sum(r.status == "ok" for r in feasible) / len(feasible)) if feasible else None,
+    }

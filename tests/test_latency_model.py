@@ -1,0 +1,211 @@
+"""The latency model (ranking, persistence by target key) and fit-to-budget (the rule, the strategies, real runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from compressor.search.config import SearchConfig, kd_hyperopt_space
+from compressor.search.fit import fit_to_budget, size_ladder
+from compressor.search.latency_model import (FAR_OVER, MIN_SAMPLES, Features, LatencyModel, kendall_tau,
+                                             screening_summary)
+from compressor.search.store import TrialRecord
+from compressor.search.strategies import HyperoptStrategy, record_fitted
+from compressor.spaces import get_space
+
+
+def _synthetic(n: int, seed: int) -> list[tuple[Features, float]]:
+    """Networks with random costs and a latency that grows with each of them, times 10% log-normal noise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        f = Features(macs=int(10 ** rng.uniform(5, 8)), params=int(10 ** rng.uniform(3, 6)),
+                     activations=int(10 ** rng.uniform(4, 6.5)), ops=int(rng.uniform(20, 300)),
+                     layers=int(rng.uniform(3, 80)))
+        truth = 0.02 + 4e-9 * f.macs + 2e-8 * f.activations + 5e-4 * f.ops
+        out.append((f, truth * float(np.exp(rng.normal(0, 0.1)))))
+    return out
+
+
+def test_the_model_ranks_a_noisy_monotone_latency():
+    train, test = _synthetic(MIN_SAMPLES * 3, 0), _synthetic(60, 1)
+    model = LatencyModel({"k": 1}, None, train)
+    predicted = model.predict([f for f, _ in test])
+    assert kendall_tau(predicted, [ms for _, ms in test]) > 0.7
+    assert np.median(np.abs(predicted / np.array([ms for _, ms in test]) - 1)) < 0.25
+
+
+def test_calibration_persists_per_target_key_and_not_across_cpus(tmp_path, monkeypatch):
+    from targets import load_target
+
+    import profilers.host
+
+    target = load_target("cpu-1t")
+    model = LatencyModel.open(target, tmp_path)
+    assert model.samples == [] and not model.calibrated
+    for features, ms in _synthetic(MIN_SAMPLES, 2):
+        model.add(features, ms)
+    again = LatencyModel.open(target.with_budgets(latency_ms=0.3), tmp_path)  # budgets do not change speed
+    assert again.samples == model.samples and again.calibrated
+    assert json.loads(again.path.read_text())["format"] == "compressor-latency-samples/1"
+    two_threads = dataclasses.replace(target, threads=2)
+    assert LatencyModel.open(two_threads, tmp_path).samples == []
+    monkeypatch.setattr(profilers.host, "cpu_model", lambda: "Another CPU 9000")
+    other = LatencyModel.open(target, tmp_path)
+    assert other.samples == [] and other.path != model.path
+    # A file whose key does not match (edited, or a hash collision) is not reused.
+    other.path.write_text(again.path.read_text())
+    assert LatencyModel.open(target, tmp_path).samples == []
+
+
+def test_fit_takes_the_largest_size_predicted_under_the_fraction():
+    space = get_space("nago")
+    fit = fit_to_budget(space, {"base_width": 60}, lambda arch: 0.01 * arch["base_width"], budget_ms=0.4,
+                        fraction=0.8, far_over=FAR_OVER)
+    assert fit.values == {"base_width": 32} and fit.proposed == {"base_width": 60}
+    assert fit.predicted_ms == pytest.approx(0.32) and not fit.skip
+    assert fit.predictions <= 5  # bisection over nago's 15 widths
+    assert fit.arch["base_width"] == 32 and fit.arch["top_nodes"] == space.default_params()["top_nodes"]
+    grown = fit_to_budget(space, {"base_width": 8}, lambda arch: 0.001 * arch["base_width"], budget_ms=0.4,
+                          fraction=0.8, far_over=FAR_OVER)
+    assert grown.values == {"base_width": 64}  # a small proposal is grown to fill the budget
+
+
+def test_fit_scales_every_size_knob_of_a_family_and_skips_far_over():
+    space = get_space("zoo")
+    arch = {"family": {"family": "plain", "width_1": 64, "width_2": 128, "width_3": 256, "convs_2": 3}}
+    ladder = size_ladder(space, arch)
+    for smaller, larger in zip(ladder, ladder[1:]):
+        assert all(smaller[k] <= larger[k] for k in ("width_1", "width_2", "width_3"))
+    assert (ladder[0]["width_1"], ladder[-1]["width_3"]) == (8, 256)
+
+    def latency(a):
+        return 1e-3 * (a["width_1"] + a["width_2"] + a["width_3"])
+
+    fit = fit_to_budget(space, arch, latency, budget_ms=0.25, fraction=0.8, far_over=FAR_OVER)
+    assert latency(fit.arch) <= 0.2 and fit.arch["convs_2"] == 3
+    assert all(latency(a) > 0.2 for a in ladder if a != fit.arch and latency(a) >= latency(fit.arch))
+    far = fit_to_budget(space, arch, lambda a: 10 * latency(a), budget_ms=0.05, fraction=0.8, far_over=FAR_OVER)
+    assert far.skip and far.arch == ladder[0]
+    near = fit_to_budget(space, arch, latency, budget_ms=0.022, fraction=0.8, far_over=FAR_OVER)
+    assert not near.skip and near.arch == ladder[0]  # over the fraction but not far over: measured
+
+
+def test_strategies_are_told_the_fitted_point():
+    from hyperopt import space_eval
+
+    from compressor.search.trust_region import TrustRegionStrategy
+
+    space = get_space("zoo")
+    config = SearchConfig(space="zoo", trials=4)
+    hyperopt = HyperoptStrategy(config, {"arch": space.hyperopt_space(), **kd_hyperopt_space()})
+    trade = TrustRegionStrategy(config, space)
+    for strategy in (hyperopt, trade):
+        params, misc = strategy.ask(0)
+        fit = fit_to_budget(space, params["arch"], lambda a: sum(a[k.name] for k in space.size_knobs(a)),
+                            budget_ms=1.0, fraction=0.8, far_over=FAR_OVER)
+        told = record_fitted(misc, space, fit.arch, fit.values)
+        assert told != misc and misc == strategy.ask(0)[1]  # a copy; the proposal itself is unchanged
+        if strategy is hyperopt:
+            point = {k: v[0] for k, v in told["vals"].items() if v}
+            decoded = space.validate_params(space_eval(hyperopt.space, point)["arch"])
+        else:
+            region = trade._by_name[told["region"]]
+            decoded = space.validate_params(trade.params(region, told["x"])["arch"])
+        assert decoded == fit.arch
+
+
+def _evaluator(model: LatencyModel, budget_ms: float, **config):
+    from targets import load_target
+
+    from compressor.search.evaluate import FamilyEvaluator
+
+    target = load_target("cpu-1t").with_budgets(latency_ms=budget_ms)
+    return FamilyEvaluator(config=SearchConfig(family_size=1, **config), space=get_space("nago"), target=target,
+                           dataset=SimpleNamespace(input_shape=(1, 16, 16), num_classes=10), teacher_logits={},
+                           latency=model)
+
+
+def test_a_family_predicted_far_over_is_recorded_without_measuring():
+    model = LatencyModel({"k": 1}, None, [(f, ms * 1e4) for f, ms in _synthetic(MIN_SAMPLES, 3)])  # all slow
+    evaluate = _evaluator(model, budget_ms=0.05)
+    record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": {"base_width": 40}, "lr": 0.1,
+                                                                     "kd_alpha": 0.5, "kd_tau": 4.0},
+                         seeds=[1], misc={"vals": {"nago.base_width": [8.0]}})
+    evaluate(record, None)
+    assert record.status == "infeasible" and record.reason.startswith("predicted over budget")
+    assert record.profiles == [] and len(model.samples) == MIN_SAMPLES  # nothing was measured
+    assert record.params["arch"]["base_width"] == 8 and record.misc["vals"]["nago.base_width"] == [0.0]
+    assert record.misc["fit"]["skipped"] and record.loss > 1.0 + FAR_OVER - 1.0
+    summary = screening_summary([record], 0.05)
+    assert summary["skipped"] == 1 and summary["screenings"] == 0 and summary["fitted"] == 0
+
+
+def test_an_uncalibrated_model_changes_nothing_before_the_screening():
+    model = LatencyModel({"k": 1}, None, _synthetic(MIN_SAMPLES - 1, 4))
+    evaluate = _evaluator(model, budget_ms=0.05)
+    record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": {"base_width": 40}}, seeds=[1],
+                         misc={"vals": {"nago.base_width": [8.0]}})
+    evaluate._fit(record)
+    assert record.status == "ok" and record.params == {"arch": {"base_width": 40}}
+    assert record.misc == {"vals": {"nago.base_width": [8.0]}}
+
+
+@pytest.mark.slow
+def test_fit_to_budget_lands_near_the_fraction_on_a_real_target(fast_target):
+    """Calibrate on real measurements of nago widths, fit a proposal, measure what was fitted."""
+    from compressor.models.on_target import check_on_target
+    from compressor.search.latency_model import network_features
+
+    space, shape = get_space("nago"), (1, 16, 16)
+    model = LatencyModel({"k": 1}, None)
+    measured = {}
+    for width in (8, 16, 24, 32, 40, 48, 56, 64):
+        for top in (3, 5):
+            net = space.build(space.sample({"base_width": width, "top_nodes": top}, 0), shape, 10)
+            ms = check_on_target(net, fast_target, shape, max_seconds=0.3).latency_ms
+            model.add(network_features(net, shape), ms)
+            measured[width, top] = ms
+    budget = measured[40, 5]
+
+    def predict(arch):
+        return float(model.predict([network_features(space.build(space.sample(arch, 0), shape, 10), shape)])[0])
+
+    fit = fit_to_budget(space, {"base_width": 8, "top_nodes": 5}, predict, budget_ms=budget, fraction=0.8,
+                        far_over=FAR_OVER)
+    net = space.build(space.sample(fit.arch, 0), shape, 10)
+    ms = check_on_target(net, fast_target, shape, max_seconds=0.3).latency_ms
+    assert 0.4 * budget <= ms <= 1.25 * budget, (fit, ms, budget)
+
+
+@pytest.mark.slow
+def test_a_search_with_fit_to_budget_reports_its_model(tiny_teacher, tmp_path):
+    """Fit on (from an empty calibration), then off (warm): both report the model; the figures are for a person."""
+    from compressor.errors import UserError
+    from compressor.models.on_target import check_floor
+    from compressor.pipeline.compress import DataOptions, compress
+    from targets import load_target
+
+    floor = check_floor(load_target("cpu-1t"), (1, 16, 16))
+    options = dict(data="digits", target="cpu-1t", cache_dir=tmp_path / "cache", latency_ms=8 * floor,
+                   data_options=DataOptions(image_size=16, channels=1), trials=3, family_size=2, fidelities=(1,),
+                   final_epochs=1, profile_seconds=0.2, export=False, seed=0)
+    searches = {}
+    for name, fill in (("on", 0.8), ("off", None)):
+        try:
+            compress(tiny_teacher, out=tmp_path / name, fill_fraction=fill, **options)
+        except UserError:
+            pass  # nothing feasible is a possible outcome under a tight budget; report.json is written either way
+        searches[name] = json.loads((tmp_path / name / "report.json").read_text())["search"]
+    on, off = searches["on"], searches["off"]
+    assert on["fill_fraction"] == 0.8 and off["fill_fraction"] is None
+    # Calibrated by its own first screenings, the model then sizes (or skips) every proposal.
+    assert on["latency_model"]["fitted"] + on["latency_model"]["skipped"] >= 1
+    assert off["latency_model"]["fitted"] == off["latency_model"]["skipped"] == 0
+    assert off["latency_model"]["predicted"] == off["latency_model"]["screenings"]  # warm: every one predicted
+    for search in (off, on):
+        assert set(search["latency_model"]) >= {"kendall_tau", "predicted_feasible_ok", "over_budget_share"}
