@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds, help="time cap of each screening profile (default %(default)s)")
     parser.add_argument("--formats", help="export formats, e.g. onnx,ort,int8 (default: by target)")
     parser.add_argument("--no-export", action="store_true", help="skip the export bundle")
-    parser.add_argument("--baseline", action="store_true", help="also train the best hand-designed student (a plain CNN) within the budget, same teacher and epochs, and judge it side by side with the student")
+    parser.add_argument("--baseline", action="store_true", help="also train a hand-designed student on equal terms: the widest plain CNN within the budget, lr/KD tuned in --trials short trainings, trained with the student's recipe, judged side by side with the student")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR up to --trials")
     parser.add_argument("--cache-dir", help="teacher-logits cache (default $COMPRESSOR_CACHE or ~/.cache/compressor)")
@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(report: dict, run_dir) -> None:
     """Teacher vs student (and baselines) side by side with their budget verdicts, then where the files are."""
     from compressor.cli.console import console, print_table
-    from compressor.pipeline.report import failed_baselines, model_rows, trained_baselines, verdict_text
+    from compressor.pipeline.report import (baseline_terms, failed_baselines, model_rows, trained_baselines,
+                                           verdict_text)
 
     percentile = report["budgets"].get("latency_percentile", "p50")
     rows = model_rows(report)
@@ -127,6 +128,9 @@ def print_summary(report: dict, run_dir) -> None:
             for name, e in rows
         ],
     )
+    for baseline in report.get("baselines", []):
+        if baseline.get("tuning"):
+            console.print(baseline_terms(baseline), markup=False)
     for failed in failed_baselines(report):
         console.print(f"hand-designed baseline {failed['name']} failed: {failed['reason']}")
     for over in trained_baselines(report):
