@@ -421,7 +421,7 @@ def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool
     if found is None:
         if not quiet:
             err_console.print(f"baseline: the widest plain CNN within the budget, lr/KD tuned in {config.trials} "
-                              f"evaluations at {config.fidelities[0]} epochs, then the student's recipe for "
+                              f"evaluations at {config.fidelities[0]} epoch(s), then the student's recipe for "
                               f"{config.final_epochs} epochs")
         tuning = open_tuning_store(run_dir / "baseline.sqlite",
                                    {"fingerprint": store.get_meta("fingerprint"),
