@@ -1,96 +1,224 @@
-"""The hand-designed baseline every claim about a searched student is measured against.
+"""The hand-designed baseline every claim about a searched student is measured against, on equal terms.
 
 What an expert would write for a small image task under a latency budget: a
-plain conv-BN-ReLU stack (the zoo's `plain` family). Of a few standard widths,
-the largest one that meets the target's budgets is taken (measured on the
-target, like every candidate of the search), then trained with the same
-teacher and the same epochs as the searched student, with KD and without
-(plain cross-entropy); the better of the two on the validation split is the
-baseline — "the best hand-designed student at the same budget".
+plain conv-BN-ReLU stack (the zoo's `plain` family). "The best hand-designed
+student at the same budget" is only a fair yardstick when it gets what the
+searched student got, so the baseline is built in three steps:
 
-Widths are judged by `check_on_target` with the run's drift reference, so a
-width passes by the same rule as a searched candidate (its latency's upper
-confidence bound under the budget, or a borderline one decided after a longer
-measurement). When even the narrowest width misses the budget, it is still
-trained (`meets_budget: false`) and the report does not call it "at the same
-budget"; `compress` then judges the trained baseline again in its final
-side-by-side session with the student (`at_same_budget` in report.json).
+1. **Width that fills the budget.** Candidate widths are the base pattern
+   8-16-32 scaled by 1..8 (up to 64-128-256, the family's widest knobs). All
+   are measured in ONE side-by-side session beside the run's drift reference
+   (`compressor.models.on_target.check_side_by_side`, each given the search's
+   screening time `profile_seconds`), so they are judged by the rule that
+   judges a searched candidate. The widest whose verdict is "within" (its
+   latency's upper confidence bound under the budget, every other budget
+   met) is taken (`widest_within`); when none is, the narrowest is trained
+   and reported as not within the budget (`meets_budget: false`; the final
+   session in `compress` decides `at_same_budget`).
+2. **Its own tuning, as much as the search spent on KD knobs.** The search
+   trains `trials` families at the first fidelity, each with its own lr and
+   KD α/τ. The baseline gets the same: `trials` evaluations of the fixed
+   architecture at `fidelities[0]` epochs, proposed by hyperopt TPE over the
+   search's own KD knob declarations (`compressor.search.config.kd_knobs`)
+   plus an explicit KD on/off choice (off is α = 0: plain cross-entropy). It
+   runs through the search's `Schedule` with an injected evaluator, so it has
+   the search's failure rules (a failed training is a failed trial, a trial
+   timeout is retried on resume) and its resume: the evaluations live in
+   their own trial store (`RUN_DIR/baseline.sqlite`, with the width choice in
+   its meta), so an interrupted run redoes at most the evaluation in flight.
+3. **The student's recipe.** The best knobs on validation are trained for
+   `final_epochs` with the recipe of the final student
+   (`compressor.search.recipe`: batch size, epochs, schedule, threads,
+   seeds): the same TrainConfig but for lr/α/τ.
+
+The result states what the baseline was given: `recipe`, `tuning`
+(evaluations, fidelity, best knobs and their validation accuracy) and `width`
+(the candidates' verdicts and the session).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
-PLAIN_WIDTHS = ("8-16-32", "12-24-48", "16-32-64", "24-48-96", "32-64-128")
+from compressor.search.config import SearchConfig
+
+PLAIN_BASE = (8, 16, 32)
+# 8-16-32 ... 64-128-256: every multiple the plain family's width knobs allow (step 8, stage 3 up to 256).
+PLAIN_SCALES = tuple(range(1, 9))
+
+# A short training of the baseline: (knobs {lr, kd_alpha, kd_tau}, epochs) -> validation accuracy; raises on failure.
+Trainer = Callable[[Mapping[str, float], int], float]
 
 
-def hand_designed_baseline(teacher, dataset, target, *, latency_ms: float | None = None,
-                           memory_mb: float | None = None, size_mb: float | None = None,
-                           epochs: int = 15, teacher_logits: dict | None = None, seed: int = 0,
-                           cache_dir=None, reference=None) -> dict[str, Any]:
-    """Pick, train and measure the best plain CNN that meets the budgets.
+def plain_arch(scale: int) -> str:
+    """The plain CNN reference at `scale` times the base widths."""
+    return "zoo:plain:widths=" + "-".join(str(scale * w) for w in PLAIN_BASE)
+
+
+def widest_within(verdicts: Mapping[int, str]) -> tuple[int, bool]:
+    """(scale, within): the widest scale whose verdict is "within"; else the narrowest, not within."""
+    within = [scale for scale, verdict in verdicts.items() if verdict == "within"]
+    return (max(within), True) if within else (min(verdicts), False)
+
+
+def choose_width(target, dataset, *, seed: int, seconds_each: float, reference=None) -> dict[str, Any]:
+    """Measure every candidate width side by side and pick the widest within the budget (`widest_within`)."""
+    from compressor.models.on_target import check_side_by_side
+    from compressor.spaces import build_model, spec_from_ref
+
+    archs = {scale: plain_arch(scale) for scale in PLAIN_SCALES}
+    models = {arch: build_model(spec_from_ref(arch, seed=seed), dataset.input_shape, dataset.num_classes)
+              for arch in archs.values()}
+    session = check_side_by_side(models, target, dataset.input_shape, reference=reference,
+                                 seconds=seconds_each * len(models), name="baseline-widths")
+    checked = {scale: session.checked[arch] for scale, arch in archs.items()}
+    scale, within = widest_within({s: c.verdict for s, c in checked.items()})
+    chosen = checked[scale]
+    return {"arch": archs[scale], "widths": "-".join(str(scale * w) for w in PLAIN_BASE), "scale": scale,
+            "within": within, "verdict": chosen.verdict, "session": session.id,
+            "params": int(chosen.profile["params"]), "macs": int(chosen.profile["macs"]), "profile": chosen.profile,
+            "candidates": [{"arch": archs[s], "verdict": c.verdict, "latency_ms": c.latency_ms,
+                            "budget_ratio": c.budget_ratio, "reasons": c.reasons} for s, c in checked.items()]}
+
+
+def tuning_config(config: SearchConfig) -> SearchConfig:
+    """The search's configuration as the baseline's tuning runs it: `trials` TPE evaluations at `fidelities[0]`."""
+    return dataclasses.replace(config, strategy="tpe", fidelities=config.fidelities[:1], family_size=1,
+                               screen_factor=1)
+
+
+def tuning_space() -> dict[str, Any]:
+    """lr and KD (off, or on with α and τ) over the search's declarations of those knobs."""
+    from hyperopt import hp
+
+    from compressor.search.config import kd_hyperopt_space, kd_knobs
+
+    knobs = kd_hyperopt_space()
+    tau = next(k.default for k in kd_knobs() if k.name == "kd_tau")
+    return {"lr": knobs["lr"], "kd": hp.choice("kd", [{"kd_alpha": 0.0, "kd_tau": tau},
+                                                      {"kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"]}])}
+
+
+def knobs_of(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A tuning proposal as training knobs: {lr, kd_alpha, kd_tau, kd (on/off)}."""
+    return {"lr": params["lr"], **params["kd"], "kd": params["kd"]["kd_alpha"] > 0}
+
+
+class _TuningEvaluator:
+    """The `Evaluator` of the baseline's tuning: one fixed architecture, trained by `train` at the record's fidelity."""
+
+    def __init__(self, train: Trainer) -> None:
+        self.train = train
+
+    def __call__(self, record, previous) -> None:
+        started = time.perf_counter()
+        accuracy = float(self.train(knobs_of(record.params), record.fidelity))
+        record.train_s = time.perf_counter() - started
+        record.val_accuracy, record.val_std, record.member_accuracies = accuracy, 0.0, [accuracy]
+
+
+def tune(config: SearchConfig, store, train: Trainer, progress: Callable[[str, dict], None] | None = None):
+    """Run (or resume) the baseline's tuning in `store`; returns its records (see the module docstring)."""
+    from compressor.search.schedule import Schedule
+
+    return Schedule(config=tuning_config(config), store=store, evaluate=_TuningEvaluator(train),
+                    space=tuning_space(), progress=progress, warm_starts=()).run()
+
+
+def open_tuning_store(path: Path, identity: Any):
+    """The baseline's trial store at `path`, emptied first when it belongs to another run (`identity` differs)."""
+    from compressor.search.store import TrialStore
+
+    store = TrialStore(path)
+    if store.get_meta("identity") not in (None, identity):
+        store.close()
+        for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            leftover.unlink(missing_ok=True)
+        store = TrialStore(path)
+    store.set_meta("identity", identity)
+    return store
+
+
+def real_trainer(config: SearchConfig, spec, dataset, teacher_logits: dict) -> Trainer:
+    """Train `spec` for a tuning evaluation with the student's recipe; the trial timeout as the search applies it."""
+    from compressor.search.recipe import train_config, train_spec
+    from compressor.search.schedule import TrialTimeout
+
+    def train(knobs: Mapping[str, float], epochs: int) -> float:
+        recipe = train_config(config, knobs, epochs=epochs, time_budget_s=config.trial_timeout_s)
+        _, result = train_spec(spec, dataset, recipe, teacher_logits, evaluate_test=False)
+        if result.status != "ok":
+            raise RuntimeError(result.reason or "training failed")
+        if result.epochs_run < epochs:
+            raise TrialTimeout(f"trial timeout: over {config.trial_timeout_s:g} s after {result.epochs_run}/{epochs} "
+                               "epochs")
+        return result.val_accuracy
+
+    return train
+
+
+def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits: dict, *, store,
+                           reference=None, say: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+    """Choose the width, tune lr/KD, train with the student's recipe: the fair baseline (module docstring).
 
     Args:
-        teacher: a compressor.models.teachers.Teacher.
-        dataset: a compressor.data.datasets.Dataset.
-        target: a preset name, TOML path or targets.Target; budget arguments override its budgets.
-        epochs: training epochs (use the searched student's final epochs).
-        teacher_logits: the logits cache's dict (computed if None, on the teacher's own inputs:
-            compressor.models.teachers.teacher_inputs with its recorded or default preprocessing).
+        dataset: the student's compressor.data.datasets.Dataset.
+        target: a targets.Target with the run's budgets.
+        config: the run's SearchConfig (trials, fidelities, final_epochs, batch size, seed, ...).
+        teacher_logits: the logits cache's dict.
+        store: the tuning's TrialStore (`open_tuning_store`); its meta keeps the width choice.
         reference: the run's drift reference (compressor.models.on_target.DriftReference), or None.
+        say: one line of progress for a person.
 
     Returns:
-        {"name", "arch", "status": "ok", "val_accuracy", "test_accuracy", "params", "macs", "profile",
-        "meets_budget", "kd", "epochs"}; when both trainings fail, {"name", "arch", "status": "failed",
-        "reason", "meets_budget", "epochs"}.
+        {"name", "arch", "status", "meets_budget", "epochs", "width", "recipe", "tuning", ...}: with status
+        "ok" also "kd", "kd_alpha", "kd_tau", "lr", "val_accuracy", "test_accuracy", "params", "macs",
+        "profile"; with status "failed" the "reason".
     """
-    import torch
-    from targets import Target, load_target
+    from compressor.search.recipe import recipe_fields, train_config, train_spec
+    from compressor.search.analysis import best_record, failure_summary
+    from compressor.spaces import spec_from_ref
 
-    from compressor.models.on_target import check_on_target
-    from compressor.models.teachers import teacher_inputs
-    from compressor.spaces import build_model, spec_from_ref
-    from compressor.train.distill import LogitsCache, TrainConfig, train_student
+    width = store.get_meta("width")
+    if width is None:
+        width = choose_width(target, dataset, seed=config.seed, seconds_each=config.profile_seconds,
+                             reference=reference)
+        store.set_meta("width", width)
+    say(f"baseline: plain CNN {width['widths']}, the widest of {len(width['candidates'])} widths "
+        + ("within the budget" if width["within"] else "measured (none is within the budget)"))
+    spec = spec_from_ref(width["arch"], seed=config.seed)
 
-    if not isinstance(target, Target):
-        target = load_target(target)
-    target = target.with_budgets(latency_ms=latency_ms, memory_mb=memory_mb, size_mb=size_mb)
-    chosen = None
-    for widths in PLAIN_WIDTHS:
-        spec = spec_from_ref(f"zoo:plain:widths={widths}", seed=seed)
-        model = build_model(spec, dataset.input_shape, dataset.num_classes)
-        fits = check_on_target(model, target, dataset.input_shape, label=f"plain {widths}", reference=reference).fits
-        if chosen is None or fits:
-            chosen = (widths, spec, fits)
-        if not fits:
-            break
-    widths, spec, fits = chosen
-    if teacher_logits is None:
-        teacher_logits = LogitsCache(cache_dir).get(teacher, teacher_inputs(teacher, dataset).dataset)
-    best, reasons = None, []
-    for kd in (True, False):
-        torch.manual_seed(seed)
-        model = build_model(spec, dataset.input_shape, dataset.num_classes)
-        result = train_student(model, dataset, TrainConfig(epochs=epochs, seed=seed, threads=1),
-                               teacher_logits=teacher_logits if kd else None, evaluate_test=True)
-        if result.status != "ok":
-            reasons.append(f"{'with' if kd else 'without'} KD: {result.reason}")
-        elif best is None or result.val_accuracy > best[1].val_accuracy:
-            best = (kd, result, model)
-    described = {"name": f"plain CNN {widths}", "arch": f"zoo:plain:widths={widths}", "meets_budget": fits,
-                 "epochs": epochs}
+    def heard(event: str, info: dict) -> None:
+        if event == "end":
+            rec = info["record"]
+            outcome = f"val {100 * rec.val_accuracy:.2f}%" if rec.status == "ok" else f"{rec.status}: {rec.reason}"
+            say(f"baseline tuning {rec.proposal + 1}/{config.trials} at {rec.fidelity} ep: "
+                f"{_knobs_text(knobs_of(rec.params))}: {outcome}")
+
+    records = tune(config, store, real_trainer(config, spec, dataset, teacher_logits), heard)
+    best = best_record(records)
+    described = {"name": f"plain CNN {width['widths']}", "arch": width["arch"], "meets_budget": width["within"],
+                 "epochs": config.final_epochs, "width": width,
+                 "recipe": recipe_fields(config),
+                 "tuning": {"evaluations": len(records), "fidelity": config.fidelities[0], "strategy": "tpe",
+                            "failed": sum(r.status == "failed" for r in records),
+                            "best": None if best is None else knobs_of(best.params),
+                            "val_accuracy": None if best is None else best.val_accuracy}}
     if best is None:
-        return {**described, "status": "failed", "reason": "; ".join(reasons)}
-    kd, result, model = best
-    final_profile = check_on_target(model, target, dataset.input_shape, memory=True, label=described["name"],
-                                    reference=reference).profile
-    return {
-        **described,
-        "status": "ok",
-        "kd": kd,
-        "val_accuracy": result.val_accuracy,
-        "test_accuracy": result.test_accuracy,
-        "params": int(final_profile["params"]),
-        "macs": int(final_profile["macs"]),
-        "profile": final_profile,
-    }
+        return {**described, "status": "failed", "reason": f"tuning: {failure_summary(records)}"}
+    knobs = knobs_of(best.params)
+    say(f"baseline: {_knobs_text(knobs)} for {config.final_epochs} epochs")
+    _, result = train_spec(spec, dataset, train_config(config, knobs), teacher_logits, evaluate_test=True)
+    if result.status != "ok":
+        return {**described, "status": "failed", "reason": f"final training: {result.reason}"}
+    return {**described, "status": "ok", "kd": knobs["kd"], "kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"],
+            "lr": knobs["lr"], "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+            "seconds": result.seconds, "params": width["params"], "macs": width["macs"], "profile": width["profile"]}
+
+
+def _knobs_text(knobs: Mapping[str, Any]) -> str:
+    kd = f"KD α {knobs['kd_alpha']:.2f} τ {knobs['kd_tau']:.1f}" if knobs["kd"] else "no KD"
+    return f"lr {knobs['lr']:.3g}, {kd}"

@@ -12,9 +12,12 @@ start latency) -> teacher accuracy (one console line, with a hint to check
 store, so a resume does not measure again) -> screen the space's smallest
 network against the budgets (an unreachable budget is reported in seconds,
 not after an hour) -> the search (compressor.search.loop) -> final training
-of the best family's best member -> `best.pt` -> optionally the hand-designed
-baseline (compressor.pipeline.baselines, same teacher and epochs, kept in the
-store) -> the final session -> export bundle (compressor.export) -> report.
+of the best family's best member with the student's recipe
+(compressor.search.recipe) -> `best.pt` -> optionally the hand-designed
+baseline (compressor.pipeline.baselines: the widest plain CNN within the
+budget, lr/KD tuned in as many short trainings as the search's trials, then
+the same recipe; resumable in `RUN_DIR/baseline.sqlite`, kept in the store)
+-> the final session -> export bundle (compressor.export) -> report.
 
 Every budget verdict comes from `compressor.models.on_target` (drift-corrected,
 with a confidence interval). The final verdicts of the student and of each
@@ -281,7 +284,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     report["student"] = final
     report["param_reduction"] = teacher_info["params"] / max(1, final["params"])
     if baseline:
-        report["baselines"] = [_baseline(config, store, teacher, dataset, logits, target, quiet, reference)]
+        report["baselines"] = [_baseline(config, store, run_dir, dataset, logits, target, quiet, reference)]
     _apply_final_session(report, _final_session(config, store, teacher, tuple(teacher_info["input_shape"]), dataset,
                                                 target, model, final, report.get("baselines", []), reference,
                                                 quiet))
@@ -403,24 +406,18 @@ def _check_reachable(config, target, dataset, reference) -> dict[str, Any] | Non
 def _final_training(config, best, dataset, logits, target, checkpoint: Path, quiet: bool) -> dict[str, Any]:
     import json
 
-    import torch
-
     from compressor.cli.console import err_console
     from compressor.models.checkpoint import Checkpoint, save_checkpoint
     from compressor.models.on_target import check_on_target
-    from compressor.train.distill import TrainConfig, train_student
-    from compressor.spaces import ArchSpec, build_model
+    from compressor.pipeline import recipe
+    from compressor.spaces import ArchSpec
 
     member = max(range(len(best.member_accuracies)), key=lambda i: best.member_accuracies[i])
     spec = ArchSpec.from_json(best.archs[member])
-    torch.manual_seed(spec.seed)
-    model = build_model(spec, dataset.input_shape, dataset.num_classes)
     if not quiet:
         err_console.print(f"final training: proposal {best.proposal} member {member} for {config.final_epochs} epochs")
-    train_config = TrainConfig(epochs=config.final_epochs, lr=best.params["lr"], alpha=best.params["kd_alpha"],
-                               tau=best.params["kd_tau"], seed=config.seed, batch_size=config.batch_size,
-                               threads=1)
-    result = train_student(model, dataset, train_config, teacher_logits=logits, evaluate_test=True)
+    train_config = recipe.train_config(config, best.params)
+    model, result = recipe.train_spec(spec, dataset, train_config, logits, evaluate_test=True)
     if result.status != "ok":
         raise UserError(f"final training of the best student failed: {result.reason}")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
@@ -435,17 +432,30 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
 
 
-def _baseline(config, store, teacher, dataset, logits, target, quiet: bool, reference) -> dict[str, Any]:
-    """The hand-designed student at the run's budget, trained once per run (a resume reads it from the store)."""
-    from compressor.pipeline.baselines import hand_designed_baseline
+def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool, reference) -> dict[str, Any]:
+    """The fair hand-designed baseline (compressor.pipeline.baselines), once per run.
+
+    Its tuning is resumable in its own store (`RUN_DIR/baseline.sqlite`, tied to this run by the fingerprint
+    and start time); the finished result is kept in meta `baseline`, so a resume reads it from there.
+    """
+    from compressor.pipeline.baselines import hand_designed_baseline, open_tuning_store
     from compressor.cli.console import err_console
 
     found = store.get_meta("baseline")
     if found is None:
         if not quiet:
-            err_console.print(f"baseline: the best hand-designed student within the budget, {config.final_epochs} epochs")
-        found = json_safe(hand_designed_baseline(teacher, dataset, target, epochs=config.final_epochs,
-                                                 teacher_logits=logits, seed=config.seed, reference=reference))
+            err_console.print(f"baseline: the widest plain CNN within the budget, lr/KD tuned in {config.trials} "
+                              f"evaluations at {config.fidelities[0]} epoch(s), then the student's recipe for "
+                              f"{config.final_epochs} epochs")
+        tuning = open_tuning_store(run_dir / "baseline.sqlite",
+                                   {"fingerprint": store.get_meta("fingerprint"),
+                                    "started_at": store.get_meta("started_at")})
+        try:
+            found = json_safe(hand_designed_baseline(
+                dataset, target, config, logits, store=tuning, reference=reference,
+                say=(lambda text: None) if quiet else (lambda text: err_console.print(text, markup=False))))
+        finally:
+            tuning.close()
         store.set_meta("baseline", found)
     return found
 

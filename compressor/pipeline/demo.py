@@ -13,7 +13,7 @@
    which rule set the budget and why.
 3. `compressor.pipeline.compress.compress` searches (TPE, successive halving), trains
    the winner and, with `baseline=True`, the best hand-designed student at
-   the same budget (compressor.pipeline.baselines, same teacher and epochs), exports
+   the same budget (compressor.pipeline.baselines: tuned and trained on the student's terms), exports
    the bundle and writes the report.
 4. The summary compares teacher, searched student and baseline side by side
    and checks the goals (accuracy within 0.5 point of the teacher, >= 100x

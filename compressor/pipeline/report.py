@@ -128,15 +128,35 @@ class _BaselineRequired(TypedDict):
     epochs: int
 
 
+class BaselineTuning(TypedDict):
+    """The baseline's own lr/KD tuning: `evaluations` short trainings (TPE) at `fidelity` epochs."""
+
+    evaluations: int
+    fidelity: int
+    strategy: str
+    failed: int
+    best: dict[str, Any] | None  # lr, kd_alpha, kd_tau, kd (on/off); None when every evaluation failed
+    val_accuracy: float | None  # the best knobs' validation accuracy at `fidelity` epochs
+
+
 class BaselineReport(_BaselineRequired, Verdict, total=False):
     """A hand-designed baseline: status "ok" with its figures and final verdict, or "failed" with the reason.
 
-    `meets_budget` is the verdict that chose its width; `at_same_budget` is true only when the final
-    session found it within the budget (a baseline over budget is not "at the same budget")."""
+    `meets_budget` is the verdict that chose its width (`width`: every candidate's verdict in one
+    session); `at_same_budget` is true only when the final session found it within the budget (a
+    baseline over budget is not "at the same budget"). `recipe` is the final student's TrainConfig
+    without the knobs; `tuning` what chose `lr`, `kd_alpha` and `kd_tau` (compressor.pipeline.baselines)."""
 
     at_same_budget: bool
     reason: str
+    recipe: dict[str, Any]
+    tuning: BaselineTuning
+    width: dict[str, Any]
     kd: bool
+    kd_alpha: float
+    kd_tau: float
+    lr: float
+    seconds: float
     val_accuracy: float
     test_accuracy: float
     params: int
@@ -298,6 +318,7 @@ def markdown_report(report: Report) -> str:
             f"{'-' if not prof else format(prof['model_size_mb'], '.3f')} | {verdict_text(entry)} |"
         )
     lines += [f"Baseline {b['name']} failed: {b['reason']}" for b in failed_baselines(report)]
+    lines += [baseline_terms(b) for b in report.get("baselines", []) if b.get("tuning")]
     lines += [f"Baseline {b['name']} is not within the budget ({verdict_text(b)}): it is not a baseline at the "
               "same budget." for b in trained_baselines(report) if b.get("at_same_budget") is False]
     memory = (teacher.get("profile") or {}).get("peak_memory_meaning")
@@ -333,6 +354,20 @@ def markdown_report(report: Report) -> str:
         lines += [f"Export failed: {report['artifacts_error']}", ""]
     lines += ["![Pareto plot](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def baseline_terms(baseline: BaselineReport) -> str:
+    """One sentence on what the baseline was given: width choice, recipe, tuning and the knobs it chose."""
+    width, recipe, tuning = baseline["width"], baseline["recipe"], baseline["tuning"]
+    chosen = ("the widest" if width["within"] else "none within the budget; the narrowest") + \
+        f" of {len(width['candidates'])} plain CNN widths measured side by side"
+    best = tuning["best"]
+    knobs = "no evaluation succeeded" if best is None else (
+        f"lr {best['lr']:.3g}, " + (f"KD α {best['kd_alpha']:.2f} τ {best['kd_tau']:.1f}" if best["kd"] else "no KD")
+        + f" (val {100 * tuning['val_accuracy']:.2f}%)")
+    return (f"Baseline {baseline['name']}: {chosen}; trained like the student (batch {recipe['batch_size']}, "
+            f"{recipe['epochs']} epochs, seed {recipe['seed']}); lr and KD tuned by {tuning['strategy'].upper()} in "
+            f"{tuning['evaluations']} evaluations at {tuning['fidelity']} epoch(s): {knobs}.")
 
 
 def verdict_text(entry: dict[str, Any]) -> str:

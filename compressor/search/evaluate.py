@@ -145,7 +145,8 @@ class FamilyEvaluator:
     def _train(self, record: TrialRecord, specs, started: float) -> None:
         import torch
 
-        from compressor.train.distill import TrainConfig, train_student
+        from compressor.search.recipe import train_config
+        from compressor.train.distill import train_student
 
         cfg = self.config
         fidelity = record.fidelity
@@ -159,13 +160,9 @@ class FamilyEvaluator:
                     raise TrialTimeout(f"trial timeout: over {cfg.trial_timeout_s:g} s")
             torch.manual_seed(spec.seed)
             model = self.space.build(spec, self.dataset.input_shape, self.dataset.num_classes)
-            result = train_student(
-                model, self.dataset,
-                TrainConfig(epochs=fidelity, lr=record.params["lr"], alpha=record.params["kd_alpha"],
-                            tau=record.params["kd_tau"], seed=cfg.seed, batch_size=cfg.batch_size,
-                            time_budget_s=remaining, threads=1),
-                teacher_logits=self.teacher_logits, evaluate_test=False,
-            )
+            result = train_student(model, self.dataset,
+                                   train_config(cfg, record.params, epochs=fidelity, time_budget_s=remaining),
+                                   teacher_logits=self.teacher_logits, evaluate_test=False)
             if result.status != "ok":
                 raise RuntimeError(result.reason or "training failed")
             if result.epochs_run < fidelity:

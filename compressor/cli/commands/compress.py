@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "proposals as asked (default %(default)s)")
     parser.add_argument("--formats", help="export formats, e.g. onnx,ort,int8 (default: by target)")
     parser.add_argument("--no-export", action="store_true", help="skip the export bundle")
-    parser.add_argument("--baseline", action="store_true", help="also train the best hand-designed student (a plain CNN) within the budget, same teacher and epochs, and judge it side by side with the student")
+    parser.add_argument("--baseline", action="store_true", help="also train a hand-designed student on equal terms: the widest plain CNN within the budget, lr/KD tuned in --trials short trainings, trained with the student's recipe, judged side by side with the student")
     parser.add_argument("--workers", type=positive_int, default=defaults.workers, metavar="N",
                         help="trainings run at once on Ray (a local instance; needs pip install 'compressor[ray]'); "
                         "every measurement still runs one at a time on the target's reserved core (default 1: in "
@@ -119,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(report: dict, run_dir) -> None:
     """Teacher vs student (and baselines) side by side with their budget verdicts, then where the files are."""
     from compressor.cli.console import console, print_table
-    from compressor.pipeline.report import (TEACHER_MEETS_BUDGET, failed_baselines, model_rows, trained_baselines,
-                                            verdict_text)
+    from compressor.pipeline.report import (TEACHER_MEETS_BUDGET, baseline_terms, failed_baselines, model_rows,
+                                            trained_baselines, verdict_text)
 
     if report.get("teacher_meets_budget"):
         console.print(f"[bold]{TEACHER_MEETS_BUDGET}[/]")
@@ -153,6 +153,9 @@ def print_summary(report: dict, run_dir) -> None:
             for name, e in rows
         ],
     )
+    for baseline in report.get("baselines", []):
+        if baseline.get("tuning"):
+            console.print(baseline_terms(baseline), markup=False)
     for failed in failed_baselines(report):
         console.print(f"hand-designed baseline {failed['name']} failed: {failed['reason']}")
     for over in trained_baselines(report):

@@ -1,0 +1,220 @@
+"""The fair hand-designed baseline: the student's recipe, its own lr/KD tuning, a width that fills the budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from compressor.errors import UserError
+from compressor.search.config import SearchConfig
+
+
+def _fake_trainer(calls: list, fail_lr_above: float | None = None):
+    """Validation accuracy peaks at lr 0.05 with KD at α 0.5 (a smooth, known optimum); records each call."""
+
+    def train(knobs, epochs):
+        calls.append((dict(knobs), epochs))
+        if fail_lr_above is not None and knobs["lr"] > fail_lr_above:
+            raise RuntimeError("non-finite loss (nan) at epoch 1, step 3")
+        kd_gap = abs(knobs["kd_alpha"] - 0.5) if knobs["kd"] else 0.3
+        return 0.9 - 0.2 * abs(math.log(knobs["lr"] / 0.05)) - 0.1 * kd_gap
+
+    return train
+
+
+def test_widest_within_takes_the_widest_within_verdict_else_the_narrowest_not_within():
+    from compressor.pipeline.baselines import widest_within
+
+    assert widest_within({1: "within", 2: "within", 3: "borderline", 4: "over"}) == (2, True)
+    assert widest_within({1: "within", 2: "within", 3: "within"}) == (3, True)
+    # a borderline verdict is not "within": the baseline would not be at the same budget
+    assert widest_within({1: "within", 2: "borderline"}) == (1, True)
+    # noise may put a wider width within and a narrower one not: the widest within is taken
+    assert widest_within({1: "within", 2: "over", 3: "within", 4: "over"}) == (3, True)
+    assert widest_within({1: "borderline", 2: "over", 3: "over"}) == (1, False)
+
+
+def test_candidate_widths_scale_the_base_pattern_within_the_plain_family_knobs():
+    from compressor.pipeline.baselines import PLAIN_SCALES, plain_arch
+    from compressor.spaces import spec_from_ref
+
+    assert plain_arch(1) == "zoo:plain:widths=8-16-32" and plain_arch(3) == "zoo:plain:widths=24-48-96"
+    for scale in PLAIN_SCALES:  # every candidate is a valid member of the family
+        assert spec_from_ref(plain_arch(scale)).resolved["widths"] == [8 * scale, 16 * scale, 32 * scale]
+    with pytest.raises(UserError, match="out of range"):  # the next multiple is past the widest knobs
+        spec_from_ref(plain_arch(max(PLAIN_SCALES) + 1))
+
+
+def test_the_baseline_recipe_is_the_final_students_training_config_but_for_the_knobs():
+    from compressor.search.recipe import recipe_fields, train_config
+
+    config = SearchConfig(batch_size=16, final_epochs=7, fidelities=(2, 4), seed=3)
+    knobs = {"lr": 0.03, "kd_alpha": 0.2, "kd_tau": 2.0}
+    final = train_config(config, knobs)
+    assert (final.epochs, final.batch_size, final.threads, final.seed) == (7, 16, 1, 3)
+    assert (final.lr, final.alpha, final.tau) == (0.03, 0.2, 2.0)
+    assert final.batch_size != type(final)().batch_size  # the recipe's, not the trainer's default (32)
+    short = train_config(config, knobs, epochs=config.fidelities[0], time_budget_s=5.0)
+    assert dataclasses.replace(short, epochs=7, time_budget_s=None) == final
+    stated = recipe_fields(config)
+    assert stated == {k: v for k, v in dataclasses.asdict(final).items() if k not in ("lr", "alpha", "tau",
+                                                                                       "time_budget_s")}
+
+
+def test_tuning_spends_trials_evaluations_at_the_first_fidelity_and_keeps_the_best_on_validation(tmp_path):
+    from compressor.pipeline.baselines import knobs_of, tune
+    from compressor.search.analysis import best_record
+    from compressor.search.store import TrialStore
+
+    calls: list = []
+    store = TrialStore(tmp_path / "baseline.sqlite")
+    records = tune(SearchConfig(trials=8, fidelities=(2, 6), strategy="trade"), store, _fake_trainer(calls))
+    assert len(records) == len(calls) == 8
+    assert {epochs for _, epochs in calls} == {2} and {r.fidelity for r in records} == {2}
+    assert len({knobs["lr"] for knobs, _ in calls}) == 8  # eight proposals, not one repeated
+    for knobs, _ in calls:  # within the search's declared ranges; KD off is alpha 0
+        assert 0.01 <= knobs["lr"] <= 0.2 and 1.0 <= knobs["kd_tau"] <= 6.0
+        assert knobs["kd"] == (knobs["kd_alpha"] > 0) and 0.0 <= knobs["kd_alpha"] <= 0.9
+    best = best_record(records)
+    assert best.val_accuracy == max(r.val_accuracy for r in records)
+    assert knobs_of(best.params) == max((k for k, _ in calls), key=lambda k: _fake_trainer([])(k, 2))
+    assert len(store.records()) == 8
+
+
+def test_tuning_resumes_where_it_stopped_and_failures_are_failed_trials(tmp_path):
+    from compressor.pipeline.baselines import tune
+    from compressor.search.analysis import best_record
+    from compressor.search.store import TrialStore
+
+    config = SearchConfig(trials=5, fidelities=(1,))
+    first: list = []
+
+    def interrupted(knobs, epochs):
+        if len(first) == 3:
+            raise KeyboardInterrupt
+        return _fake_trainer(first, fail_lr_above=0.0)(knobs, epochs)  # every training fails
+
+    store = TrialStore(tmp_path / "baseline.sqlite")
+    with pytest.raises(KeyboardInterrupt):
+        tune(config, store, interrupted)
+    assert [r.status for r in store.records()] == ["failed"] * 3
+    assert store.records()[0].reason.startswith("RuntimeError: non-finite loss")
+    again: list = []
+    records = tune(config, store, _fake_trainer(again))
+    assert len(again) == 2 and len(records) == 5  # the three stored evaluations are not run again
+    assert best_record(records).proposal in (3, 4)
+
+
+def test_a_tuning_store_of_another_run_is_emptied(tmp_path):
+    from compressor.pipeline.baselines import open_tuning_store, tune
+
+    path = tmp_path / "baseline.sqlite"
+    store = open_tuning_store(path, {"started_at": 1.0})
+    tune(SearchConfig(trials=2, fidelities=(1,)), store, _fake_trainer([]))
+    store.set_meta("width", {"arch": "zoo:plain:widths=8-16-32"})
+    store.close()
+    same = open_tuning_store(path, {"started_at": 1.0})
+    assert len(same.records()) == 2 and same.get_meta("width")
+    same.close()
+    other = open_tuning_store(path, {"started_at": 2.0})
+    assert other.records() == [] and other.get_meta("width") is None
+    assert other.get_meta("identity") == {"started_at": 2.0}
+    other.close()
+
+
+@pytest.mark.slow
+def test_the_width_choice_on_cpu_1t_is_the_widest_within_of_one_session(fast_target):
+    from compressor.data.datasets import load_dataset
+    from compressor.models.on_target import DriftReference
+    from compressor.pipeline.baselines import PLAIN_SCALES, choose_width
+
+    data = load_dataset("digits", image_size=16, channels=1)
+    # A budget between the narrowest and the widest candidate's latency, so the choice is not an end point.
+    reference = DriftReference.start(fast_target, data.input_shape, data.num_classes)
+    target = fast_target.with_budgets(latency_ms=4 * reference.start_ms)
+    width = choose_width(target, data, seed=0, seconds_each=0.1, reference=reference)
+    verdicts = [c["verdict"] for c in width["candidates"]]
+    assert len(verdicts) == len(PLAIN_SCALES) and width["session"].startswith("baseline-widths")
+    assert width["arch"] == width["candidates"][width["scale"] - 1]["arch"]
+    if width["within"]:
+        assert width["verdict"] == "within" and "within" not in verdicts[width["scale"]:]
+    else:
+        assert width["scale"] == 1 and "within" not in verdicts
+    assert width["params"] > 0 and width["profile"]["latency_ms"]["p50"] > 0
+
+
+@pytest.mark.slow
+def test_a_baseline_whose_trainings_all_fail_is_a_failed_baseline_with_its_reason(tmp_path):
+    import torch
+    from targets import load_target
+
+    from compressor.data.datasets import load_dataset
+    from compressor.pipeline.baselines import hand_designed_baseline, open_tuning_store
+
+    data = load_dataset("digits", image_size=16, channels=1)
+    poisoned = dataclasses.replace(data, train_x=torch.full_like(data.train_x, float("nan")))
+    logits = {split: torch.zeros(len(getattr(data, f"{split}_y")), data.num_classes) for split in ("train", "val", "test")}
+    store = open_tuning_store(tmp_path / "baseline.sqlite", "run")
+    result = hand_designed_baseline(poisoned, load_target("cpu-1t").with_budgets(latency_ms=50.0),
+                                    SearchConfig(trials=2, fidelities=(1,), profile_seconds=0.1), logits, store=store)
+    store.close()
+    assert result["status"] == "failed"
+    assert result["reason"].startswith("tuning: 2 failed (RuntimeError: non-finite loss")
+    assert result["tuning"]["evaluations"] == 2 and result["tuning"]["best"] is None
+    assert "test_accuracy" not in result
+
+
+@pytest.mark.slow
+def test_compress_trains_the_baseline_on_the_students_terms_and_keeps_it_on_resume(tiny_teacher, tmp_path,
+                                                                                  monkeypatch):
+    import compressor.train.distill as distill
+    from compressor.pipeline.compress import DataOptions, compress
+
+    seen: list = []
+    real = distill.train_student
+
+    def recording(model, dataset, config, **kw):  # the real trainer, its TrainConfig noted
+        seen.append((config, kw.get("evaluate_test")))
+        return real(model, dataset, config, **kw)
+
+    monkeypatch.setattr(distill, "train_student", recording)
+    options = dict(target="cpu-1t", data="digits", cache_dir=tmp_path / "cache", latency_ms=50.0, trials=3,
+                   family_size=1, fidelities=(1, 2), eta=3, final_epochs=2, profile_seconds=0.1, export=False,
+                   baseline=True, data_options=DataOptions(image_size=16, channels=1))
+    run = tmp_path / "run"
+    report = compress(tiny_teacher, out=run, **options).report
+    [baseline] = report["baselines"]
+    finals = [config for config, with_test in seen if with_test]
+    assert len(finals) == 2  # the student's final training, then the baseline's
+    knobs = dict(lr=0.1, alpha=0.5, tau=4.0)
+    student, fair = (dataclasses.replace(c, **knobs) for c in finals)
+    assert student == fair and fair.batch_size == 16 and fair.epochs == 2 and fair.threads == 1
+    assert (finals[1].lr, finals[1].alpha, finals[1].tau) == (baseline["lr"], baseline["kd_alpha"],
+                                                              baseline["kd_tau"])
+    tuning = [config for config, with_test in seen[-4:-1]]
+    assert [c.epochs for c in tuning] == [1, 1, 1] and {c.batch_size for c in tuning} == {16}
+    assert baseline["tuning"]["evaluations"] == 3 and baseline["tuning"]["fidelity"] == 1
+    assert baseline["tuning"]["val_accuracy"] == max(r["val_accuracy"] for r in _records(run / "baseline.sqlite"))
+    assert baseline["recipe"]["batch_size"] == 16 and baseline["recipe"]["epochs"] == 2
+    assert baseline["width"]["arch"] == baseline["arch"] and baseline["meets_budget"] == baseline["width"]["within"]
+    assert baseline["at_same_budget"] == (baseline["within_budget"] is True)
+    assert "tuned" in (run / "report.md").read_text()
+    on_disk = json.loads((run / "report.json").read_text())["baselines"][0]
+    assert on_disk["tuning"] == baseline["tuning"] and on_disk["width"]["session"] == baseline["width"]["session"]
+    # a finished run resumed trains nothing: the baseline is read from the run's store
+    seen.clear()
+    again = compress(tiny_teacher, out=run, resume=True, **options).report
+    assert seen == [] and again["baselines"] == report["baselines"]
+
+
+def _records(path):
+    from compressor.search.store import TrialStore
+
+    store = TrialStore(path)
+    try:
+        return [r.to_dict() for r in store.records()]
+    finally:
+        store.close()
