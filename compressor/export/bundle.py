@@ -1,12 +1,27 @@
-"""Writing a bundle: every artifact built, gated and profiled in a private directory, swapped in whole.
+"""Writing a bundle: every artifact built, gated on validation, measured side by side, swapped in whole.
 
 `export_bundle` plans the formats (`plan`), computes the PyTorch reference
-once, then hands each format to `ArtifactBuilder`: build (`builders`, or the
-TensorRT builder of `profilers.backends.trt`), parity gate (`parity`), and, if
-it passed, a profile of that very file on the target (`profilers.measure`; a
-TensorRT engine is timed as shipped, not rebuilt). A build that fails, or a
-file its runtime cannot run, is a failed artifact with the reason; the other
-formats go on. `recommend` then picks the artifact to ship.
+once per split, then hands each format to `ArtifactBuilder`: build
+(`builders`, or the TensorRT builder of `profilers.backends.trt`) and parity
+gate (`parity`) on the validation split; the test split's figures of the
+shipped file are kept as `test_parity`, reported and never decisive. INT8 is
+built with every recipe of the target's set (`int8`) and each recipe is
+gated. A build that fails, or a file its runtime cannot run, is a failed
+artifact with the reason; the other formats go on.
+
+Then `ArtifactBuilder.measure` profiles everything that passed, INT8 recipes
+included, in ONE side-by-side session (`on_target.check_side_by_side`, the
+FP32 ONNX file first, memory with `profile_memory`): each entry gets the
+session's Profile (a TensorRT engine is timed as shipped, not rebuilt), its
+latency interval at the budget percentile, its ratio to each FP32 artifact
+with its interval (`ratio_to_fp32`), and the budget verdict of `on_target`
+(`budget`, `over_budget`). `finish_int8` keeps one recipe (`int8.select_recipe`
+on the session's figures) and moves its file to model.int8.onnx; on a
+TensorRT target the recipe is kept by accuracy before the engine is built
+from it. A runtime that cannot interleave (TensorRT, a remote agent) is
+measured one after another; the session record and each entry say so. If the
+session itself fails, every entry it held records `profile_error`.
+`recommend` then picks the artifact to ship.
 
 Files: everything is written in `.<out>.partial-<pid>` next to `out_dir`,
 renamed onto `out_dir` only when the bundle is complete (the old bundle goes
@@ -20,8 +35,8 @@ Inputs: by default the bundle ships the student behind its normalisation
 (`preprocessing.normalising`), so every artifact takes raw pixels scaled to
 [0, 1] and a deployer only resizes and divides by 255. The parity gate
 compares like with like: the PyTorch reference is that same wrapped module,
-and both it and each artifact get the raw test images (INT8 is calibrated on
-raw training images). artifacts.json, DEPLOY.md and every ONNX file's
+and both it and each artifact get the raw validation and test images (INT8 is
+calibrated on raw training images). artifacts.json, DEPLOY.md and every ONNX file's
 `metadata_props` record what the input is (`preprocessing`), the
 normalisation inside the graph and the class names in output order.
 
@@ -96,8 +111,9 @@ def export_bundle(
     Args:
         model: the trained torch.nn.Module (the parity reference).
         arch: its ArchSpec JSON string or "torchvision:NAME", recorded in the bundle.
-        dataset: a `compressor.data.datasets.Dataset`-like object (input_shape, train_x, test_x, test_y,
-            optionally class_names) holding raw images in [0, 1].
+        dataset: a `compressor.data.datasets.Dataset`-like object (input_shape, train_x, val_x, val_y,
+            test_x, test_y, optionally class_names) holding raw images in [0, 1]; the gates decide on
+            the validation split, the test split is reported.
         preprocessing: the normalisation `model` was trained with (None: it takes the dataset's
             tensors as they are); folded into the artifacts unless `config.fold_normalisation` is False.
         target: where the artifacts will run.
@@ -112,7 +128,8 @@ def export_bundle(
         The content of artifacts.json.
 
     Raises:
-        UserError: bad formats, calibration data of the wrong shape, an out_dir that is not a bundle.
+        UserError: bad formats or INT8 recipes, calibration data of the wrong shape, no validation split,
+            an out_dir that is not a bundle.
     """
     say = progress or (lambda message: None)
     formats, skipped = plan_formats(target, config)
