@@ -158,7 +158,7 @@ def print_artifacts(manifest: dict) -> None:
         if int8.get("tried"):
             tried = ", ".join(
                 f"{t['name']} {'passed' if t['passed'] else 'failed'}"
-                + (f" (-{t['validation']['accuracy_drop'] * 100:.2f} pts)" if t.get("validation") else f" ({t['error']})")
+                + (f" (drop {t['validation']['accuracy_drop'] * 100:.2f} pts)" if t.get("validation") else f" ({t['error']})")
                 for t in int8["tried"])
             err_console.print(f"int8 recipes ({int8['recipe_set']}): {tried}; kept {int8['recipe']['name']}: {int8['why']}")
     if manifest["recommended"]:
