@@ -256,8 +256,9 @@ def test_perturbed_weights_fail_the_gate(bundle, digits, model, tmp_path):
     assert not result["passed"] and "max |diff|" in result["reason"]
 
 
-@pytest.mark.slow
-def test_broken_artifact_in_a_bundle_is_failed_and_never_recommended(model, digits, quick_target, tmp_path, monkeypatch):
+def scramble_int8(monkeypatch) -> None:
+    """Make every INT8 file built from now on permute its quantised conv weights: an artifact that disagrees
+    with PyTorch on any CPU (the real builder runs first, so the file is a valid, checked QDQ model)."""
     real_build_int8 = builders.build_int8
 
     def build_then_corrupt(source, path, calibration, *, for_tensorrt, recipe):
@@ -271,6 +272,11 @@ def test_broken_artifact_in_a_bundle_is_failed_and_never_recommended(model, digi
         return used
 
     monkeypatch.setattr(builders, "build_int8", build_then_corrupt)
+
+
+@pytest.mark.slow
+def test_broken_artifact_in_a_bundle_is_failed_and_never_recommended(model, digits, quick_target, tmp_path, monkeypatch):
+    scramble_int8(monkeypatch)
     manifest = export_bundle(model, "tiny", digits, quick_target, tmp_path / "b", ExportConfig(formats=("onnx", "int8"), profile_memory=False))
     int8 = next(a for a in manifest["artifacts"] if a["format"] == "int8")
     assert int8["status"] == "failed" and not int8["parity"]["passed"] and not int8["recommended"]

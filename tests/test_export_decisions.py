@@ -10,52 +10,15 @@ rules, whatever recipe won here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-import onnx
 import pytest
 import torch
 
 from profilers.host import cpu_flags
-from targets import load_target
+from test_export import TinyDigits, quick_target, scramble_int8  # noqa: F401 - quick_target: the fixture
 
 from compressor.errors import UserError
-from compressor.export import ExportConfig, builders, export_bundle
+from compressor.export import ExportConfig, export_bundle
 from compressor.export.int8 import MAX_RECIPES, Int8Recipe, RecipeTrial, recipe_set, select_recipe
-
-QUICK_TARGET = """
-name = "cpu-1t-quick"
-kind = "edge"
-runtime = "onnxruntime"
-providers = ["CPUExecutionProvider"]
-threads = 1
-batch_size = 1
-[measure]
-warmup_runs = 3
-min_runs = 10
-min_seconds = 0.05
-max_seconds = 0.3
-"""
-
-
-@dataclass
-class Data:
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
-@pytest.fixture(scope="module")
-def quick_target(tmp_path_factory):
-    path = tmp_path_factory.mktemp("target") / "quick.toml"
-    path.write_text(QUICK_TARGET)
-    return load_target(path)
 
 
 @pytest.fixture(scope="module")
@@ -166,37 +129,19 @@ def test_unmeasured_recipes_are_decided_by_accuracy_and_none_passing_keeps_the_l
 
 # -- the gate decides on validation ------------------------------------------------------------------------
 
-def _split_data(net: torch.nn.Module, x: torch.Tensor, *, val_right: bool) -> Data:
+def _split_data(net: torch.nn.Module, x: torch.Tensor, *, val_right: bool) -> TinyDigits:
     """Labels from the model's own predictions: right on one split (PyTorch 100%), shifted on the other (0%)."""
     with torch.no_grad():
         predicted = net(x).argmax(1)
     shifted = (predicted + 1) % 4
     val_y, test_y = (predicted, shifted) if val_right else (shifted, predicted)
-    return Data(4, (3, 8, 8), x[:60], predicted[:60], x[60:120], val_y[60:120], x[120:], test_y[120:])
-
-
-def _scrambled_int8(monkeypatch):
-    """INT8 files whose quantised weights are permuted: an artifact that disagrees with PyTorch on any CPU."""
-    real = builders.build_int8
-
-    def build(source, path, calibration, *, for_tensorrt, recipe):
-        used = real(source, path, calibration, for_tensorrt=for_tensorrt, recipe=recipe)
-        model = onnx.load(str(path))
-        for init in model.graph.initializer:
-            weights = onnx.numpy_helper.to_array(init)
-            if weights.dtype == np.int8 and weights.ndim > 1:
-                flat = np.roll(weights.ravel(), 1).reshape(weights.shape)
-                init.CopyFrom(onnx.numpy_helper.from_array(flat, init.name))
-        onnx.save(model, str(path))
-        return used
-
-    monkeypatch.setattr(builders, "build_int8", build)
+    return TinyDigits(4, (3, 8, 8), x[:60], predicted[:60], x[60:120], val_y[60:120], x[120:], test_y[120:])
 
 
 @pytest.mark.slow  # two exports
 def test_the_gate_follows_the_validation_split_and_reports_the_test_split(colour_net, colours, quick_target,
                                                                          tmp_path, monkeypatch):
-    _scrambled_int8(monkeypatch)
+    scramble_int8(monkeypatch)
     config = ExportConfig(formats=("onnx", "int8"), int8_recipes=("minmax-perchannel-w8",), profile_memory=False)
     # Validation labels are what PyTorch predicts: any disagreement is lost accuracy there -> fails.
     strict = export_bundle(colour_net, "colour", _split_data(colour_net, colours, val_right=True), quick_target,
