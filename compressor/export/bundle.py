@@ -413,7 +413,7 @@ class ArtifactBuilder:
                                          memory=self.config.profile_memory, name="export")
         except profilers.ProfileError as exc:
             for entry in artifacts:
-                if entry["file"] in models:
+                if entry["file"] in models or (entry["format"] == "int8" and self.int8_pending):
                     entry["profile_error"] = first_line(exc)
             return None
         for entry in artifacts:
