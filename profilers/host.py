@@ -24,7 +24,7 @@ from typing import Iterator
 
 import psutil
 
-__all__ = ["cache_root", "cpu_model", "current_affinity", "environment", "physical_cores", "pinned_to"]
+__all__ = ["cache_root", "cpu_flags", "cpu_model", "current_affinity", "environment", "physical_cores", "pinned_to"]
 
 
 @lru_cache(maxsize=1)
@@ -38,6 +38,20 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (x86 `flags`, ARM `Features` of /proc/cpuinfo), e.g. avx512_vnni; None where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return None
 
 
 def physical_cores() -> int:

@@ -59,6 +59,8 @@ class TinyDigits:
     input_shape: tuple[int, int, int]
     train_x: torch.Tensor
     train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
 
@@ -73,7 +75,7 @@ def digits() -> TinyDigits:
     y = torch.tensor(data.target, dtype=torch.int64)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     x, y = x[order], y[order]
-    return TinyDigits(10, (3, 16, 16), x[:1400], y[:1400], x[1400:], y[1400:])
+    return TinyDigits(10, (3, 16, 16), x[:1100], y[:1100], x[1100:1400], y[1100:1400], x[1400:], y[1400:])
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +108,9 @@ def model(digits) -> torch.nn.Module:
 def tiny_data() -> TinyDigits:
     """Random inputs and labels: enough for export mechanics, where accuracy does not matter."""
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(96, 3, 8, 8, generator=g)
-    y = torch.randint(0, 4, (96,), generator=g)
-    return TinyDigits(4, (3, 8, 8), x[:48], y[:48], x[48:], y[48:])
+    x = torch.rand(144, 3, 8, 8, generator=g)
+    y = torch.randint(0, 4, (144,), generator=g)
+    return TinyDigits(4, (3, 8, 8), x[:48], y[:48], x[48:96], y[48:96], x[96:], y[96:])
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +157,15 @@ def test_every_format_is_gated_by_its_figures_and_profiled_if_it_passed(bundle):
         p = entry["parity"]
         # INT8 may pass or fail depending on this CPU's integer kernels; either way the verdict follows the figures.
         assert p["passed"] == _gate_of(FAST, entry["format"], p), entry
-        assert p["samples"] == manifest["reference"]["samples"] and p["gate"]
+        assert p["split"] == "val" and p["samples"] == manifest["reference"]["val_samples"] and p["gate"]
+        test = entry["test_parity"]
+        assert test["split"] == "test" and not test["decides"] and test["samples"] == manifest["reference"]["test_samples"]
+        assert "passed" not in test, "the test split is reported, never gated"
         assert entry["sha256"] and entry["size_mb"] > 0
         if p["passed"]:
             assert entry["status"] == "ok" and "reason" not in p
             assert entry["profile"]["latency_ms"]["p50"] > 0 and entry["profile"]["model"] == entry["file"]
+            assert entry["budget"]["session"] == manifest["session"]["id"], "every figure from the one session"
         else:
             assert entry["status"] == "failed" and entry["reason"] == f"parity gate failed: {p['reason']}"
             assert entry["profile"] is None and not entry["recommended"]
@@ -184,12 +190,15 @@ def test_bundle_files_match_the_manifest(bundle):
     assert not list(out.parent.glob(".bundle.*")), "no temporary directory left behind"
 
 
-def _eligible(artifacts: list[dict], percentile: str = "p50") -> list[dict]:
+def _eligible(artifacts: list[dict]) -> list[dict]:
     """The candidates for the recommendation, from whatever the manifest says was measured."""
-    measured = [a for a in artifacts if a["status"] == "ok" and a["parity"]["passed"] and a.get("profile")]
+    measured = [a for a in artifacts if a["status"] == "ok" and a["parity"]["passed"] and a.get("latency")]
     pool = [a for a in measured if not a.get("over_budget")] or measured
-    fp32 = [a["profile"]["latency_ms"][percentile] for a in pool if a["format"] in ("onnx", "ort")]
-    return [a for a in pool if a["format"] in ("onnx", "ort") or not fp32 or a["profile"]["latency_ms"][percentile] <= min(fp32)]
+    fp32 = [a for a in pool if a["format"] in ("onnx", "ort")]
+    if not fp32:
+        return pool
+    best = min(fp32, key=lambda a: a["latency"]["value"])["file"]
+    return [a for a in pool if a["format"] in ("onnx", "ort") or a["ratio_to_fp32"][best]["low"] <= 1]
 
 
 @pytest.mark.slow
@@ -197,9 +206,8 @@ def test_recommended_is_the_fastest_eligible_and_deploy_snippet_runs(bundle, dig
     out, manifest = bundle
     recommended = [a for a in manifest["artifacts"] if a["recommended"]]
     assert len(recommended) == 1 and recommended[0]["file"] == manifest["recommended"]
-    percentile = manifest["target"]["budgets"]["latency_percentile"]
-    eligible = _eligible(manifest["artifacts"], percentile)
-    assert recommended[0] is min(eligible, key=lambda a: a["profile"]["latency_ms"][percentile])
+    assert manifest["session"]["percentile"] == manifest["target"]["budgets"]["latency_percentile"]
+    assert recommended[0] is min(_eligible(manifest["artifacts"]), key=lambda a: a["latency"]["value"])
     assert all(a["status"] == "ok" for a in recommended)
     deploy = (out / "DEPLOY.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", deploy, re.S).group(1)
@@ -248,53 +256,84 @@ def test_perturbed_weights_fail_the_gate(bundle, digits, model, tmp_path):
     assert not result["passed"] and "max |diff|" in result["reason"]
 
 
-@pytest.mark.slow
-def test_broken_artifact_in_a_bundle_is_failed_and_never_recommended(model, digits, quick_target, tmp_path, monkeypatch):
+def scramble_int8(monkeypatch) -> None:
+    """Make every INT8 file built from now on permute its quantised conv weights: an artifact that disagrees
+    with PyTorch on any CPU (the real builder runs first, so the file is a valid, checked QDQ model)."""
     real_build_int8 = builders.build_int8
 
-    def build_then_corrupt(source, path, calibration, *, for_tensorrt):
-        real_build_int8(source, path, calibration, for_tensorrt=for_tensorrt)
+    def build_then_corrupt(source, path, calibration, *, for_tensorrt, recipe):
+        used = real_build_int8(source, path, calibration, for_tensorrt=for_tensorrt, recipe=recipe)
         broken = onnx.load(str(path))
         for init in broken.graph.initializer:
             weights = onnx.numpy_helper.to_array(init)
             if weights.dtype == np.int8 and weights.ndim > 1:  # scramble the quantised conv weights
                 init.CopyFrom(onnx.numpy_helper.from_array(np.random.default_rng(0).permutation(weights.ravel()).reshape(weights.shape), init.name))
         onnx.save(broken, str(path))
+        return used
 
     monkeypatch.setattr(builders, "build_int8", build_then_corrupt)
+
+
+@pytest.mark.slow
+def test_broken_artifact_in_a_bundle_is_failed_and_never_recommended(model, digits, quick_target, tmp_path, monkeypatch):
+    scramble_int8(monkeypatch)
     manifest = export_bundle(model, "tiny", digits, quick_target, tmp_path / "b", ExportConfig(formats=("onnx", "int8"), profile_memory=False))
     int8 = next(a for a in manifest["artifacts"] if a["format"] == "int8")
     assert int8["status"] == "failed" and not int8["parity"]["passed"] and not int8["recommended"]
     assert "accuracy drop" in int8["reason"] and int8["parity"]["accuracy_drop"] > 0.01
+    tried = int8["int8"]["tried"]
+    assert tried and not any(t["passed"] for t in tried) and int8["profile"] is None
+    assert int8["int8"]["recipe"]["name"] == min(tried, key=lambda t: t["validation"]["accuracy_drop"])["name"]
     assert manifest["recommended"] == "model.onnx"
 
 
-def _entry(fmt: str, p50: float, passed: bool = True) -> dict:
-    return {"file": f"model.{fmt}", "format": fmt, "status": "ok" if passed else "failed",
-            "parity": {"passed": passed}, "profile": {"latency_ms": {"p50": p50, "p90": p50 * 1.2}}}
+def _entry(fmt: str, ms: float, passed: bool = True, spread: float = 0.01, percentile: str = "p50") -> dict:
+    """A measured entry as the session writes it (ratios filled in by `_session`)."""
+    return {"file": f"model.{fmt}", "format": fmt, "status": "ok" if passed else "failed", "parity": {"passed": passed},
+            "profile": {"latency_ms": {percentile: ms}}, "spread": spread,
+            "latency": {"percentile": percentile, "value": ms, "low": ms * (1 - spread), "high": ms * (1 + spread)}}
 
 
-def test_recommendation_rejects_int8_slower_than_fp32():
-    artifacts = [_entry("onnx", 2.0), _entry("ort", 1.5), _entry("int8", 1.8)]
+def _session(*artifacts: dict) -> list[dict]:
+    """Each entry's ratio to every FP32 entry, with an interval as wide as the entry's `spread`."""
+    fp32 = [a for a in artifacts if a["format"] in ("onnx", "ort")]
+    for a in artifacts:
+        a["ratio_to_fp32"] = {f["file"]: {"value": (r := a["latency"]["value"] / f["latency"]["value"]),
+                                          "low": r * (1 - a["spread"]), "high": r * (1 + a["spread"])} for f in fp32}
+    return list(artifacts)
+
+
+def test_recommendation_rejects_int8_measurably_slower_than_fp32():
+    artifacts = _session(_entry("onnx", 2.0), _entry("ort", 1.5), _entry("int8", 1.8))
     file, _ = recommend(artifacts)
     assert file == "model.ort"
     int8 = artifacts[2]
-    assert not int8["recommended"] and "slower than FP32" in int8["notes"][0]
+    assert not int8["recommended"] and "slower than FP32" in int8["notes"][0] and "model.ort" in int8["notes"][0]
     assert [a["recommended"] for a in artifacts] == [False, True, False]
 
 
+def test_recommendation_decides_slower_with_the_ratios_interval():
+    # 1.55 ms vs 1.5 ms: slower on the point estimate, but the interval [0.98, 1.09] contains 1.
+    artifacts = _session(_entry("onnx", 2.0), _entry("ort", 1.5), _entry("int8", 1.55, spread=0.05))
+    file, _ = recommend(artifacts)
+    int8 = artifacts[2]
+    assert file == "model.ort", "still the fastest point estimate"
+    assert "not distinguishable" in int8["notes"][0] and not any("slower than FP32" in n for n in int8["notes"])
+    artifacts = _session(_entry("onnx", 2.0), _entry("ort", 1.5), _entry("int8", 1.45, spread=0.05))
+    assert recommend(artifacts)[0] == "model.int8", "a candidate, and the fastest"
+
+
 def test_recommendation_prefers_faster_int8_but_never_a_failed_one():
-    file, _ = recommend([_entry("onnx", 2.0), _entry("int8", 0.5), _entry("fp16", 0.1, passed=False)])
+    file, _ = recommend(_session(_entry("onnx", 2.0), _entry("int8", 0.5), _entry("fp16", 0.1, passed=False)))
     assert file == "model.int8"
-    file, why = recommend([_entry("onnx", 2.0, passed=False)])
+    file, why = recommend(_session(_entry("onnx", 2.0, passed=False)))
     assert file is None and "no artifact" in why
 
 
-def test_recommendation_uses_the_budget_percentile():
-    artifacts = [_entry("onnx", 1.0), _entry("ort", 1.1)]
-    artifacts[0]["profile"]["latency_ms"]["p99"] = 9.0
-    artifacts[1]["profile"]["latency_ms"]["p99"] = 2.0
-    assert recommend(artifacts, "p99")[0] == "model.ort"
+def test_recommendation_uses_the_sessions_percentile():
+    artifacts = _session(_entry("onnx", 9.0, percentile="p99"), _entry("ort", 2.0, percentile="p99"))
+    file, why = recommend(artifacts)
+    assert file == "model.ort" and "ms p99" in why
 
 
 def test_crash_midway_keeps_the_old_bundle_and_leaves_no_partial(tiny_net, tiny_data, quick_target, tmp_path, monkeypatch):
@@ -416,6 +455,7 @@ def test_cli_bad_input_is_one_line_exit_2(student_checkpoint, quick_target, tmp_
         ([str(bare)], "not a compressor checkpoint"),
         ([str(student_checkpoint), "--formats", "int8", "--calib-data", str(calib)], "calibration data"),
         ([str(student_checkpoint), "--formats", "tensorrt"], "TensorRT"),
+        ([str(student_checkpoint), "--formats", "int8", "--int8-recipes", "kl-perchannel-w8"], "unknown INT8 recipe"),
     ]
     for args, message in cases:
         code, _, err = _cli(["export", *args, *base], capsys)
@@ -424,7 +464,7 @@ def test_cli_bad_input_is_one_line_exit_2(student_checkpoint, quick_target, tmp_
 
 
 def test_recommendation_prefers_artifacts_within_budgets():
-    artifacts = [_entry("onnx", 1.0), _entry("int8", 1.5)]
+    artifacts = _session(_entry("onnx", 1.0), _entry("int8", 1.5))
     artifacts[0]["over_budget"] = ["size 8.50 MiB > 4 MiB"]
     artifacts[1]["over_budget"] = []
     file, why = recommend(artifacts)
@@ -439,8 +479,8 @@ def test_recommendation_skips_failed_and_skipped_entries_without_profiles():
               "parity": {"passed": False, "accuracy_drop": 0.07}, "profile": None, "sha256": "ab", "size_mb": 0.1}
     skipped = {"file": "model.fp16.engine", "format": "tensorrt", "status": "skipped", "reason": "no GPU",
                "parity": {"passed": False}, "profile": None}
-    unprofiled = {**_entry("ort", 0.1), "profile": None, "profile_error": "timed out"}
-    artifacts = [_entry("onnx", 3.0), failed, skipped, unprofiled]
+    unprofiled = {**_entry("ort", 0.1), "profile": None, "latency": None, "profile_error": "timed out"}
+    artifacts = [*_session(_entry("onnx", 3.0)), failed, skipped, unprofiled]
     file, _ = recommend(artifacts)
     assert file == "model.onnx" and [a["recommended"] for a in artifacts] == [True, False, False, False]
     assert failed["reason"] and failed["parity"]["accuracy_drop"] == 0.07 and failed["sha256"] == "ab", "figures kept"
@@ -489,7 +529,9 @@ def test_int8_export_of_a_depthwise_network_prints_no_axis_warnings(tiny_data, q
         torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.ReLU(), torch.nn.BatchNorm2d(8),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4),
     ).eval()
-    manifest = export_bundle(net, "dw", tiny_data, quick_target, tmp_path / "b", ExportConfig(formats=("onnx", "int8"), profile_memory=False))
+    config = ExportConfig(formats=("onnx", "int8"), int8_recipes=("minmax-perchannel-w8", "entropy-perchannel-w7"),
+                          profile_memory=False)
+    manifest = export_bundle(net, "dw", tiny_data, quick_target, tmp_path / "b", config)
     assert "out-of-range" not in capfd.readouterr().err
     log = (tmp_path / "b" / "export.log").read_text()
     assert "out-of-range" not in log, "the per-channel axis of BatchNormalization scales is set, not guessed"

@@ -10,14 +10,14 @@ the bundle's temporary directory; none of them runs the result (parity does).
   vector width), so the file is specific to that hardware.
 - INT8: `quant_pre_process` (shape inference and folding; symbolic shape
   inference is skipped, it needs sympy and is not needed for CNNs), then static
-  QDQ quantisation calibrated with MinMax on a seeded sample of training
-  inputs, weights per channel (the channel axis of unfused normalisation
-  scales set explicitly, `PER_CHANNEL_AXIS`). Activations are unsigned on ONNX Runtime (the
-  U8S8 kernels of x86/ARM CPUs) and symmetric signed for TensorRT, which
-  accepts only zero-point-0 INT8. For ONNX Runtime the weights use 7 bits
-  (`reduce_range`): x86 CPUs without VNNI multiply-add u8 x s8 pairs into
-  saturating 16-bit sums, which on a digits CNN cost 25 points of accuracy
-  (93% -> 68%) at 8 bits and none at 7 (tests/test_export.py's model).
+  QDQ quantisation with one `int8.Int8Recipe` (calibration method, per-channel
+  or per-tensor weights, 7- or 8-bit weights; `compressor.export.int8` says
+  which recipes a CPU gets and how one is kept) on a seeded sample of training
+  inputs (the histogram calibrators on at most `HISTOGRAM_CALIB_SAMPLES` of
+  them). The channel axis of unfused normalisation scales is set explicitly
+  (`PER_CHANNEL_AXIS`). Activations are unsigned on ONNX Runtime (the U8S8
+  kernels of x86/ARM CPUs) and symmetric signed for TensorRT, which accepts
+  only zero-point-0 INT8.
 - FP16: `convert_float_to_float16(keep_io_types=True)`, so callers still feed
   and read float32.
 
@@ -28,6 +28,9 @@ Every ONNX artifact is then stamped (`stamp_metadata`) with the bundle's
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from targets import GRAPH_OPTIMIZATION_LEVELS
 
+from compressor.export.int8 import HISTOGRAM_CALIB_SAMPLES, Int8Recipe
 from compressor.models.onnx_export import INPUT_NAME, export_onnx
 
 # The per-channel axis of the weights ORT would otherwise guess wrong: a
@@ -43,6 +47,9 @@ from compressor.models.onnx_export import INPUT_NAME, export_onnx
 # for normalisations is axis 1 (valid only for rank >= 2): each such node then
 # fell back to one per-tensor scale with a root-logger warning.
 PER_CHANNEL_AXIS = {"BatchNormalization": 0, "InstanceNormalization": 0}
+# What the calibrators print goes to the bundle's export.log (the root logger's handler during an export).
+LOG = logging.getLogger(__name__)
+LOG.setLevel(logging.INFO)
 # Calibration batches: big enough to be quick, small enough for large inputs.
 CALIBRATION_BATCH = 16
 
@@ -101,33 +108,48 @@ class SampleReader(CalibrationDataReader):
         return None if chunk is None else {self._input_name: chunk}
 
 
-def build_int8(source: Path, path: Path, calibration: np.ndarray, *, for_tensorrt: bool) -> None:
-    """Static QDQ INT8 quantisation of `source`, calibrated on `calibration` (N, C, H, W float32)."""
+def build_int8(source: Path, path: Path, calibration: np.ndarray, *, for_tensorrt: bool,
+               recipe: Int8Recipe = Int8Recipe()) -> int:
+    """Static QDQ INT8 quantisation of `source` with `recipe`, calibrated on `calibration` (N, C, H, W float32).
+
+    Returns:
+        The number of calibration samples used (histogram calibrators use at most `HISTOGRAM_CALIB_SAMPLES`).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if recipe.calibration != "minmax":
+        calibration = calibration[:HISTOGRAM_CALIB_SAMPLES]
     extra_options = {"QDQOpTypePerChannelSupportToAxis": PER_CHANNEL_AXIS}
     if for_tensorrt:
         extra_options.update(ActivationSymmetric=True, WeightSymmetric=True)
     prepared = path.with_name(path.stem + ".pre.onnx")
     quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    printed = io.StringIO()
     try:
-        quantize_static(
-            str(prepared),
-            str(path),
-            SampleReader(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            reduce_range=not for_tensorrt,
-            activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            extra_options=extra_options,
-        )
+        # The histogram calibrators print their progress on stdout, where it would corrupt `--json` output.
+        with contextlib.redirect_stdout(printed):
+            quantize_static(
+                str(prepared),
+                str(path),
+                SampleReader(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range and not for_tensorrt,
+                activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[recipe.calibration],
+                extra_options=extra_options,
+            )
     finally:
+        if printed.getvalue().strip():
+            LOG.info("%s: %s", recipe.name, printed.getvalue().strip())
         prepared.unlink(missing_ok=True)
         # ORT's calibrator leaves its augmented model next to the output in some versions.
         for leftover in path.parent.glob("augmented_model*.onnx"):
             leftover.unlink()
+    return len(calibration)
 
 
 def build_fp16(source: Path, path: Path) -> None:

@@ -1,12 +1,27 @@
-"""Writing a bundle: every artifact built, gated and profiled in a private directory, swapped in whole.
+"""Writing a bundle: every artifact built, gated on validation, measured side by side, swapped in whole.
 
 `export_bundle` plans the formats (`plan`), computes the PyTorch reference
-once, then hands each format to `ArtifactBuilder`: build (`builders`, or the
-TensorRT builder of `profilers.backends.trt`), parity gate (`parity`), and, if
-it passed, a profile of that very file on the target (`profilers.measure`; a
-TensorRT engine is timed as shipped, not rebuilt). A build that fails, or a
-file its runtime cannot run, is a failed artifact with the reason; the other
-formats go on. `recommend` then picks the artifact to ship.
+once per split, then hands each format to `ArtifactBuilder`: build
+(`builders`, or the TensorRT builder of `profilers.backends.trt`) and parity
+gate (`parity`) on the validation split; the test split's figures of the
+shipped file are kept as `test_parity`, reported and never decisive. INT8 is
+built with every recipe of the target's set (`int8`) and each recipe is
+gated. A build that fails, or a file its runtime cannot run, is a failed
+artifact with the reason; the other formats go on.
+
+Then `ArtifactBuilder.measure` profiles everything that passed, INT8 recipes
+included, in ONE side-by-side session (`on_target.check_side_by_side`, the
+FP32 ONNX file first, memory with `profile_memory`): each entry gets the
+session's Profile (a TensorRT engine is timed as shipped, not rebuilt), its
+latency interval at the budget percentile, its ratio to each FP32 artifact
+with its interval (`ratio_to_fp32`), and the budget verdict of `on_target`
+(`budget`, `over_budget`). `finish_int8` keeps one recipe (`int8.select_recipe`
+on the session's figures) and moves its file to model.int8.onnx; on a
+TensorRT target the recipe is kept by accuracy before the engine is built
+from it. A runtime that cannot interleave (TensorRT, a remote agent) is
+measured one after another; the session record and each entry say so. If the
+session itself fails, every entry it held records `profile_error`.
+`recommend` then picks the artifact to ship.
 
 Files: everything is written in `.<out>.partial-<pid>` next to `out_dir`,
 renamed onto `out_dir` only when the bundle is complete (the old bundle goes
@@ -20,8 +35,8 @@ Inputs: by default the bundle ships the student behind its normalisation
 (`preprocessing.normalising`), so every artifact takes raw pixels scaled to
 [0, 1] and a deployer only resizes and divides by 255. The parity gate
 compares like with like: the PyTorch reference is that same wrapped module,
-and both it and each artifact get the raw test images (INT8 is calibrated on
-raw training images). artifacts.json, DEPLOY.md and every ONNX file's
+and both it and each artifact get the raw validation and test images (INT8 is
+calibrated on raw training images). artifacts.json, DEPLOY.md and every ONNX file's
 `metadata_props` record what the input is (`preprocessing`), the
 normalisation inside the graph and the class names in output order.
 
@@ -40,7 +55,8 @@ import logging
 import os
 import re
 import shutil
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -53,9 +69,11 @@ from targets.errors import first_line
 from compressor.errors import UserError
 from compressor.export import builders, parity
 from compressor.export.deploy import render_deploy
+from compressor.export.int8 import RELEVANT_FLAGS, RecipeTrial, has_vnni, recipe_set, select_recipe
 from compressor.export.plan import (
     BUNDLE_FORMAT,
     FILE_NAMES,
+    FP32,
     LOG_FILE,
     MANIFEST,
     ExportConfig,
@@ -63,9 +81,16 @@ from compressor.export.plan import (
     engine_source,
     plan_formats,
 )
-from compressor.export.recommend import over_budget, recommend
+from compressor.export.recommend import recommend
+from compressor.models.on_target import Session
 from compressor.models.onnx_export import INPUT_NAME, OPSET, OUTPUT_NAME
 from compressor.models.preprocessing import Preprocessing, normalising
+
+# Where the INT8 recipes' files wait, inside the temporary bundle, until one is kept.
+INT8_CANDIDATES = "int8-recipes"
+SEQUENTIAL_NOTE = ("this runtime cannot interleave models in one process (TensorRT, eager torch, a remote agent): "
+                   "the artifacts were measured one after another, so their ratios compare measurements taken at "
+                   "different times")
 
 
 def export_bundle(
@@ -86,8 +111,9 @@ def export_bundle(
     Args:
         model: the trained torch.nn.Module (the parity reference).
         arch: its ArchSpec JSON string or "torchvision:NAME", recorded in the bundle.
-        dataset: a `compressor.data.datasets.Dataset`-like object (input_shape, train_x, test_x, test_y,
-            optionally class_names) holding raw images in [0, 1].
+        dataset: a `compressor.data.datasets.Dataset`-like object (input_shape, train_x, val_x, val_y,
+            test_x, test_y, optionally class_names) holding raw images in [0, 1]; the gates decide on
+            the validation split, the test split is reported.
         preprocessing: the normalisation `model` was trained with (None: it takes the dataset's
             tensors as they are); folded into the artifacts unless `config.fold_normalisation` is False.
         target: where the artifacts will run.
@@ -102,7 +128,8 @@ def export_bundle(
         The content of artifacts.json.
 
     Raises:
-        UserError: bad formats, calibration data of the wrong shape, an out_dir that is not a bundle.
+        UserError: bad formats or INT8 recipes, calibration data of the wrong shape, no validation split,
+            an out_dir that is not a bundle.
     """
     say = progress or (lambda message: None)
     formats, skipped = plan_formats(target, config)
@@ -121,6 +148,14 @@ def export_bundle(
     class_names = list(getattr(dataset, "class_names", None) or [str(i) for i in range(dataset.num_classes)])
     test_x = _as_float32(prepare(dataset.test_x))
     test_y = np.asarray(dataset.test_y).astype(np.int64)
+    if getattr(dataset, "val_x", None) is None or getattr(dataset, "val_y", None) is None:
+        raise UserError("the dataset has no validation split (val_x, val_y); the parity gate decides on validation "
+                        "data, so give a dataset with one")
+    val_x = _as_float32(prepare(dataset.val_x))
+    val_y = np.asarray(dataset.val_y).astype(np.int64)
+    if len(val_y) == 0:
+        raise UserError("the dataset's validation split is empty; the parity gate decides on validation data, "
+                        "so give a dataset with a validation split (more samples, or a larger validation fraction)")
     calib = None
     if "int8" in formats and "int8" not in skipped:
         calib = _calibration_sample(prepare(dataset.train_x), calibration, input_shape, config)
@@ -132,17 +167,18 @@ def export_bundle(
     tmp.mkdir(parents=True)
     try:
         with library_log(tmp / LOG_FILE):
-            say(f"PyTorch reference on {len(test_x)} test samples")
-            reference = parity.torch_logits(shipped, test_x)
-            builder = ArtifactBuilder(tmp, shipped, input_shape, target, config, reference, test_x, test_y, calib, say,
+            say(f"PyTorch reference on {len(val_x)} validation and {len(test_x)} test samples")
+            splits = Splits(val_x, val_y, parity.torch_logits(shipped, val_x), test_x, test_y,
+                            parity.torch_logits(shipped, test_x))
+            builder = ArtifactBuilder(tmp, shipped, input_shape, target, config, splits, calib, say,
                                       taken.metadata_props(class_names))
-            artifacts = []
-            for fmt in formats:
-                if fmt in skipped:
-                    artifacts.append(_skipped(fmt, target, skipped[fmt]))
-                else:
-                    artifacts.append(builder.artifact(fmt, profile=target_ok))
-        recommended, why = recommend(artifacts, target.budgets.latency_percentile)
+            artifacts = [_skipped(fmt, target, skipped[fmt]) if fmt in skipped else builder.artifact(fmt)
+                         for fmt in formats]
+            session = builder.measure(artifacts) if target_ok else None
+            for entry in artifacts:
+                if entry["format"] == "int8" and entry["status"] == "ok":
+                    builder.finish_int8(entry, session)
+        recommended, why = recommend(artifacts)
         if not target_ok:
             why = f"nothing was profiled: target {target.name} cannot be measured here ({target_why})"
         manifest = {
@@ -160,10 +196,13 @@ def export_bundle(
             "class_names": class_names,
             "reference": {
                 "runtime": "torch",
-                "test_accuracy": float((reference.argmax(axis=1) == test_y).mean()),
-                "samples": int(len(test_y)),
+                "val_accuracy": _accuracy(splits.val_reference, val_y),
+                "val_samples": int(len(val_y)),
+                "test_accuracy": _accuracy(splits.test_reference, test_y),
+                "test_samples": int(len(test_y)),
             },
             "config": {**asdict(config), "formats": list(formats)},
+            "session": None if session is None else _session_record(session),
             "recommended": recommended,
             "recommendation": why,
             "log": LOG_FILE,
@@ -179,27 +218,33 @@ def export_bundle(
 
 
 class ArtifactBuilder:
-    """Builds, gates and profiles one artifact at a time inside the temporary bundle directory."""
+    """Builds and gates the artifacts one at a time inside the temporary bundle directory, then measures them together.
 
-    def __init__(self, root: Path, model, input_shape, target: Target, config: ExportConfig, reference, test_x, test_y, calib, say,
-                 metadata: dict[str, str]) -> None:
+    `artifact(fmt)` builds a format and gates it on the validation split (an INT8 format: every recipe
+    of its set, `compressor.export.int8`); `measure(artifacts)` profiles everything that passed in one
+    side-by-side session; `finish_int8(entry, session)` keeps one INT8 recipe and ships its file.
+    """
+
+    def __init__(self, root: Path, model, input_shape, target: Target, config: ExportConfig, splits: Splits, calib,
+                 say, metadata: dict[str, str]) -> None:
         self.root = root
         self.model = model
         self.input_shape = input_shape
         self.target = target
         self.config = config
-        self.reference = reference
-        self.test_x = test_x
-        self.test_y = test_y
+        self.splits = splits
         self.calib = calib
         self.say = say
         self.metadata = metadata
         self.providers = _local_providers(target)
+        self.int8_trials: list[RecipeTrial] = []
+        self.int8_pending = False
 
-    def artifact(self, fmt: str, *, profile: bool) -> dict[str, Any]:
+    def artifact(self, fmt: str) -> dict[str, Any]:
         file = artifact_file(fmt, self.target)
         path = self.root / file
-        entry: dict[str, Any] = {"file": file, "format": fmt, "status": "ok", "recommended": False, "notes": []}
+        entry: dict[str, Any] = {"file": file, "format": fmt, "status": "ok", "recommended": False, "notes": [],
+                                 "profile": None}
         self.say(f"{fmt}: building {file}")
         if fmt == "onnx":
             try:
@@ -207,39 +252,24 @@ class ArtifactBuilder:
                 builders.stamp_metadata(path, self.metadata)
             except Exception as exc:  # nothing else can be built without it
                 raise UserError(f"the model could not be exported to ONNX: {first_line(exc)}") from exc
+        elif fmt == "int8":
+            return self._int8(entry)
         else:
             try:
                 self._build(fmt, path, entry)
                 if fmt != "tensorrt":
                     builders.stamp_metadata(path, self.metadata)
             except Exception as exc:  # one format failing (an op the quantiser rejects) must not sink the others
-                return {**entry, "status": "failed", "reason": f"build failed: {first_line(exc)}", "parity": {"passed": False}, "profile": None}
-        data = path.read_bytes()
-        entry.update(sha256=hashlib.sha256(data).hexdigest(), size_mb=len(data) / 2**20)
-        self.say(f"{fmt}: parity on {len(self.test_x)} test samples")
+                return {**entry, "status": "failed", "reason": f"build failed: {first_line(exc)}", "parity": {"passed": False}}
+        self.say(f"{fmt}: parity on {len(self.splits.val_x)} validation samples")
         try:
-            outputs = parity.engine_logits(path, self.test_x) if fmt == "tensorrt" else parity.ort_logits(path, self.test_x, self.providers)
-            entry["parity"] = parity.gate(
-                fmt,
-                parity.figures(self.reference, outputs, self.test_y),
-                fp32_max_abs_diff=self.config.fp32_max_abs_diff,
-                fp32_min_top1_agreement=self.config.fp32_min_top1_agreement,
-                max_accuracy_drop=self.config.max_accuracy_drop,
-            )
+            entry["parity"] = self._gate(fmt, path)
         except Exception as exc:  # a runtime that cannot execute the file is a failed artifact, with the reason
-            entry.update(status="failed", reason=f"could not run for the parity check: {first_line(exc)}", parity={"passed": False}, profile=None)
-            return entry
-        entry["profile"] = None
+            return {**entry, "status": "failed", "reason": f"could not run for the parity check: {first_line(exc)}",
+                    "parity": {"passed": False}}
+        self._ship(entry, path)
         if not entry["parity"]["passed"]:
             entry.update(status="failed", reason=f"parity gate failed: {entry['parity']['reason']}")
-            return entry
-        if profile:
-            self.say(f"{fmt}: profiling on {self.target.name}")
-            entry["profile"], error = self._profile(path)
-            if error:
-                entry["profile_error"] = error
-            else:
-                entry["over_budget"] = over_budget(entry["profile"], self.target)
         return entry
 
     def _build(self, fmt: str, path: Path, entry: dict[str, Any]) -> None:
@@ -250,9 +280,6 @@ class ArtifactBuilder:
                 # Level "all" bakes in this machine's CPU layout; the device is another machine.
                 level = "extended"
             entry["notes"].append(builders.build_ort(source, path, level, self.providers))
-        elif fmt == "int8":
-            builders.build_int8(source, path, self.calib, for_tensorrt=self.target.served_by == "tensorrt")
-            entry["notes"].append(f"calibrated on {len(self.calib)} samples (MinMax, per-channel weights)")
         elif fmt == "fp16":
             builders.build_fp16(source, path)
             if "CUDAExecutionProvider" not in self.providers and self.target.served_by != "tensorrt":
@@ -273,21 +300,173 @@ class ArtifactBuilder:
             ))
             entry["notes"].append("a TensorRT engine runs only on the GPU model and TensorRT version that built it")
 
-    def _profile(self, path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    def _gate(self, fmt: str, path: Path) -> dict[str, Any]:
+        """The parity gate on the validation split: the figures that decide, with `split` = "val"."""
+        figures = parity.figures(self.splits.val_reference, self._logits(fmt, path, self.splits.val_x), self.splits.val_y)
+        return {**parity.gate(fmt, figures, fp32_max_abs_diff=self.config.fp32_max_abs_diff,
+                              fp32_min_top1_agreement=self.config.fp32_min_top1_agreement,
+                              max_accuracy_drop=self.config.max_accuracy_drop), "split": "val"}
+
+    def _ship(self, entry: dict[str, Any], path: Path) -> None:
+        """Hash the shipped file and add its test-split figures (reported only: no decision reads them)."""
+        data = path.read_bytes()
+        entry.update(sha256=hashlib.sha256(data).hexdigest(), size_mb=len(data) / 2**20)
+        try:
+            outputs = self._logits(entry["format"], path, self.splits.test_x)
+            entry["test_parity"] = {**parity.figures(self.splits.test_reference, outputs, self.splits.test_y),
+                                    "split": "test", "decides": False}
+        except Exception as exc:  # the validation pass ran it; a failure here is only a missing report
+            entry["test_parity"] = {"split": "test", "decides": False, "error": first_line(exc)}
+
+    def _logits(self, fmt: str, path: Path, x: np.ndarray) -> np.ndarray:
+        return parity.engine_logits(path, x) if fmt == "tensorrt" else parity.ort_logits(path, x, self.providers)
+
+    def _int8(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Build and gate every INT8 recipe of the target's set; a TensorRT target keeps one now (see `int8`)."""
+        import platform
+
+        from profilers.host import cpu_flags, cpu_model
+
+        started = time.perf_counter()
+        for_tensorrt = self.target.served_by == "tensorrt"
+        remote = self.target.runtime == "remote"
+        flags = None if remote else cpu_flags()
+        recipes, why = self.config.int8_recipe_set() or recipe_set(flags, for_tensorrt=for_tensorrt,
+                                                                   machine="" if remote else platform.machine())
+        (self.root / INT8_CANDIDATES).mkdir()
+        self.int8_trials = []
+        for recipe in recipes:
+            label = f"model.int8.{recipe.name}.onnx"
+            path = self.root / INT8_CANDIDATES / label
+            trial = RecipeTrial(recipe, label)
+            self.say(f"int8: recipe {recipe.name}")
+            try:
+                used = builders.build_int8(self.root / FILE_NAMES["onnx"], path, self.calib, for_tensorrt=for_tensorrt,
+                                           recipe=recipe)
+                builders.stamp_metadata(path, self.metadata)
+                trial.parity = {**self._gate("int8", path), "calibration_samples": used}
+            except Exception as exc:  # one recipe failing (an op a calibrator rejects) leaves the others
+                trial.error = first_line(exc)
+            self.int8_trials.append(trial)
+        entry["int8"] = {
+            "recipe_set": why,
+            "cpu": None if flags is None else {"model": cpu_model(), "vnni": has_vnni(flags),
+                                               "flags": sorted(f for f in flags if f in RELEVANT_FLAGS)},
+            "build_and_gate_seconds": time.perf_counter() - started,
+        }
+        entry["parity"] = {"passed": False}  # replaced by the kept recipe's gate (finish_int8)
+        self.int8_pending = True
+        if for_tensorrt:  # the engine is built from the QDQ model before any session, and its speed does not
+            self.finish_int8(entry, None)  # depend on the calibration method: kept by accuracy now
+        return entry
+
+    def finish_int8(self, entry: dict[str, Any], session: Session | None) -> None:
+        """Keep one INT8 recipe (`int8.select_recipe`, on the session's figures when measured) and ship its file."""
+        if not self.int8_pending:
+            return
+        self.int8_pending = False
+        ratio = None
+        if session is not None:
+            for trial in self.int8_trials:
+                if trial.label in session.checked:
+                    checked = session.checked[trial.label]
+                    trial.latency = (checked.latency_ms, *checked.latency_interval)
+            ratio = (lambda a, b: _flat(session.ratio(a, b, session.comparison.percentile)))
+        kept, why = select_recipe(self.int8_trials, ratio)
+        entry["int8"].update(recipe=kept.recipe.to_dict(), why=why, tried=[t.to_dict() for t in self.int8_trials])
+        if kept.parity is None:
+            entry.update(status="failed", reason=f"build failed: {kept.error}", parity={"passed": False})
+        else:
+            path = self.root / entry["file"]
+            os.replace(self.root / INT8_CANDIDATES / kept.label, path)
+            entry["parity"] = kept.parity
+            entry["notes"].append(f"recipe {kept.recipe.name}: {kept.recipe.describe()}, calibrated on "
+                                  f"{kept.parity['calibration_samples']} training samples; {why}")
+            self._ship(entry, path)
+            if not kept.passed:
+                entry.update(status="failed", reason=f"parity gate failed: {kept.parity['reason']}")
+            elif session is not None and kept.label in session.checked:
+                _measured(entry, session, kept.label)
+        shutil.rmtree(self.root / INT8_CANDIDATES, ignore_errors=True)
+
+    def measure(self, artifacts: list[dict[str, Any]]) -> Session | None:
+        """Profile every artifact that passed (and every passing INT8 recipe) in ONE side-by-side session.
+
+        The FP32 ONNX file comes first; each entry gets its Profile, its latency interval, its ratio to each
+        FP32 artifact and the budget verdict of `check_side_by_side`. Returns None when the session failed
+        (its error is recorded on the entries).
+        """
         import profilers
 
+        from compressor.models.on_target import check_side_by_side
+
+        models = {a["file"]: str(self.root / a["file"]) for a in artifacts
+                  if a["status"] == "ok" and a["parity"]["passed"]}
+        if self.int8_pending:
+            models.update({t.label: str(self.root / INT8_CANDIDATES / t.label) for t in self.int8_trials if t.passed})
+        if not models:
+            return None
+        self.say(f"profiling {len(models)} artifacts side by side on {self.target.name}")
+        seconds = None if self.config.profile_max_seconds is None else self.config.profile_max_seconds * len(models)
         try:
-            profile = profilers.measure(
-                str(path),
-                self.target,
-                input_shape=(self.target.batch_size, *self.input_shape),
-                max_seconds=self.config.profile_max_seconds,
-                memory=self.config.profile_memory,
-                label=path.name,
-            )
+            session = check_side_by_side(models, self.target, self.input_shape, seconds=seconds,
+                                         memory=self.config.profile_memory, name="export")
         except profilers.ProfileError as exc:
-            return None, first_line(exc)
-        return profile, None
+            for entry in artifacts:
+                if entry["file"] in models or (entry["format"] == "int8" and self.int8_pending):
+                    entry["profile_error"] = first_line(exc)
+            return None
+        for entry in artifacts:
+            if entry["file"] in session.checked:
+                _measured(entry, session, entry["file"])
+        return session
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The gate's data (validation: decides) and the reported data (test), each with PyTorch's logits."""
+
+    val_x: np.ndarray
+    val_y: np.ndarray
+    val_reference: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_reference: np.ndarray
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == labels).mean())
+
+
+def _session_record(session: Session) -> dict[str, Any]:
+    """The session every latency figure of the bundle comes from (ids, mode, models, rounds, warnings)."""
+    record = dict(next(iter(session.checked.values())).session)
+    record["fp32_reference"] = FILE_NAMES["onnx"] if FILE_NAMES["onnx"] in session.checked else None
+    if record["mode"] == "sequential":
+        record["note"] = SEQUENTIAL_NOTE
+    return record
+
+
+def _flat(found: tuple[float, tuple[float, float]]) -> tuple[float, float, float]:
+    return found[0], *found[1]
+
+
+def _measured(entry: dict[str, Any], session: Session, label: str) -> None:
+    """Write the session's figures of `label` into `entry`: profile, latency interval, ratios, budget verdict."""
+    checked = session.checked[label]
+    profile = dict(checked.profile, model=entry["file"])
+    fp32 = [f for f in session.checked if f in (FILE_NAMES[x] for x in FP32)]
+    percentile = session.comparison.percentile
+    low, high = checked.latency_interval
+    entry.update(
+        profile=profile,
+        latency={"percentile": percentile, "value": checked.latency_ms, "low": low, "high": high},
+        ratio_to_fp32={f: dict(zip(("value", "low", "high"), _flat(session.ratio(label, f, percentile)))) for f in fp32},
+        budget=checked.verdict_fields(),
+        over_budget=checked.reasons,
+    )
+    if session.comparison.mode == "sequential":
+        entry["notes"].append(SEQUENTIAL_NOTE)
 
 
 @contextlib.contextmanager

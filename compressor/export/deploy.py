@@ -39,8 +39,9 @@ def render_deploy(manifest: dict[str, Any]) -> str:
         + f" Output `{manifest['output_name']}`: float32 scores of {len(names)} classes in this order: "
         + ", ".join(f"`{n}`" for n in names[:20]) + (", ..." if len(names) > 20 else "")
         + f" (all in `artifacts.json` `class_names` and in each ONNX file's metadata `{METADATA_CLASS_NAMES}`). "
-        f"PyTorch's test accuracy: {manifest['reference']['test_accuracy']:.2%} on "
-        f"{manifest['reference']['samples']} samples.",
+        f"PyTorch's accuracy: {manifest['reference']['val_accuracy']:.2%} on {manifest['reference']['val_samples']} "
+        f"validation samples (the parity gates decide on these), {manifest['reference']['test_accuracy']:.2%} on "
+        f"{manifest['reference']['test_samples']} test samples (reported only).",
         "",
     ]
     if recommended is None:
@@ -61,20 +62,26 @@ def render_deploy(manifest: dict[str, Any]) -> str:
     lines += [
         "## Artifacts",
         "",
-        "| file | format | status | size MiB | max abs diff | top-1 agreement | accuracy | latency ms p50 | recommended |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| file | format | status | size MiB | max abs diff (val) | top-1 agreement (val) | val accuracy | test accuracy "
+        "| latency ms p50 | x FP32 ONNX | recommended |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for a in manifest["artifacts"]:
         p = a.get("parity") or {}
         prof = a.get("profile") or {}
         p50 = (prof.get("latency_ms") or {}).get("p50")
+        test = (a.get("test_parity") or {}).get("accuracy")
+        ratio = (a.get("ratio_to_fp32") or {}).get("model.onnx")
+        vs_fp32 = "" if ratio is None else f"{ratio['value']:.3f} [{ratio['low']:.3f}, {ratio['high']:.3f}]"
         status = a["status"] if a["status"] == "ok" else f"{a['status']}: {a.get('reason', '')}"
         lines.append(
             f"| {a['file']} | {a['format']} | {status} | {_num(a.get('size_mb'), '.2f')} | {_num(p.get('max_abs_diff'), '.2e')} "
-            f"| {_num(p.get('top1_agreement'), '.2%')} | {_num(p.get('accuracy'), '.2%')} | {_num(p50, '.3f')} "
-            f"| {'yes' if a['recommended'] else ''} |"
+            f"| {_num(p.get('top1_agreement'), '.2%')} | {_num(p.get('accuracy'), '.2%')} | {_num(test, '.2%')} "
+            f"| {_num(p50, '.3f')} | {vs_fp32} | {'yes' if a['recommended'] else ''} |"
         )
-    lines += ["", "`artifacts.json` has every figure: sha256, parity gate and thresholds, the full latency profile.", ""]
+    lines += ["", "Latencies and ratios come from one side-by-side session (`session` in artifacts.json; ratio "
+              "with its 95% interval). `artifacts.json` has every figure: sha256, parity gate and thresholds, the "
+              "INT8 recipes tried, the full latency profile.", ""]
     return "\n".join(lines)
 
 

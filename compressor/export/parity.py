@@ -1,7 +1,8 @@
 """Parity: does an exported artifact compute what the PyTorch model computes?
 
-The reference is the PyTorch model's logits on the held-out (test) split; each
-artifact runs the same inputs with its own runtime (`ort_logits`: ONNX
+The reference is the PyTorch model's logits on a held-out split (the bundle
+gates on the validation split and reports the test split); each artifact runs
+the same inputs with its own runtime (`ort_logits`: ONNX
 Runtime; `engine_logits`: the shipped TensorRT engine file, run by
 `profilers.backends.trt`, which also built it). The figures are the largest
 absolute logit difference, the mean one, top-1 agreement with PyTorch,
@@ -92,7 +93,8 @@ def gate(fmt: str, parity: dict[str, Any], *, fp32_max_abs_diff: float, fp32_min
     match its logits to `fp32_max_abs_diff` and its top-1 choice on at least
     `fp32_min_top1_agreement` of the samples (near-ties may flip). INT8, FP16
     and TensorRT engines (which may use reduced precision) are judged by what a
-    user loses: accuracy on the test split may drop by at most `max_accuracy_drop`.
+    user loses: accuracy on the given split (validation, in the bundle) may drop by at most
+    `max_accuracy_drop`.
     """
     failures = []
     if fmt in FP32:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from targets import Target, availability
 
 from compressor.errors import UserError
+from compressor.export.int8 import MAX_RECIPES, Int8Recipe
 
 FORMATS = ("onnx", "ort", "int8", "fp16", "tensorrt")
 BUNDLE_FORMAT = "compressor-export/1"
@@ -32,15 +33,18 @@ class ExportConfig:
 
     Attributes:
         formats: artifacts to build, from FORMATS; None -> `default_formats(target)`.
-        max_accuracy_drop: largest test-accuracy loss (a fraction: 0.01 = 1 point) an
+        max_accuracy_drop: largest validation-accuracy loss (a fraction: 0.01 = 1 point) an
             INT8/FP16/TensorRT artifact may show against PyTorch.
         fp32_max_abs_diff: largest absolute logit difference an FP32 artifact may show;
             1e-3 is far above float32 reordering noise (~1e-5 for a ResNet) and far below
             any real change of the weights.
         fp32_min_top1_agreement: fraction of test samples on which an FP32 artifact's
             top-1 class must equal PyTorch's (below 1.0 because near-ties may flip).
+        int8_recipes: INT8 recipe names to try (`int8.Int8Recipe.parse`), in order; None: the target
+            CPU's set (`int8.recipe_set`).
         calib_samples: training inputs used to calibrate INT8 (seeded sample).
-        profile_max_seconds: cap on each artifact's latency measurement (None: the target's).
+        profile_max_seconds: timed seconds per artifact in the side-by-side session (None: the target's
+            `min_seconds`).
         profile_memory: also measure peak memory (a fresh process per artifact; slower).
         seed: seeds the calibration sample.
         fold_normalisation: ship the student behind its normalisation layer, so every artifact
@@ -52,11 +56,25 @@ class ExportConfig:
     max_accuracy_drop: float = 0.01
     fp32_max_abs_diff: float = 1e-3
     fp32_min_top1_agreement: float = 0.99
+    int8_recipes: tuple[str, ...] | None = None
     calib_samples: int = 128
     profile_max_seconds: float | None = None
     profile_memory: bool = True
     seed: int = 0
     fold_normalisation: bool = True
+
+    def int8_recipe_set(self) -> tuple[list[Int8Recipe], str] | None:
+        """The user's INT8 recipes and why, or None to let the target's CPU decide.
+
+        Raises:
+            UserError: an unknown recipe name, or more than `MAX_RECIPES`.
+        """
+        if self.int8_recipes is None:
+            return None
+        recipes = list(dict.fromkeys(Int8Recipe.parse(name) for name in self.int8_recipes))
+        if not recipes or len(recipes) > MAX_RECIPES:
+            raise UserError(f"give 1 to {MAX_RECIPES} INT8 recipes, got {len(recipes)}")
+        return recipes, "the recipes asked for (--int8-recipes)"
 
 
 def default_formats(target: Target) -> tuple[str, ...]:
@@ -115,6 +133,7 @@ def plan_formats(target: Target, config: ExportConfig) -> tuple[tuple[str, ...],
     if "tensorrt" in wanted and target.precision == "int8":
         wanted.add("int8")  # the INT8 engine is built from the QDQ model
     formats = tuple(f for f in FORMATS if f in wanted)
+    config.int8_recipe_set()  # bad recipe names fail before anything is built
     skipped = {}
     for fmt in formats:
         why = runtime_missing(fmt, target)

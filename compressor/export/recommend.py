@@ -1,69 +1,82 @@
-"""Which artifact to ship: the fastest one that passed its parity gate and was profiled.
+"""Which artifact to ship: the fastest one that passed its parity gate, on the bundle's side-by-side figures.
 
-`recommend` reads only the manifest entries (format, status, parity, profile,
-over_budget), so it is a pure function of measured figures: the same entries
-always give the same choice, whatever machine measured them.
+`recommend` reads only the manifest entries (format, status, parity, latency,
+ratio_to_fp32, over_budget), so it is a pure function of measured figures:
+the same entries always give the same choice, whatever machine measured them.
+Every latency and ratio in those entries comes from the bundle's one
+side-by-side session (`bundle.ArtifactBuilder.measure`), so two artifacts are
+never compared across measurements taken minutes apart, and "slower" is
+decided with the ratio's confidence interval, not with two point estimates.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from targets import Target
-
 from compressor.export.plan import FP32, REDUCED_PRECISION
 
 
-def recommend(artifacts: list[dict[str, Any]], percentile: str = "p50") -> tuple[str | None, str]:
+def slower_than(entry: dict[str, Any], fp32_file: str) -> bool | None:
+    """Whether `entry` is measurably slower than the FP32 artifact `fp32_file`: the lower bound of its latency
+    ratio to it is above 1. None when the session gave no such ratio."""
+    ratio = (entry.get("ratio_to_fp32") or {}).get(fp32_file)
+    return None if ratio is None else ratio["low"] > 1
+
+
+def recommend(artifacts: list[dict[str, Any]]) -> tuple[str | None, str]:
     """Mark the fastest artifact that passed its gate as recommended (in place).
 
-    Artifacts within the target's budgets ("over_budget" empty or absent) come
-    first: a faster file that misses the size budget loses to a slower one that
-    fits; when none fits, the fastest is recommended and the reason says so.
-    Among those, an INT8/FP16 artifact slower than the fastest FP32 one gets a
-    note and is not a candidate: reduced precision that costs accuracy and buys
-    no speed on this target is not worth shipping.
+    Artifacts within the target's budgets (`over_budget` empty: the verdict of
+    `compressor.models.on_target`, a borderline latency decided by its point
+    estimate after a longer measurement) come first: a faster file that misses
+    the size budget loses to a slower one that fits; when none fits, the
+    fastest is recommended and the reason says so. Among those, an INT8/FP16
+    artifact measurably slower than the fastest FP32 one (`slower_than`: its
+    latency ratio's lower bound above 1) gets a note and is not a candidate:
+    reduced precision that costs accuracy and buys no speed on this target is
+    not worth shipping. One whose interval contains 1 is not slower; it stays
+    a candidate, with a note. The fastest candidate (latency point estimate at
+    the budget percentile) is recommended.
 
     Args:
-        artifacts: artifact entries with "format", "status", "parity", "profile".
-        percentile: the latency percentile compared ("p50", "p90", "p99").
+        artifacts: artifact entries with "format", "status", "parity", and, when measured, "latency"
+            ({percentile, value, low, high}) and "ratio_to_fp32" ({fp32 file: {value, low, high}}).
 
     Returns:
         (the recommended file or None, a one-line explanation).
     """
     def latency(entry: dict[str, Any]) -> float:
-        return float(entry["profile"]["latency_ms"][percentile])
+        return float(entry["latency"]["value"])
 
     for entry in artifacts:
         entry["recommended"] = False
-    measured = [a for a in artifacts if a.get("status") == "ok" and a["parity"]["passed"] and a.get("profile")]
+    measured = [a for a in artifacts if a.get("status") == "ok" and a["parity"]["passed"] and a.get("latency")]
     if not measured:
         return None, "no artifact both passed its parity gate and was profiled on the target"
+    percentile = measured[0]["latency"]["percentile"]
     within = [a for a in measured if not a.get("over_budget")]
     pool = within or measured
     fp32 = [a for a in pool if a["format"] in FP32]
     baseline = min(fp32, key=latency) if fp32 else None
     candidates = []
     for entry in pool:
-        if baseline is not None and entry["format"] in REDUCED_PRECISION and latency(entry) > latency(baseline):
-            entry.setdefault("notes", []).append(
-                f"slower than FP32 on this target ({latency(entry):.3g} ms vs {latency(baseline):.3g} ms "
-                f"{percentile} for {baseline['file']}): not recommended"
-            )
-            continue
+        ratio = None if baseline is None else (entry.get("ratio_to_fp32") or {}).get(baseline["file"])
+        if ratio is not None and entry["format"] in REDUCED_PRECISION:
+            figure = (f"x{ratio['value']:.3f} [{ratio['low']:.3f}, {ratio['high']:.3f}] the {percentile} of "
+                      f"{baseline['file']}")
+            if slower_than(entry, baseline["file"]):
+                entry.setdefault("notes", []).append(f"slower than FP32 on this target ({figure}): not recommended")
+                continue
+            if ratio["low"] <= 1 <= ratio["high"]:
+                entry.setdefault("notes", []).append(
+                    f"speed not distinguishable from FP32 on this target ({figure}): not counted as slower")
         candidates.append(entry)
     best = min(candidates, key=latency)
     best["recommended"] = True
-    why = f"fastest artifact that passed its parity gate ({latency(best):.3g} ms {percentile})"
+    why = f"fastest artifact that passed its parity gate ({latency(best):.3g} ms {percentile}, side by side)"
     if within and len(within) < len(measured):
-        why = f"fastest artifact that passed its parity gate and meets the target's budgets ({latency(best):.3g} ms {percentile})"
+        why = (f"fastest artifact that passed its parity gate and meets the target's budgets "
+               f"({latency(best):.3g} ms {percentile}, side by side)")
     elif not within:
         why += f"; no artifact meets the target's budgets ({'; '.join(best['over_budget'])})"
     return best["file"], why
-
-
-def over_budget(profile: dict[str, Any], target: Target) -> list[str]:
-    """The target budgets a profiled artifact misses, each as a short phrase (empty: all met)."""
-    import profilers
-
-    return [reason for reason, _ in profilers.budget_violations(profile, target.budgets)]

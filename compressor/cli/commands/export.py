@@ -1,8 +1,9 @@
 """`compressor export CHECKPOINT|RUN_DIR --target T --out DIR`: the deployable, parity-checked bundle.
 
 Loads a compressor checkpoint (or RUN_DIR/best.pt), rebuilds its network from
-the stored ArchSpec, loads the dataset it was trained on (for the parity check
-on the test split and INT8 calibration) and calls `compressor.export.export_bundle`
+the stored ArchSpec, loads the dataset it was trained on (the parity gate on
+the validation split, figures on the test split reported, INT8 calibration on
+training samples) and calls `compressor.export.export_bundle`
 with the preprocessing the checkpoint records (a checkpoint from before it was
 recorded was trained on the training split's statistics, which are used).
 Heavy imports (torch, onnxruntime) happen inside `run`.
@@ -25,9 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "export",
         help="export a checkpoint as parity-checked, profiled ONNX/INT8/FP16/TensorRT artifacts",
-        description="Build the deployable artifacts of a trained model for a target, check each one "
-        "against the PyTorch model on the test split, profile the ones that pass on the target and "
-        "recommend the fastest. Writes DIR/artifacts.json, DIR/DEPLOY.md and the model files; an existing "
+        description="Build the deployable artifacts of a trained model for a target, gate each one "
+        "against the PyTorch model on the validation split (the test split's figures are reported), profile "
+        "the ones that pass side by side on the target and recommend the fastest. INT8 tries up to 4 "
+        "quantisation recipes chosen by the CPU's features and keeps the fastest that passes. Writes DIR/artifacts.json, DIR/DEPLOY.md and the model files; an existing "
         "bundle in DIR is replaced only once the new one is complete. The dataset (--data) supplies the test split "
         "and calibration inputs; its image size and channels follow the checkpoint unless given.",
     )
@@ -42,11 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="ship the bare network, which takes normalised inputs, instead of one that takes raw "
                              "pixels / 255 with the normalisation inside (the default)")
     parser.add_argument("--calib-samples", type=positive_int, default=128, help="calibration samples (default %(default)s)")
+    parser.add_argument("--int8-recipes", metavar="LIST",
+                        help="comma-separated INT8 recipes to try instead of the CPU's set, each "
+                             "CALIBRATION-WEIGHTS-BITS: minmax|percentile|entropy, perchannel|pertensor, w7|w8 "
+                             "(e.g. entropy-perchannel-w8; at most 4)")
     parser.add_argument("--max-accuracy-drop", type=positive_float, default=1.0, metavar="POINTS",
-                        help="largest test-accuracy loss in percentage points allowed for INT8/FP16/TensorRT (default %(default)s)")
+                        help="largest validation-accuracy loss in percentage points allowed for INT8/FP16/TensorRT (default %(default)s)")
     parser.add_argument("--fp32-max-abs-diff", type=positive_float, default=1e-3,
                         help="largest absolute logit difference allowed for FP32 artifacts (default %(default)s)")
-    parser.add_argument("--profile-seconds", type=positive_float, metavar="S", help="time cap of each artifact's latency measurement")
+    parser.add_argument("--profile-seconds", type=positive_float, metavar="S",
+                        help="timed seconds per artifact in the side-by-side session (default: the target's min_seconds)")
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement (faster)")
     parser.add_argument("--out", required=True, metavar="DIR", help="bundle directory")
     parser.add_argument("--json", action="store_true", help="print artifacts.json on stdout")
@@ -82,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
             f"expects {tuple(ckpt.input_shape)} with {ckpt.num_classes}; pass the --data/--image-size/--channels it was trained with"
         )
     config = ExportConfig(
-        formats=_parse_formats(args.formats),
+        formats=_parse_list(args.formats, "--formats", FORMATS_HELP),
+        int8_recipes=_parse_list(args.int8_recipes, "--int8-recipes", "minmax-perchannel-w8, entropy-perchannel-w8, ..."),
         max_accuracy_drop=args.max_accuracy_drop / 100.0,
         fp32_max_abs_diff=args.fp32_max_abs_diff,
         calib_samples=args.calib_samples,
@@ -108,11 +116,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_artifacts(manifest: dict) -> None:
-    """The bundle as a table: parity figures, latency, status and the recommendation."""
+    """The bundle as a table: validation gate figures, test accuracy, side-by-side latency and ratio, status."""
     rows = []
     for a in manifest["artifacts"]:
         parity = a.get("parity") or {}
-        latency = (a.get("profile") or {}).get("latency_ms") or {}
+        latency = a.get("latency") or {}
+        ratio = (a.get("ratio_to_fp32") or {}).get("model.onnx")
         if a["status"] != "ok":
             status = f"{a['status']}: {a.get('reason', '')}"
         elif any("slower than FP32" in n for n in a.get("notes", [])):
@@ -123,14 +132,35 @@ def print_artifacts(manifest: dict) -> None:
             status = f"ok, over budget: {'; '.join(a['over_budget'])}"
         else:
             status = "ok"
-        rows.append((a["format"], a["file"], a.get("size_mb"), parity.get("max_abs_diff"), parity.get("top1_agreement"),
-                     parity.get("accuracy"), latency.get("p50"), latency.get("p90"),
+        if a.get("int8", {}).get("recipe"):
+            status += f" ({a['int8']['recipe']['name']})"
+        rows.append((a["format"], a["file"], a.get("size_mb"), parity.get("max_abs_diff"), parity.get("accuracy"),
+                     (a.get("test_parity") or {}).get("accuracy"), latency.get("value"),
+                     None if ratio is None else f"{ratio['value']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}]",
                      (a.get("profile") or {}).get("peak_memory_mb"), status, a["recommended"]))
+    reference = manifest["reference"]
+    percentile = (manifest.get("session") or {}).get("percentile", "p50")
     print_table(
-        f"export for {manifest['target']['name']} (PyTorch test accuracy {manifest['reference']['test_accuracy']:.2%})",
-        ["format", "file", "MiB", "max|Δ|", "top-1 agree", "accuracy", "p50 ms", "p90 ms", "peak MiB", "status", "recommended"],
+        f"export for {manifest['target']['name']} (PyTorch accuracy: validation {reference['val_accuracy']:.2%}, "
+        f"test {reference['test_accuracy']:.2%})",
+        ["format", "file", "MiB", "max|Δ| val", "val acc", "test acc", f"{percentile} ms", "x FP32 [95%]", "peak MiB",
+         "status", "recommended"],
         rows,
     )
+    session = manifest.get("session")
+    if session:
+        err_console.print(f"latencies: one {session['mode']} side-by-side session of {len(session['models'])} models "
+                          f"({session['rounds']} rounds); gates on {reference['val_samples']} validation samples")
+        if session.get("note"):
+            err_console.print(session["note"])
+    for a in manifest["artifacts"]:
+        int8 = a.get("int8") or {}
+        if int8.get("tried"):
+            tried = ", ".join(
+                f"{t['name']} {'passed' if t['passed'] else 'failed'}"
+                + (f" (drop {t['validation']['accuracy_drop'] * 100:.2f} pts)" if t.get("validation") else f" ({t['error']})")
+                for t in int8["tried"])
+            err_console.print(f"int8 recipes ({int8['recipe_set']}): {tried}; kept {int8['recipe']['name']}: {int8['why']}")
     if manifest["recommended"]:
         err_console.print(f"recommended: {manifest['recommended']} — {manifest['recommendation']}")
     else:
@@ -146,13 +176,13 @@ def _checkpoint_path(path: Path) -> Path:
     return path
 
 
-def _parse_formats(text: str | None) -> tuple[str, ...] | None:
+def _parse_list(text: str | None, flag: str, choices: str) -> tuple[str, ...] | None:
     if text is None:
         return None
-    formats = tuple(f.strip() for f in text.split(",") if f.strip())
-    if not formats:
-        raise UserError(f"--formats needs at least one of {FORMATS_HELP}")
-    return formats
+    items = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not items:
+        raise UserError(f"{flag} needs at least one of {choices}")
+    return items
 
 
 def _load_calibration(path: str):
