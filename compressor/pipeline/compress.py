@@ -409,7 +409,7 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
     from compressor.cli.console import err_console
     from compressor.models.checkpoint import Checkpoint, save_checkpoint
     from compressor.models.on_target import check_on_target
-    from compressor.pipeline import recipe
+    from compressor.search import recipe
     from compressor.spaces import ArchSpec
 
     member = max(range(len(best.member_accuracies)), key=lambda i: best.member_accuracies[i])
