@@ -521,7 +521,17 @@ def test_library_logging_goes_to_the_bundle_log_not_the_terminal(tiny_net, tiny_
     assert logging.getLogger().handlers == handlers, "the root logger is restored"
 
 
-def test_int8_export_of_a_depthwise_network_prints_no_axis_warnings(tiny_data, quick_target, tmp_path, capfd):
+def test_int8_export_of_a_depthwise_network_prints_no_axis_warnings(tiny_data, quick_target, tmp_path, capfd,
+                                                                     monkeypatch):
+    import onnxruntime.quantization as quantization
+
+    real_quantize, calls = quantization.quantize_static, []
+
+    def recording_quantize(*args, **kwargs):
+        calls.append(kwargs)
+        return real_quantize(*args, **kwargs)
+
+    monkeypatch.setattr(quantization, "quantize_static", recording_quantize)
     torch.manual_seed(0)
     # BatchNorm after ReLU stays unfused: its 1-D scale is where ORT guessed the channel axis wrong.
     net = torch.nn.Sequential(
@@ -535,8 +545,12 @@ def test_int8_export_of_a_depthwise_network_prints_no_axis_warnings(tiny_data, q
     assert "out-of-range" not in capfd.readouterr().err
     log = (tmp_path / "b" / "export.log").read_text()
     assert "out-of-range" not in log, "the per-channel axis of BatchNormalization scales is set, not guessed"
+    # The axis of BatchNormalization's 1-D scale is declared to the quantiser, not left to its guess. Which
+    # scales onnxruntime then quantises per channel is its own choice and differs between its versions
+    # (1.30 keeps the second BatchNormalization per tensor, 1.32 does not), so the call is what is checked.
+    per_channel_calls = [c for c in calls if c.get("per_channel")]
+    assert per_channel_calls and all(
+        c["extra_options"]["QDQOpTypePerChannelSupportToAxis"]["BatchNormalization"] == 0 for c in per_channel_calls)
     int8 = onnx.load(str(tmp_path / "b" / "model.int8.onnx"))
-    bn_inputs = {i for n in int8.graph.node if n.op_type == "BatchNormalization" for i in n.input[1:2]}
-    per_channel = {n.output[0] for n in int8.graph.node if n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)}
-    assert bn_inputs and bn_inputs <= per_channel, "BatchNormalization scales are quantised per channel"
+    assert any(n.op_type == "DequantizeLinear" for n in int8.graph.node)
     assert manifest["artifacts"][1]["sha256"]
