@@ -56,7 +56,6 @@ def main() -> int:
     if not args.run:
         parser.error("--run is required (or pass --baselines)")
 
-    import profilers
     import torch
     from targets import load_target
 
@@ -64,7 +63,7 @@ def main() -> int:
     from compressor.data.datasets import load_dataset
     from compressor.train.distill import LogitsCache, TrainConfig, train_student
     from compressor.models.build import build_from_arch
-    from compressor.models.onnx_export import export_onnx
+    from compressor.models.on_target import check_on_target
     from compressor.models.teachers import load_teacher, teacher_inputs
 
     torch.set_num_threads(1)
@@ -75,7 +74,6 @@ def main() -> int:
     teacher = load_teacher(report["teacher"]["ref"], num_classes=data.num_classes, input_shape=data.input_shape)
     logits = LogitsCache().get(teacher, teacher_inputs(teacher, raw).dataset)
     target = load_target("cpu-1t").with_budgets(latency_ms=report["budgets"]["latency_ms"])
-    shape = (1, *data.input_shape)
     searched = load_checkpoint(run / "best.pt").arch
     rows = []
     for name, arch in [("searched (nago, from the run)", searched)] + [(a, a) for a in HAND_DESIGNED]:
@@ -84,8 +82,8 @@ def main() -> int:
         started = time.time()
         result = train_student(model, data, TrainConfig(epochs=args.epochs, alpha=args.alpha, tau=args.tau,
                                                         seed=args.seed, threads=1), teacher_logits=logits)
-        profile = profilers.measure(export_onnx(model, shape), target, input_shape=shape, memory=False)
-        fits = not profilers.budget_violations(profile, target.budgets)
+        checked = check_on_target(model, target, data.input_shape, memory=False)
+        profile, fits = checked.profile, checked.fits
         rows.append((name, result.test_accuracy, profile["params"], profile["macs"], profile["latency_ms"]["p50"], fits))
         print(f"{name}: {100 * result.test_accuracy:.2f}% in {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     print(f"\nteacher {teacher.arch}: test {100 * report['teacher']['test_accuracy']:.2f}%, "
