@@ -182,3 +182,12 @@ def test_workers_without_ray_installed_is_one_line_naming_the_extra(tmp_path, mo
     assert code == 2 and "\n" not in err
     assert "--workers 2" in err and "pip install 'compressor[ray]'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_parallel_schedule_stops_asking_when_search_minutes_are_spent(tmp_path):
+    fake = FakeEvaluator()
+    pool = ThreadPool(fake, slots=2, delay=lambda rec: 0.05)
+    records = _run(tmp_path / "t.sqlite", pool, trials=40, fidelities=(1, 3), eta=3, search_minutes=0.2 / 60)
+    first = [r for r in records if r.fidelity == 1]
+    assert 1 <= len(first) < 40
+    assert [r for r in records if r.fidelity == 3], "the best family is still promoted"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -183,3 +184,39 @@ def test_the_schedule_runs_without_torch():
         "assert 'torch' not in sys.modules, 'torch imported'\n" % str(ROOT)
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@dataclass
+class SlowEvaluator(FakeEvaluator):
+    """The fake, taking `seconds` per evaluation: a search whose time runs out long before its trials."""
+
+    seconds: float = 0.05
+
+    def __call__(self, record: TrialRecord, previous: TrialRecord | None) -> None:
+        time.sleep(self.seconds)
+        super().__call__(record, previous)
+
+
+def test_search_minutes_stops_new_proposals_promotes_the_round_and_adds_up_over_resumes(tmp_path):
+    path = tmp_path / "t.sqlite"
+    budget_minutes = 0.2 / 60  # about four 50 ms evaluations, whatever this machine's speed: each sleeps
+    slow = SlowEvaluator()
+    _, records = _search(path, slow, trials=30, fidelities=(1, 3), eta=3, strategy="random",
+                         search_minutes=budget_minutes)
+    first = [r for r in records if r.fidelity == 1]
+    assert 1 <= len(first) < 30
+    assert [r for r in records if r.fidelity == 3], "the round in progress is still promoted"
+    store = TrialStore(path)
+    spent = store.get_meta("search_seconds")
+    store.close()
+    assert spent >= 60 * budget_minutes
+    # Resumed with the same time budget: the time is spent, nothing new is asked.
+    again = SlowEvaluator()
+    _, resumed = _search(path, again, trials=30, fidelities=(1, 3), eta=3, strategy="random",
+                         search_minutes=budget_minutes)
+    assert again.calls == [] and len(resumed) == len(records)
+    # More minutes: the search goes on from where it stopped.
+    more = SlowEvaluator()
+    _, grown = _search(path, more, trials=30, fidelities=(1, 3), eta=3, strategy="random",
+                       search_minutes=budget_minutes * 3)
+    assert len([r for r in grown if r.fidelity == 1]) > len(first)

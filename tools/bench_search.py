@@ -1,15 +1,33 @@
-"""Search efficiency: TPE against random under a tight cpu-1t latency budget, side by side.
+"""Does the search earn its place? Searched students against the fair, tuned baseline at equal time.
 
-For each label regime (all labels; 10% of labels) and each seed, one TPE run
-and one random run with the same number of proposals, the same teacher, data,
-budgets and fidelities. Reports, per regime: the median best feasible
-validation accuracy after each number of proposals, the proposals TPE needs
-to reach random's final best, the median screening cost per candidate
-(build + export + profile), the fraction of trial time spent outside
-training, and the best hand-designed student (a plain conv-BN-ReLU stack, the
-largest of a few widths that meets the budget) trained with the same epochs.
+For each split seed, dataset and label regime (a *cell*):
 
-    .venv/bin/python tools/bench_search.py --teacher runs/teacher.pt --trials 16 --seeds 0 1 2
+* a teacher (a plain 32-64-128 CNN trained with cross-entropy on every label
+  of the split, cached by dataset identity, so each split seed has its own and
+  every regime and strategy share it);
+* one latency budget per split seed: `--floor-multiple` (2) x the p50 of the
+  space's smallest network on cpu-1t, measured side by side with a one-op model
+  (the runtime's per-call floor) in this run, the demo's floor rule;
+* the fair baseline (compressor.pipeline.baselines: the widest plain CNN within
+  the budget, lr/KD tuned in `--tuning` one-epoch evaluations, the student's
+  recipe for `--final-epochs`), once per cell;
+* one `compress` run per strategy with the same wall-clock (`--search-minutes`),
+  the same teacher, data, budget, space, fidelities and final epochs; the
+  latency model's calibration is shared through one cache directory, so only
+  the very first run of the benchmark starts cold.
+
+Every piece is stored under `--out` and reused when the tool runs again (a
+search resumes; a finished one is not run again), so the benchmark can be run
+across sessions, a few cells at a time (`--split-seeds 0`, then `1 2`). The
+summary covers whatever is finished: per dataset, regime and strategy the test
+accuracy mean +- std over split seeds beside the baseline's, the difference,
+the share of screenings over budget, trained families per hour of search,
+the share of search time spent training and the latency model's Kendall tau
+and the share of "predicted feasible" that fit.
+
+    .venv/bin/python tools/bench_search.py --data digits-cluttered --strategies tpe,trade,random --split-seeds 0 1 2
+    .venv/bin/python tools/bench_search.py --data digits --strategies tpe --split-seeds 0 1 2 --search-minutes 2
+    .venv/bin/python tools/bench_search.py --summary   # the tables of everything finished under --out
 """
 
 from __future__ import annotations
@@ -23,130 +41,267 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+IMAGE_SIZE, CHANNELS = 32, 1
 
 
-def summarize(records, trials: int, fidelities: tuple[int, ...]) -> dict:
-    """Best feasible validation accuracy after 1..trials trained families (at the smallest fidelity, the
-    one every family has), the best at the highest fidelity, and how many proposals were screened."""
-    first = [r for r in sorted(records, key=lambda r: r.id) if r.fidelity == fidelities[0]]
-    curve, best = [], 0.0
-    for rec in first:
-        if rec.status == "infeasible":
-            continue
-        if rec.status == "ok":
-            best = max(best, rec.val_accuracy)
-        curve.append(best)
-    curve += [best] * (trials - len(curve))
-    top = [r.val_accuracy for r in records if r.status == "ok" and r.fidelity == fidelities[-1]]
-    return {"curve": curve[:trials], "best_top": max(top, default=0.0), "screened": len(first),
-            "feasible": sum(r.status == "ok" for r in first)}
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def existing_budget(out: Path) -> float | None:
-    """The latency budget of earlier runs in `out` (so that they resume instead of being refused)."""
-    from compressor.search.store import TrialStore
+def read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
 
-    for path in sorted(out.glob("*/trials.sqlite")):
-        store = TrialStore(path)
-        try:
-            fingerprint = store.get_meta("fingerprint")
-        finally:
-            store.close()
-        if fingerprint:
-            return fingerprint["target"]["budgets"]["latency_ms"]
-    return None
+
+def write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    tmp.replace(path)
+
+
+def teacher_checkpoint(data_ref: str, split_seed: int, epochs: int, cache: Path) -> tuple[Path, float]:
+    """The cell's teacher (trained on every label of the split, cached) and its test accuracy."""
+    from bench_students import TEACHER_ARCH, bench_teacher
+
+    from compressor.data.datasets import load_dataset
+    from compressor.models.teachers import teacher_inputs
+    from compressor.train.distill import LogitsCache, logits_accuracy
+
+    raw = load_dataset(data_ref, image_size=IMAGE_SIZE, channels=CHANNELS, seed=split_seed)
+    data = raw.normalised(raw.student_preprocessing())
+    teacher = bench_teacher(data, epochs, cache)
+    logits = LogitsCache(cache).get(teacher, teacher_inputs(teacher, raw).dataset)
+    log(f"{data_ref} split {split_seed}: teacher {TEACHER_ARCH} ({epochs} epochs) test "
+        f"{100 * logits_accuracy(logits['test'], data.test_y):.2f}%")
+    return Path(teacher.ref), logits_accuracy(logits["test"], data.test_y)
+
+
+def cell_budget(path: Path, data_ref: str, split_seed: int, space_name: str, multiple: float) -> dict:
+    """The latency budget of a split seed: `multiple` x the space's smallest network, measured beside the floor."""
+    found = read_json(path)
+    if found is not None:
+        return found
+    from compressor.data.datasets import load_dataset
+    from compressor.models.on_target import check_side_by_side
+    from compressor.spaces import get_space
+    from profilers.side_by_side import floor_model
+    from targets import load_target
+
+    raw = load_dataset(data_ref, image_size=IMAGE_SIZE, channels=CHANNELS, seed=split_seed)
+    space = get_space(space_name)
+    smallest = space.build(space.sample(space.smallest_params(), 0), raw.input_shape, raw.num_classes)
+    target = load_target("cpu-1t")
+    floor = floor_model((1, *raw.input_shape)).SerializeToString()
+    session = check_side_by_side({"smallest": smallest, "floor": floor}, target, raw.input_shape, memory=False,
+                                 name="bench-budget")
+    smallest_ms = session.checked["smallest"].profile["latency_ms"]["p50"]
+    floor_ms = session.checked["floor"].profile["latency_ms"]["p50"]
+    budget = {"latency_ms": multiple * smallest_ms, "smallest_ms": smallest_ms, "floor_ms": floor_ms,
+              "multiple": multiple, "space": space_name}
+    write_json(path, budget)
+    log(f"{data_ref} split {split_seed}: smallest {space_name} network {smallest_ms:.4f} ms, runtime floor "
+        f"{floor_ms:.4f} ms -> budget {budget['latency_ms']:.4f} ms p50 on cpu-1t")
+    return budget
+
+
+def cell_baseline(path: Path, teacher: Path, data_ref: str, split_seed: int, fraction: float, latency_ms: float,
+                  args, cache: Path) -> dict:
+    """The fair baseline of a cell (compressor.pipeline.baselines), trained once and stored."""
+    found = read_json(path)
+    if found is not None:
+        return found
+    from compressor.data.datasets import load_dataset
+    from compressor.models.on_target import DriftReference
+    from compressor.models.teachers import load_teacher, teacher_inputs
+    from compressor.pipeline.baselines import hand_designed_baseline, open_tuning_store
+    from compressor.search.config import SearchConfig
+    from compressor.train.distill import LogitsCache
+    from targets import load_target
+
+    raw = load_dataset(data_ref, image_size=IMAGE_SIZE, channels=CHANNELS, seed=split_seed, label_fraction=fraction)
+    data = raw.normalised(raw.student_preprocessing())
+    model = load_teacher(str(teacher), num_classes=data.num_classes, input_shape=data.input_shape)
+    logits = LogitsCache(cache).get(model, teacher_inputs(model, raw).dataset)
+    target = load_target("cpu-1t").with_budgets(latency_ms=latency_ms)
+    reference = DriftReference.start(target, data.input_shape, data.num_classes)
+    config = SearchConfig(trials=args.tuning, fidelities=tuple(args.fidelities[:1]), final_epochs=args.final_epochs,
+                          seed=args.seed)
+    started = time.time()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store = open_tuning_store(path.with_suffix(".sqlite"), args.seed)
+    try:
+        result = hand_designed_baseline(data, target, config, logits, store=store, reference=reference, say=log)
+    finally:
+        store.close()
+    result["seconds"] = time.time() - started
+    write_json(path, result)
+    return result
+
+
+def cell_search(run_dir: Path, teacher: Path, data_ref: str, split_seed: int, fraction: float, latency_ms: float,
+                strategy: str, args, cache: Path) -> dict:
+    """One strategy's `compress` run in a cell (resumed if stored): its report."""
+    done = read_json(run_dir / "report.json")
+    if done is not None and done.get("student") is not None:
+        return done
+    from compressor.pipeline.compress import DataOptions, compress
+
+    started = time.time()
+    result = compress(str(teacher), out=run_dir, data=data_ref, target="cpu-1t", latency_ms=latency_ms,
+                      data_options=DataOptions(image_size=IMAGE_SIZE, channels=CHANNELS, seed=split_seed,
+                                               label_fraction=fraction),
+                      trials=args.max_trials, search_minutes=args.search_minutes, strategy=strategy,
+                      space=args.space, family_size=args.family_size, fidelities=tuple(args.fidelities),
+                      final_epochs=args.final_epochs, seed=args.seed, export=False, quiet=True,
+                      resume=(run_dir / "trials.sqlite").exists(), cache_dir=str(cache))
+    log(f"  {strategy}: {time.time() - started:.0f} s")
+    return result.report
+
+
+def run_cells(args) -> None:
+    out, cache = Path(args.out), Path(args.out) / "cache"
+    for split_seed in args.split_seeds:
+        for data_ref in args.data:
+            teacher, _ = teacher_checkpoint(data_ref, split_seed, args.teacher_epochs, cache)
+            base = out / data_ref / f"split{split_seed}"
+            budget = cell_budget(base / "budget.json", data_ref, split_seed, args.space, args.floor_multiple)
+            for fraction in args.label_fractions:
+                cell = base / f"labels{fraction:g}"
+                log(f"cell {data_ref} split {split_seed} labels {fraction:g}: budget {budget['latency_ms']:.4f} ms")
+                baseline = cell_baseline(cell / "baseline.json", teacher, data_ref, split_seed, fraction,
+                                         budget["latency_ms"], args, cache)
+                log(f"  baseline {baseline.get('arch')}: test {100 * (baseline.get('test_accuracy') or 0):.2f}%")
+                # The order rotates with the split seed so no strategy always runs first (on the coldest cache).
+                order = args.strategies[split_seed % len(args.strategies):] + args.strategies[:split_seed % len(args.strategies)]
+                for strategy in order:
+                    report = cell_search(cell / strategy, teacher, data_ref, split_seed, fraction,
+                                         budget["latency_ms"], strategy, args, cache)
+                    student = report.get("student") or {}
+                    log(f"  {strategy}: {arch_name(student.get('arch', 'no student'))} test "
+                        f"{100 * (student.get('test_accuracy') or 0):.2f}%")
+
+
+def collect(out: Path) -> dict:
+    """Every finished cell under `out`: {(data, fraction): {"baseline": [...], strategy: [...]}} by split seed."""
+    table: dict = {}
+    for budget_path in sorted(out.glob("*/split*/budget.json")):
+        data_ref, split_seed = budget_path.parent.parent.name, int(budget_path.parent.name[len("split"):])
+        budget = read_json(budget_path)
+        for cell in sorted(budget_path.parent.glob("labels*")):
+            baseline = read_json(cell / "baseline.json")
+            if baseline is None or baseline.get("status") != "ok":
+                continue
+            row = table.setdefault((data_ref, cell.name[len("labels"):]), {})
+            row.setdefault("baseline", []).append({"split": split_seed, "test": baseline["test_accuracy"],
+                                                    "val": baseline["val_accuracy"], "arch": baseline["arch"],
+                                                    "budget": budget})
+            for report_path in sorted(cell.glob("*/report.json")):
+                report = read_json(report_path)
+                if report.get("student") is None:
+                    continue
+                search, student = report["search"], report["student"]
+                hours = search["seconds"] / 3600
+                model = search["latency_model"]
+                row.setdefault(report_path.parent.name, []).append({
+                    "split": split_seed, "test": student["test_accuracy"], "val": student["val_accuracy"],
+                    "arch": f"{arch_name(student['arch'])} ({student['params']:,} params)", "meets": student.get("meets_budget"),
+                    "over_budget": model["over_budget_share"], "screenings": model["screenings"],
+                    "skipped": model["skipped"], "trained": search["trained"],
+                    "per_hour": search["trained"] / hours if hours else None,
+                    "train_fraction": search["train_fraction"], "tau": model["kendall_tau"],
+                    "predicted_ok": model["predicted_feasible_ok"], "seconds": search["seconds"]})
+    return table
+
+
+def arch_name(arch) -> str:
+    """A spec in a few words: nago's operation and widths, a zoo family's knobs."""
+    if isinstance(arch, str):
+        return arch
+    if arch.get("space") == "nago":
+        resolved = arch["resolved"]
+        return f"nago {resolved['op']} {'-'.join(map(str, resolved['widths']))}"
+    knobs = ",".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in arch.get("params", {}).items())
+    return f"{arch.get('space')}:{knobs}"
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def print_summary(table: dict) -> None:
+    for (data_ref, fraction), row in sorted(table.items()):
+        base = row["baseline"]
+        base_mean = statistics.mean(b["test"] for b in base)
+        splits = ", ".join(str(b["split"]) for b in base)
+        budgets = ", ".join(f"{b['budget']['latency_ms']:.4f}" for b in base)
+        print(f"\n#### {data_ref}, labels {fraction}: split seeds {splits}; budgets {budgets} ms p50 (cpu-1t)\n")
+        print("| student | n | test acc % (mean ± std) | vs baseline (points) | val acc % | over budget | skipped "
+              "unmeasured | trained families / hour | time training | Kendall τ | predicted feasible that fit |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(f"| fair baseline ({', '.join(sorted({b['arch'] for b in base}))}) | {len(base)} | "
+              f"{_mean_std([b['test'] for b in base])} | | {_mean_std([b['val'] for b in base])} | | | | | | |")
+        for strategy, runs in sorted(row.items()):
+            if strategy == "baseline":
+                continue
+            splits = {r["split"] for r in runs}
+            paired = [r["test"] - b["test"] for r in runs for b in base if b["split"] == r["split"]]
+            diff = statistics.mean(paired) if paired else statistics.mean(r["test"] for r in runs) - base_mean
+            print(f"| {strategy} | {len(splits)} | {_mean_std([r['test'] for r in runs])} | {100 * diff:+.2f} | "
+                  f"{_mean_std([r['val'] for r in runs])} | {_pct(_median(r['over_budget'] for r in runs))} | "
+                  f"{_median(r['skipped'] for r in runs) or 0:.0f} | {_median(r['per_hour'] for r in runs) or 0:.0f} | "
+                  f"{_pct(_median(r['train_fraction'] for r in runs))} | "
+                  f"{(_median(r['tau'] for r in runs) or float('nan')):.2f} | "
+                  f"{_pct(_median(r['predicted_ok'] for r in runs))} |")
+        for strategy, runs in sorted(row.items()):
+            if strategy != "baseline":
+                print(f"\n{strategy} winners: " + "; ".join(f"split {r['split']}: {r['arch']} "
+                                                            f"({100 * r['test']:.2f}%)" for r in runs))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True)
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data", nargs="+", default=["digits-cluttered"])
+    parser.add_argument("--strategies", default="tpe,trade,random")
+    parser.add_argument("--split-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label-fractions", type=float, nargs="+", default=[1.0, 0.1])
-    parser.add_argument("--latency-ms", type=float, help="latency budget (default: the teacher's p50 / 20)")
+    parser.add_argument("--search-minutes", type=float, default=3.0, help="wall-clock search time of every run")
+    parser.add_argument("--max-trials", type=int, default=200, help="a cap the time budget should reach first")
+    parser.add_argument("--space", default="all")
+    parser.add_argument("--family-size", type=int, default=2)
     parser.add_argument("--fidelities", default="1,3")
-    parser.add_argument("--family-size", type=int, default=1)
+    parser.add_argument("--final-epochs", type=int, default=15)
+    parser.add_argument("--tuning", type=int, default=8, help="the baseline's lr/KD evaluations at one epoch")
+    parser.add_argument("--teacher-epochs", type=int, default=15)
+    parser.add_argument("--floor-multiple", type=float, default=2.0)
+    parser.add_argument("--seed", type=int, default=0, help="the training and search seed of every run")
     parser.add_argument("--out", default="runs/bench_search")
+    parser.add_argument("--summary", action="store_true", help="only print the tables of what is finished")
     args = parser.parse_args()
+    args.strategies = args.strategies.split(",")
+    args.fidelities = [int(x) for x in args.fidelities.split(",")]
 
-    import torch
+    if not args.summary:
+        import torch
 
-    from compressor.pipeline.baselines import hand_designed_baseline
-    from compressor.data.datasets import load_dataset
-    from compressor.pipeline.compress import DataOptions, compress
-    from compressor.models.teachers import load_teacher
-
-    import profilers
-    from targets import load_target
-
-    torch.set_num_threads(1)
-    fidelities = tuple(int(x) for x in args.fidelities.split(","))
-    out = Path(args.out)
-    latency = args.latency_ms or existing_budget(out)
-    if latency is None:
-        data = load_dataset("digits")
-        teacher = load_teacher(args.teacher, num_classes=data.num_classes, input_shape=data.input_shape)
-        shape = (1, *data.input_shape)
-        teacher_p50 = profilers.measure(teacher.onnx_bytes(shape), load_target("cpu-1t"), input_shape=shape,
-                                        memory=False)["latency_ms"]["p50"]
-        latency = teacher_p50 / 20
-        print(f"teacher p50 {teacher_p50:.3f} ms on cpu-1t -> latency budget {latency:.3f} ms", flush=True)
-    results = {}
-    for fraction in args.label_fractions:
-        options = DataOptions(label_fraction=fraction)
-        runs = {"tpe": [], "random": []}
-        for seed in args.seeds:
-            for strategy in ("tpe", "random"):
-                started = time.time()
-                result = compress(args.teacher, out=out / f"lf{fraction}-{strategy}-s{seed}", data="digits",
-                                  target="cpu-1t", latency_ms=latency, data_options=options, trials=args.trials,
-                                  strategy=strategy, seed=seed, family_size=args.family_size,
-                                  fidelities=fidelities, final_epochs=1, export=False, quiet=True, resume=True)
-                records = result.records
-                runs[strategy].append({
-                    **summarize(records, args.trials, fidelities),
-                    "screen_s": statistics.median(r.screen_s for r in records if r.fidelity == fidelities[0]),
-                    "outside_training": 1 - sum(r.train_s for r in records) / sum(r.total_s for r in records),
-                    "seconds": sum(r.total_s for r in records),
-                })
-                run = runs[strategy][-1]
-                print(f"lf={fraction} {strategy} seed={seed}: {run['feasible']} feasible of {run['screened']} screened, "
-                      f"best {run['curve'][-1]:.4f} at {fidelities[0]} ep, {run['best_top']:.4f} at {fidelities[-1]} ep "
-                      f"({run['seconds']:.0f} s of search, {time.time() - started:.0f} s now)", flush=True)
-        dataset = load_dataset("digits", label_fraction=fraction)
-        dataset = dataset.normalised(dataset.student_preprocessing())
-        teacher = load_teacher(args.teacher, num_classes=dataset.num_classes, input_shape=dataset.input_shape)
-        baseline = hand_designed_baseline(teacher, dataset, "cpu-1t", latency_ms=latency, epochs=fidelities[-1])
-        results[fraction] = {"latency_ms": latency, "runs": runs, "baseline": baseline}
-
-    print()
-    for fraction, res in results.items():
-        print(f"## label fraction {fraction}: latency budget {res['latency_ms']:.3f} ms p50 on cpu-1t")
-        print(f"| trained families | " + " | ".join(f"{s} median best val acc ({fidelities[0]} ep)"
-                                                  for s in ("tpe", "random")) + " |")
-        print("|---|---|---|")
-        median_curve = {s: [statistics.median(run["curve"][i] for run in res["runs"][s]) for i in range(args.trials)]
-                        for s in ("tpe", "random")}
-        for i in sorted({0, 3, 7, args.trials // 2 - 1, args.trials - 1}):
-            print(f"| {i + 1} | {100 * median_curve['tpe'][i]:.2f}% | {100 * median_curve['random'][i]:.2f}% |")
-        random_final = median_curve["random"][-1]
-        reach = next((i + 1 for i, v in enumerate(median_curve["tpe"]) if v >= random_final), None)
-        print(f"\nTPE reaches random's final best ({100 * random_final:.2f}%) after "
-              f"{reach if reach else 'more than ' + str(args.trials)} trained families (median over seeds).")
-        for strategy in ("tpe", "random"):
-            runs = res["runs"][strategy]
-            counts = ", ".join(f"{r['feasible']}/{r['screened']}" for r in runs)
-            tops = ", ".join(f"{100 * r['best_top']:.2f}%" for r in runs)
-            print(f"{strategy}: feasible/screened per seed {counts}; best val acc at {fidelities[-1]} epochs "
-                  f"per seed {tops}")
-        all_runs = res["runs"]["tpe"] + res["runs"]["random"]
-        print(f"median screening cost per candidate: {statistics.median(r['screen_s'] for r in all_runs):.2f} s; "
-              f"time outside training: {100 * statistics.median(r['outside_training'] for r in all_runs):.0f}%")
-        base = res["baseline"]
-        print(f"hand-designed baseline {base['name']}: val acc {100 * base['val_accuracy']:.2f}%, "
-              f"p50 {base['profile']['latency_ms']['p50']:.3f} ms, {base['params']:,} params "
-              f"({'meets' if base['meets_budget'] else 'over'} the budget)\n")
-    (out / "summary.json").write_text(json.dumps(results, indent=2, default=str))
+        torch.set_num_threads(1)
+        run_cells(args)
+    table = collect(Path(args.out))
+    write_json(Path(args.out) / "summary.json", {f"{d} labels {f}": row for (d, f), row in table.items()})
+    print_summary(table)
     return 0
 
 

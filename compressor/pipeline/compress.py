@@ -115,7 +115,7 @@ def compress(
         quiet: no live progress display.
         cache_dir: the teacher-logits cache (default: $COMPRESSOR_CACHE or ~/.cache/compressor).
         baseline: also train the best hand-designed student at the same budget (report["baselines"]).
-        **search_knobs: fields of `SearchConfig` (trials, strategy, space, family_size, fidelities,
+        **search_knobs: fields of `SearchConfig` (trials, search_minutes, strategy, space, family_size, fidelities,
             eta, final_epochs, seed, trial_timeout_s, profile_seconds, batch_size, export, export_formats,
             workers, ray_address: with several workers or an address the trainings run on Ray,
             compressor.search.ray_backend).
@@ -540,6 +540,7 @@ def _base_report(config, target, teacher_info, records, seconds) -> Report:
         "student": None,
         "search": {
             "strategy": config.strategy, "space": config.space, "trials": len(proposals),
+            "search_minutes": config.search_minutes,
             "trained": sum(r.status != "infeasible" for r in at_first),
             "evaluations": len(records),
             "feasible": sum(r.status == "ok" for r in at_first),

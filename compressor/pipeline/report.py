@@ -168,6 +168,7 @@ class SearchSummary(TypedDict):
     strategy: str
     space: str
     trials: int
+    search_minutes: float | None  # the time budget asked for (None: --trials alone)
     trained: int
     evaluations: int
     feasible: int

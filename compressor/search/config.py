@@ -25,6 +25,9 @@ class SearchConfig:
     """Every knob of `compressor compress` (the CLI maps one flag to one field)."""
 
     trials: int = 24
+    # Wall-clock minutes of search (screening and training, summed over resumes) after which no new proposal is
+    # asked; the families in flight finish and successive halving promotes as usual. None: `trials` alone.
+    search_minutes: float | None = None
     strategy: str = "tpe"
     space: str = "nago"
     family_size: int = 2
@@ -58,6 +61,8 @@ class SearchConfig:
     def validate(self) -> "SearchConfig":
         if self.trials <= 0:
             raise UserError(f"--trials must be >= 1, got {self.trials}")
+        if self.search_minutes is not None and self.search_minutes <= 0:
+            raise UserError(f"--search-minutes must be > 0, got {self.search_minutes}")
         if self.strategy not in STRATEGIES:
             raise UserError(f"unknown strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
         if self.family_size <= 0:
@@ -79,13 +84,13 @@ class SearchConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with the original: every knob that shapes the result.
 
-        Only `trials` (grow, to search longer) and where the trainings run
+        Only `trials` and `search_minutes` (grow, to search longer) and where the trainings run
         (`workers`, `ray_address`: a run killed on a cluster may resume on one
         machine) may change; the final epochs, the screening time, the export
         formats and the rest are part of the result.
         """
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
-                if k not in ("trials", "workers", "ray_address")}
+                if k not in ("trials", "search_minutes", "workers", "ray_address")}
 
 
 def kd_knobs() -> tuple:

@@ -32,7 +32,8 @@ pool in the tests). The driver alone asks, promotes and writes `trials.sqlite`.
 * **Counting trials.** New proposals are asked while the trained families
   plus the proposals in flight at the smallest fidelity are fewer than
   `trials` (a proposal in flight may still turn out infeasible, and then
-  another is asked); at most `trials * screen_factor` are asked. Proposals are
+  another is asked); at most `trials * screen_factor` are asked, and none
+  once `search_minutes` is spent (the ones in flight finish and promote). Proposals are
   numbered in order, so a resumed run skips the stored ones and evaluates the
   retryable ones again at their stored points.
 * **Nothing lost.** An outcome is committed the moment it arrives; a pool
@@ -172,6 +173,9 @@ class ParallelSchedule(Schedule):
             self._next += 1
             if (proposal, first) in latest:
                 continue
+            if self.out_of_time():
+                self._next -= 1
+                return False
             # A transient failure of an earlier run is evaluated again at the point it was given.
             retried = self._latest.get((proposal, first))
             if retried is not None:

@@ -11,6 +11,11 @@ one and run the whole schedule in milliseconds, without torch).
   strategy. An infeasible one (over budget) costs a screening
   and no training, so it does not count towards `trials`; at most
   `trials * screen_factor` proposals are asked.
+* With `search_minutes`, no new proposal is asked once the search's
+  wall-clock time (kept in the store's meta `search_seconds`, so it adds up
+  over resumes) has reached it; the round in progress is still promoted, so
+  the best family gets its higher fidelities. Equal time, not equal trials,
+  is how strategies whose proposals cost differently are compared fairly.
 * Trained families come in rounds of η^(L-1); when a round is full, the best
   1/η of its feasible families are evaluated at the next fidelity, the best
   1/η² at the one after, and so on (successive halving).
@@ -89,6 +94,8 @@ class Schedule:
 
             warm_starts = warm_start_points(get_space(config.space))
         self.strategy = make_strategy(config, space, warm_starts)
+        self._clock_base = float(store.get_meta("search_seconds") or 0.0)
+        self._clock_start = time.perf_counter()
         self.strategy.tell([rec for rec in self.records if rec.fidelity == config.fidelities[0]])
 
     @property
@@ -96,12 +103,21 @@ class Schedule:
         """The evaluations that count, in the order they ended: the latest of each (proposal, fidelity)."""
         return sorted(self._latest.values(), key=lambda rec: rec.id)
 
+    def search_seconds(self) -> float:
+        """Wall-clock seconds this search has run, over every run of it on this store."""
+        return self._clock_base + time.perf_counter() - self._clock_start
+
+    def out_of_time(self) -> bool:
+        """Whether `search_minutes` is spent: no new proposal is asked."""
+        minutes = self.config.search_minutes
+        return minutes is not None and self.search_seconds() >= 60 * minutes
+
     def _done(self, proposal: int, fidelity: int) -> TrialRecord | None:
         key = (proposal, fidelity)
         return None if key in self._retry else self._latest.get(key)
 
     def run(self) -> list[TrialRecord]:
-        """Propose, screen and train until `trials` families have been trained (see `screen_factor`)."""
+        """Propose, screen and train until `trials` families have been trained (see `screen_factor`) or time is up."""
         cfg = self.config
         first = cfg.fidelities[0]
         round_size = cfg.eta ** (len(cfg.fidelities) - 1)
@@ -109,6 +125,8 @@ class Schedule:
         while trained < cfg.trials and proposal < cfg.trials * cfg.screen_factor:
             rec = self._done(proposal, first)
             if rec is None:
+                if self.out_of_time():
+                    break
                 # A transient failure of an earlier run is evaluated again at the point it was given.
                 retried = self._latest.get((proposal, first))
                 params, misc = (retried.params, retried.misc) if retried else self.strategy.ask(proposal)
@@ -163,6 +181,7 @@ class Schedule:
         elif rec.status == "failed":
             rec.loss = None
         self.store.add(rec)
+        self.store.set_meta("search_seconds", self.search_seconds())
         key = (rec.proposal, rec.fidelity)
         self._latest[key] = rec
         self._retry.discard(key)

@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_data(parser)
     add_target_args(parser)
     parser.add_argument("--trials", type=positive_int, default=defaults.trials, help=f"proposals (families) to evaluate (default {defaults.trials})")
+    parser.add_argument("--search-minutes", type=positive_float, metavar="M",
+                        help="stop proposing after M minutes of search (summed over --resume runs); the families in "
+                        "flight finish and the best are promoted; --trials still caps the families trained")
     parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy, help="tpe (hyperopt TPE), random, or trade (TRADE/TuRBO trust-region "
                         "BO, one trust region per zoo family and one for nago; best with --space zoo or all) (default tpe); every "
                         "strategy evaluates the space's defaults first (each zoo family's, nago's)")
@@ -54,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (e.g. 10.0.0.5:6379) instead "
                         "of starting a local instance; --workers trainings are kept in flight")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR up to --trials")
+    parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR up to --trials "
+                        "(and --search-minutes)")
     parser.add_argument("--cache-dir", help="teacher-logits cache (default $COMPRESSOR_CACHE or ~/.cache/compressor)")
     parser.add_argument("--quiet", action="store_true", help="no live progress display")
     parser.add_argument("--json", action="store_true", help="print report.json on stdout")
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         teacher_min_accuracy=min_accuracy_from_args(args),
         latency_ms=args.latency_ms, memory_mb=args.memory_mb, size_mb=args.size_mb,
         data_options=data_options_from_args(args), resume=args.resume, quiet=args.quiet or args.json,
-        cache_dir=args.cache_dir, baseline=args.baseline, trials=args.trials, strategy=args.strategy, space=args.space,
+        cache_dir=args.cache_dir, baseline=args.baseline, trials=args.trials,
+        search_minutes=args.search_minutes, strategy=args.strategy, space=args.space,
         family_size=args.family_size, fidelities=parse_fidelities(args.fidelities), eta=args.eta,
         final_epochs=args.final_epochs, seed=args.seed, trial_timeout_s=args.trial_timeout,
         profile_seconds=args.profile_seconds, fill_fraction=args.fill_fraction, export=not args.no_export,
