@@ -82,6 +82,10 @@ def test_tuning_spends_trials_evaluations_at_the_first_fidelity_and_keeps_the_be
     assert best.val_accuracy == max(r.val_accuracy for r in records)
     assert knobs_of(best.params) == max((k for k, _ in calls), key=lambda k: _fake_trainer([])(k, 2))
     assert len(store.records()) == 8
+    # The first evaluation is the search's own first KD point: the trainer's defaults, KD on.
+    from compressor.search.config import kd_knobs
+
+    assert calls[0][0] == {"kd": True, **{k.name: k.default for k in kd_knobs()}}
 
 
 def test_tuning_resumes_where_it_stopped_and_failures_are_failed_trials(tmp_path):

@@ -20,7 +20,8 @@ searched student got, so the baseline is built in three steps:
    KD α/τ. The baseline gets the same: `trials` evaluations of the fixed
    architecture at `fidelities[0]` epochs, proposed by hyperopt TPE over the
    search's own KD knob declarations (`compressor.search.config.kd_knobs`)
-   plus an explicit KD on/off choice (off is α = 0: plain cross-entropy). It
+   plus an explicit KD on/off choice (off is α = 0: plain cross-entropy),
+   starting, as the search does, from the default lr and KD knobs. It
    runs through the search's `Schedule` with an injected evaluator, so it has
    the search's failure rules (a failed training is a failed trial, a trial
    timeout is retried on resume) and its resume: the evaluations live in
@@ -102,6 +103,18 @@ def tuning_space() -> dict[str, Any]:
                                                       {"kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"]}])}
 
 
+def default_tuning_point() -> dict[str, Any]:
+    """The trainer's default lr and KD (on, default α and τ) as a point of `tuning_space`: evaluated first.
+
+    The search evaluates the default KD knobs first (`compressor.search.config.warm_start_points`); the
+    baseline's tuning starts from the same point, so neither begins better informed than the other.
+    """
+    from compressor.search.config import kd_knobs
+
+    knobs = {k.name: k for k in kd_knobs()}
+    return {"kd": 1, **{name: knob.hyperopt_value(knob.default) for name, knob in knobs.items()}}
+
+
 def knobs_of(params: Mapping[str, Any]) -> dict[str, Any]:
     """A tuning proposal as training knobs: {lr, kd_alpha, kd_tau, kd (on/off)}."""
     return {"lr": params["lr"], **params["kd"], "kd": params["kd"]["kd_alpha"] > 0}
@@ -124,8 +137,12 @@ def tune(config: SearchConfig, store, train: Trainer, progress: Callable[[str, d
     """Run (or resume) the baseline's tuning in `store`; returns its records (see the module docstring)."""
     from compressor.search.schedule import Schedule
 
-    return Schedule(config=tuning_config(config), store=store, evaluate=_TuningEvaluator(train),
-                    space=tuning_space(), progress=progress, warm_starts=()).run()
+    from compressor.search.strategies import HyperoptStrategy
+
+    tuning = tuning_config(config)
+    strategy = HyperoptStrategy(tuning, tuning_space(), [default_tuning_point()])
+    return Schedule(config=tuning, store=store, evaluate=_TuningEvaluator(train), space=tuning_space(),
+                    progress=progress, strategy=strategy).run()
 
 
 def open_tuning_store(path: Path, identity: Any):

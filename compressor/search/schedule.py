@@ -41,7 +41,7 @@ from targets.errors import first_line
 
 from compressor.search.config import SearchConfig, WarmStart, member_seeds, warm_start_points
 from compressor.search.store import TrialRecord, TrialStore
-from compressor.search.strategies import make_strategy
+from compressor.search.strategies import Strategy, make_strategy
 
 _log = logging.getLogger(__name__)
 
@@ -74,11 +74,12 @@ class Schedule:
 
     def __init__(self, *, config: SearchConfig, store: TrialStore, evaluate: Evaluator, space: dict[str, Any],
                  progress: Callable[[str, dict], None] | None = None,
-                 warm_starts: Sequence[WarmStart] | None = None) -> None:
+                 warm_starts: Sequence[WarmStart] | None = None, strategy: Strategy | None = None) -> None:
         """`space`: the hyperopt space (trade reads `config.space`'s knobs); `progress(event, info)` hears each evaluation.
 
         `warm_starts`: the points proposed first (default: `warm_start_points` of `config.space`; `()`:
-        none, for a hyperopt space that is not a registered space's).
+        none, for a hyperopt space that is not a registered space's). `strategy`: one built by the
+        caller (a hyperopt space of its own with its own first points) instead of `make_strategy`'s.
         """
         self.config = config
         self.store = store
@@ -89,11 +90,13 @@ class Schedule:
         for rec in store.records():
             self._latest[(rec.proposal, rec.fidelity)] = rec
         self._retry = {key for key, rec in self._latest.items() if rec.retryable}
-        if warm_starts is None:
-            from compressor.spaces import get_space
+        if strategy is None:
+            if warm_starts is None:
+                from compressor.spaces import get_space
 
-            warm_starts = warm_start_points(get_space(config.space))
-        self.strategy = make_strategy(config, space, warm_starts)
+                warm_starts = warm_start_points(get_space(config.space))
+            strategy = make_strategy(config, space, warm_starts)
+        self.strategy = strategy
         self._clock_base = float(store.get_meta("search_seconds") or 0.0)
         self._clock_start = time.perf_counter()
         self.strategy.tell([rec for rec in self.records if rec.fidelity == config.fidelities[0]])
