@@ -148,12 +148,13 @@ def cell_search(run_dir: Path, teacher: Path, data_ref: str, split_seed: int, fr
         return done
     from compressor.pipeline.compress import DataOptions, compress
 
+    strategy, _, space = strategy.partition("@")
     started = time.time()
     result = compress(str(teacher), out=run_dir, data=data_ref, target="cpu-1t", latency_ms=latency_ms,
                       data_options=DataOptions(image_size=IMAGE_SIZE, channels=CHANNELS, seed=split_seed,
                                                label_fraction=fraction),
                       trials=args.max_trials, search_minutes=args.search_minutes, strategy=strategy,
-                      space=args.space, family_size=args.family_size, fidelities=tuple(args.fidelities),
+                      space=space or args.space, family_size=args.family_size, fidelities=tuple(args.fidelities),
                       final_epochs=args.final_epochs, seed=args.seed, export=False, quiet=True,
                       resume=(run_dir / "trials.sqlite").exists(), cache_dir=str(cache))
     log(f"  {strategy}: {time.time() - started:.0f} s")
@@ -275,7 +276,8 @@ def print_summary(table: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["digits-cluttered"])
-    parser.add_argument("--strategies", default="tpe,trade,random")
+    parser.add_argument("--strategies", default="tpe,trade,random",
+                        help="comma-separated; STRATEGY@SPACE runs a strategy on another space than --space")
     parser.add_argument("--split-seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label-fractions", type=float, nargs="+", default=[1.0, 0.1])
     parser.add_argument("--search-minutes", type=float, default=3.0, help="wall-clock search time of every run")
