@@ -123,11 +123,15 @@ def _evaluator(model: LatencyModel, budget_ms: float, **config):
     from targets import load_target
 
     from compressor.search.evaluate import FamilyEvaluator
+    from compressor.search.fit import BudgetFit
 
-    target = load_target("cpu-1t").with_budgets(latency_ms=budget_ms)
-    return FamilyEvaluator(config=SearchConfig(family_size=1, **config), space=get_space("nago"), target=target,
-                           dataset=SimpleNamespace(input_shape=(1, 16, 16), num_classes=10), teacher_logits={},
-                           latency=model)
+    config = SearchConfig(family_size=1, **config)
+    space, target = get_space("nago"), load_target("cpu-1t").with_budgets(latency_ms=budget_ms)
+    dataset = SimpleNamespace(input_shape=(1, 16, 16), num_classes=10)
+    budget = BudgetFit(space=space, model=model, budget_ms=budget_ms, fill_fraction=config.fill_fraction,
+                       input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    return FamilyEvaluator(config=config, space=space, target=target, dataset=dataset, teacher_logits={},
+                           budget=budget)
 
 
 def test_a_family_predicted_far_over_is_recorded_without_measuring():
@@ -150,7 +154,7 @@ def test_an_uncalibrated_model_changes_nothing_before_the_screening():
     evaluate = _evaluator(model, budget_ms=0.05)
     record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": {"base_width": 40}}, seeds=[1],
                          misc={"vals": {"nago.base_width": [8.0]}})
-    evaluate._fit(record)
+    evaluate.budget.fit(record)
     assert record.status == "ok" and record.params == {"arch": {"base_width": 40}}
     assert record.misc == {"vals": {"nago.base_width": [8.0]}}
 

@@ -1,5 +1,6 @@
-"""The parallel schedule without Ray: the ASHA promotion rule, the constant-liar batch ask, and the driver
-loop over a thread pool of fake evaluators (milliseconds, no torch)."""
+"""The parallel schedule without Ray: the ASHA promotion rule, the constant-liar batch ask, the driver
+loop over a thread pool of fake evaluators (milliseconds, no torch), and fit to budget in the driver
+(nago members built with torch, "measured" by a known latency law)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from compressor.search.config import SearchConfig
@@ -114,8 +116,8 @@ class ThreadPool:
     def _run(self, record, previous) -> None:
         time.sleep(self.delay(record))
         try:
-            self.evaluate(record, previous)
-            outcome = Outcome(record)
+            samples = self.evaluate(record, previous)  # what a measuring evaluator returns: its members' samples
+            outcome = Outcome(record, samples=samples or [])
         except Exception as exc:  # noqa: BLE001 - reported to the driver like a pool does
             outcome = Outcome(record, exc, isinstance(exc, TRANSIENT))
         with self._lock:
@@ -126,12 +128,12 @@ class ThreadPool:
         return self.results.get(timeout=10)
 
 
-def _run(path, pool, progress=None, **knobs) -> list[TrialRecord]:
+def _run(path, pool, progress=None, hyperopt_space=SPACE, budget=None, **knobs) -> list[TrialRecord]:
     config = SearchConfig(**{"family_size": 1, "strategy": "random", **knobs}).validate()
     store = TrialStore(path)
     try:
-        return ParallelSchedule(config=config, store=store, pool=pool, space=SPACE, progress=progress,
-                                warm_starts=()).run()
+        return ParallelSchedule(config=config, store=store, pool=pool, space=hyperopt_space, progress=progress,
+                                warm_starts=(), budget=budget).run()
     finally:
         store.close()
 
@@ -191,3 +193,124 @@ def test_parallel_schedule_stops_asking_when_search_minutes_are_spent(tmp_path):
     first = [r for r in records if r.fidelity == 1]
     assert 1 <= len(first) < 40
     assert [r for r in records if r.fidelity == 3], "the best family is still promoted"
+
+
+SHAPE = (1, 8, 8)
+
+
+def _law(features) -> float:
+    """The test's latency (ms) of a network: additive in its costs, so the latency model can learn it exactly."""
+    return 0.01 + 1e-6 * features.macs + 1e-6 * features.activations + 1e-3 * features.ops
+
+
+class MeasuredByLaw:
+    """A pool's evaluator that screens each member by `_law` of its features and returns the samples, as a
+    Ray task returns them; feasible families score 0.5 (no training)."""
+
+    def __init__(self, space, budget_ms: float) -> None:
+        self.space, self.budget_ms = space, budget_ms
+        self.screened: list[dict] = []  # the arch of each family screened
+        self.returned: list = []  # every sample returned
+
+    def __call__(self, record: TrialRecord, previous: TrialRecord | None) -> list:
+        from compressor.search.fit import sample_family
+        from compressor.search.latency_model import network_features
+
+        self.screened.append(record.params["arch"])
+        samples = []
+        for spec in sample_family(self.space, record):
+            features = network_features(self.space.build(spec, SHAPE, 10), SHAPE)
+            samples.append((features, _law(features)))
+        record.latency_ms = max(ms for _, ms in samples)
+        if record.latency_ms > self.budget_ms:
+            record.status, record.loss = "infeasible", 1.5
+        else:
+            record.val_accuracy = 0.5
+        self.returned += samples
+        return samples
+
+
+def _driver_fit(tmp_path, budget_ms: float):
+    """nago's hyperopt space and a `BudgetFit` whose model is calibrated on `_law` (12 synthetic networks),
+    saved under `tmp_path` as a run saves the target's calibration."""
+    from compressor.search.config import kd_hyperopt_space
+    from compressor.search.fit import BudgetFit
+    from compressor.search.latency_model import Features, LatencyModel
+    from compressor.spaces import get_space
+
+    rng = np.random.default_rng(0)
+    calibration = []
+    for _ in range(12):
+        f = Features(macs=int(10 ** rng.uniform(4, 7)), params=1000, activations=int(10 ** rng.uniform(3, 5)),
+                     ops=int(rng.uniform(20, 200)), layers=10)
+        calibration.append((f, _law(f)))
+    model = LatencyModel({"k": 1}, tmp_path / "latency.json", calibration)
+    space = get_space("nago")
+    fit = BudgetFit(space=space, model=model, budget_ms=budget_ms, fill_fraction=0.8, input_shape=SHAPE,
+                    num_classes=10)
+    return {"arch": space.hyperopt_space(), **kd_hyperopt_space()}, fit
+
+
+@pytest.fixture()
+def one_torch_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _ladder_law(space, arch: dict, seeds: list[int]) -> list[float]:
+    """`_law` of the family (its worst member) at each size of `arch`'s ladder, smallest first."""
+    from compressor.search.fit import size_ladder
+    from compressor.search.latency_model import network_features
+
+    return [max(_law(network_features(space.build(space.sample(sized, seed), SHAPE, 10), SHAPE)) for seed in seeds)
+            for sized in size_ladder(space, arch)]
+
+
+@pytest.mark.slow
+def test_the_driver_fits_each_proposal_before_submitting_it_and_learns_every_returned_sample(tmp_path,
+                                                                                              one_torch_thread):
+    from compressor.search.latency_model import LatencyModel
+
+    budget_ms = 1.0
+    hyper, fit = _driver_fit(tmp_path, budget_ms)
+    calibrated = len(fit.model.samples)
+    measured = MeasuredByLaw(fit.space, budget_ms)
+    records = _run(tmp_path / "t.sqlite", ThreadPool(measured, slots=2), hyperopt_space=hyper, budget=fit, space="nago", trials=3,
+                   fidelities=(1,), seed=1)
+    fitted = [r for r in records if not r.misc["fit"]["skipped"]]
+    assert len(fitted) == len(measured.screened) >= 3 and all(r.status == "ok" for r in fitted)
+    for rec in fitted:
+        # the worker screened what the driver fitted: the largest size predicted within 0.8 x the budget
+        assert {k: rec.params["arch"][k] for k in rec.misc["fit"]["fitted"]} == rec.misc["fit"]["fitted"]
+        assert rec.params["arch"] in measured.screened
+        sizes = _ladder_law(fit.space, rec.params["arch"], rec.seeds)
+        at = sizes.index(rec.latency_ms)
+        assert rec.latency_ms <= 0.8 * budget_ms + 1e-9 or at == 0
+        assert at == len(sizes) - 1 or sizes[at + 1] > 0.8 * budget_ms
+        assert rec.misc["predicted"]["latency_ms"] == pytest.approx(rec.latency_ms, rel=1e-3)
+    # every sample a worker returned was learnt once, and saved as a run saves the target's calibration
+    assert len(fit.model.samples) == calibrated + len(measured.returned) == calibrated + len(fitted)
+    assert len(LatencyModel.load({"k": 1}, tmp_path / "latency.json").samples) == len(fit.model.samples)
+
+
+def test_a_proposal_predicted_far_over_is_recorded_by_the_driver_and_never_submitted(tmp_path, one_torch_thread):
+    from compressor.search.latency_model import FAR_OVER
+
+    budget_ms = 0.001  # under the law's 0.01 ms overhead: every size of every family is predicted far over
+    hyper, fit = _driver_fit(tmp_path, budget_ms)
+    calibrated = list(fit.model.samples)
+    measured = MeasuredByLaw(fit.space, budget_ms)
+    ended = []
+    records = _run(tmp_path / "t.sqlite", ThreadPool(measured, slots=2),
+                   lambda event, info: ended.append(info["record"]) if event == "end" else None,
+                   hyperopt_space=hyper, budget=fit, space="nago", trials=2, screen_factor=2, fidelities=(1,))
+    assert measured.screened == [] and fit.model.samples == calibrated  # nothing submitted, nothing measured
+    assert len(records) == len(ended) == 4  # trials x screen_factor proposals asked, each committed
+    for rec in records:
+        assert rec.status == "infeasible" and rec.reason.startswith("predicted over budget")
+        assert rec.misc["fit"]["skipped"] and rec.misc["fit"]["predicted_ms"] > FAR_OVER * budget_ms
+        assert rec.profiles == [] and len(rec.archs) == len(rec.seeds) and rec.loss > 1.0

@@ -62,6 +62,39 @@ def test_parallel_search_end_to_end_measures_one_model_at_a_time(local_ray, tiny
     assert [r.id for r in again.records] == [r.id for r in result.records]
 
 
+def test_the_driver_fits_proposals_with_the_one_latency_model_and_learns_every_measurement(local_ray, tiny_teacher,
+                                                                                            fast_target, tmp_path):
+    """Calibrated before the run (real measurements of nago widths), the driver fits every proposal; the
+    calibration stored for the target then holds one more sample per measurement the actor logged."""
+    from compressor.errors import UserError
+    from compressor.models.on_target import check_on_target
+    from compressor.search.latency_model import MIN_SAMPLES, LatencyModel, network_features
+    from compressor.search.store import TrialStore
+    from compressor.spaces import get_space
+
+    space, shape, cache = get_space("nago"), (1, 16, 16), tmp_path / "cache"
+    model = LatencyModel.open(fast_target, cache)  # the run's target is cpu-1t: same speed settings, same key
+    for width in range(8, 8 + 8 * MIN_SAMPLES, 8):
+        net = space.build(space.sample({"base_width": width}, 0), shape, 10)
+        model.add(network_features(net, shape), check_on_target(net, fast_target, shape, max_seconds=0.2).latency_ms)
+    seeded = len(model.samples)
+    run = tmp_path / "run"
+    try:
+        _compress(tiny_teacher, run, cache, trials=2, latency_ms=sorted(ms for _, ms in model.samples)[seeded // 2],
+                  workers=2, export=False)
+    except UserError:
+        pass  # nothing feasible is a possible outcome on a busy machine; the store is what is checked
+    store = TrialStore(run / "trials.sqlite")
+    records = store.records()
+    store.close()
+    assert records and all("fit" in r.misc and "predicted" in r.misc for r in records)
+    skipped = [r for r in records if r.misc["fit"]["skipped"]]
+    assert all(r.profiles == [] for r in skipped)
+    log = _measurements(run)
+    assert len(log) == sum(len(r.profiles) for r in records) == len(records) - len(skipped)
+    assert len(LatencyModel.open(fast_target, cache).samples) == seeded + len(log)
+
+
 def _descendants() -> list:
     return psutil.Process().children(recursive=True)
 

@@ -248,7 +248,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
 
         searching = parallel_search(config=config, target=target, dataset=dataset, teacher_logits=logits,
                                     store=store, log_path=run_dir / "measurements.jsonl", progress=display.event,
-                                    reference=reference)
+                                    reference=reference, cache_dir=cache_dir)
     else:
         searching = contextlib.nullcontext(Search(config=config, target=target, dataset=dataset,
                                                   teacher_logits=logits, store=store, progress=display.event,

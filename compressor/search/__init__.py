@@ -46,7 +46,10 @@ How the parts fit:
   `--ray-address`): the same schedule with several trainings in flight on
   Ray, asynchronous successive halving (ASHA) and constant-liar asks; every
   screening still goes, one at a time, through one measuring actor on the
-  target's reserved core, and the driver alone writes the store.
+  target's reserved core, and the driver alone writes the store and owns the
+  latency model: it fits each proposal to the budget before submitting it
+  (`fit.BudgetFit`, the evaluator's own in process) and learns the samples
+  the tasks return.
 * `analysis`: the best family (a tie within one validation image goes to
   the faster), the Pareto front of each fidelity and a summary of why
   families failed, from the records.

@@ -14,8 +14,9 @@ A proposal names a *family*: its `family_size` members are
   reason and the penalty loss, and no training is spent on it. The record's
   `latency_ms` is the figure judged (drift-corrected to the run's start);
   its `profiles` keep the raw measurements.
-* **Fit to budget first** (`compressor.search.fit`, when the run has a
-  latency budget, `config.fill_fraction` is set and the run's latency model
+* **Fit to budget first** (`compressor.search.fit.BudgetFit`, when the
+  evaluator is given one: in process; when the run has a latency budget,
+  `config.fill_fraction` is set and the run's latency model
   (`compressor.search.latency_model`) has `MIN_SAMPLES` screened members):
   the proposal's width knobs are sized so its family's predicted latency
   (worst member) fills `fill_fraction` of the budget. The fitted params are
@@ -24,9 +25,14 @@ A proposal names a *family*: its `family_size` members are
   `misc` at the fitted values. A family predicted over `FAR_OVER` x the
   budget even at its smallest size is recorded infeasible ("predicted over
   budget", penalty from the predicted overshoot) without being measured.
-  Every measured member adds a sample to the latency model, and every
-  screening made with a calibrated model keeps its prediction in
+  Every screening made with a calibrated model keeps its prediction in
   `misc["predicted"]` (the report's accuracy figures).
+* **Every measured member is a sample** (its `network_features` and judged
+  latency): the evaluator's `BudgetFit` learns it as it is measured, and the
+  caller's `measured` list receives it. In a Ray worker the evaluator has no
+  `BudgetFit` (the driver owns the run's one model and has already fitted the
+  record, `compressor.search.parallel`); the task returns the list with the
+  record and the driver's model learns it.
 * **Train.** Each member is distilled from the teacher's cached logits for
   `fidelity` epochs (`compressor.train.distill.train_student`); the family's
   score is its members' mean validation accuracy (std kept). A family
@@ -38,19 +44,17 @@ backends, and it does so when it runs, not when it is imported.
 
 from __future__ import annotations
 
-import functools
-import json
 import time
 from typing import Any
 
 import numpy as np
 
 from compressor.search.config import SearchConfig
+from compressor.search.fit import BudgetFit, Sample, sample_family
+from compressor.search.latency_model import network_features
 from compressor.search.schedule import TrialTimeout
 from compressor.search.store import TrialRecord
-from compressor.search.fit import fit_to_budget
-from compressor.search.latency_model import FAR_OVER, LatencyModel, network_features
-from compressor.search.strategies import penalty_loss, record_fitted
+from compressor.search.strategies import penalty_loss
 
 # A family's figures are its worst member's.
 _SCREEN_FIGURES = ("latency_ms", "memory_mb", "size_mb", "n_params", "macs")
@@ -60,11 +64,11 @@ class FamilyEvaluator:
     """`Evaluator` (compressor.search.schedule) of families of `space` on `target`, trained on `dataset`."""
 
     def __init__(self, *, config: SearchConfig, space, target, dataset, teacher_logits: dict[str, Any],
-                 reference=None, latency: LatencyModel | None = None, checker=None) -> None:
+                 reference=None, budget: BudgetFit | None = None, checker=None) -> None:
         from compressor.models.on_target import check_on_target
 
         self.config = config
-        self.latency = latency  # the target's latency model (fit to budget; every screening adds samples), or None
+        self.budget = budget  # the run's latency model at work (fit before screening, learn each member), or None
         # How a member is measured and judged: `check_on_target` in process, or the run's measuring actor
         # (compressor.search.ray_backend) when trainings run in parallel; same signature, same `Checked`.
         self.checker = checker or check_on_target
@@ -74,60 +78,33 @@ class FamilyEvaluator:
         self.dataset = dataset
         self.teacher_logits = teacher_logits
 
-    def __call__(self, record: TrialRecord, previous: TrialRecord | None) -> None:
+    def __call__(self, record: TrialRecord, previous: TrialRecord | None,
+                 measured: list[Sample] | None = None) -> None:
+        """Evaluate `record` (the `Evaluator` protocol); `measured` receives a sample of each member screened."""
         started = time.perf_counter()
-        if previous is None:
-            self._fit(record)
-        specs = [self.space.sample(record.params["arch"], s) for s in record.seeds]
-        record.archs = [s.to_json() for s in specs]
+        if previous is None and self.budget is not None:
+            self.budget.fit(record)
+        specs = sample_family(self.space, record)
         if previous is not None:
             record.profiles = previous.profiles
             for key in _SCREEN_FIGURES:
                 setattr(record, key, getattr(previous, key))
         elif record.status != "infeasible":  # a family predicted far over budget is not measured
-            self._screen(record, specs)
-        record.screen_s = time.perf_counter() - started
+            self._screen(record, specs, [] if measured is None else measured)
+        # `+=`: a record fitted by the parallel driver arrives with the fit's seconds.
+        record.screen_s += time.perf_counter() - started
         if record.status == "ok":
             self._train(record, specs, started)
 
-    def _fit(self, record: TrialRecord) -> None:
-        """Size the proposal to the latency budget, or mark it infeasible unmeasured (see the module docstring)."""
-        model, budget = self.latency, self.target.budgets.latency_ms
-        if model is None or budget is None or not model.calibrated or record.misc is None:
-            return
-        predict = functools.partial(self._predict, seeds=record.seeds)
-        fit = None
-        if self.config.fill_fraction is not None:
-            fit = fit_to_budget(self.space, record.params["arch"], predict, budget_ms=budget,
-                                fraction=self.config.fill_fraction, far_over=FAR_OVER)
-        if fit is not None:
-            record.params = {**record.params, "arch": fit.arch}
-            record.misc = {**record_fitted(record.misc, self.space, fit.arch, fit.values), "fit": fit.describe()}
-        predicted = predict(record.params["arch"]) if fit is None else fit.predicted_ms
-        record.misc = {**record.misc, "predicted": {"latency_ms": predicted, "samples": len(model.samples)}}
-        if fit is not None and fit.skip:
-            sizes = ", ".join(f"{k}={v:g}" for k, v in fit.values.items())
-            record.status = "infeasible"
-            record.reason = (f"predicted over budget: {fit.predicted_ms:.3g} ms at the smallest size ({sizes}), over "
-                             f"{FAR_OVER:g}x the {budget:g} ms budget (latency model of {len(model.samples)} "
-                             "measured networks; not measured)")
-            record.loss = penalty_loss(fit.predicted_ms / budget - 1.0)
-
-    def _predict(self, arch: dict[str, Any], seeds: list[int]) -> float:
-        """The family's predicted latency: its slowest distinct member's (zoo members are all alike)."""
-        specs = {json.dumps(s.resolved, sort_keys=True): s for s in (self.space.sample(arch, seed) for seed in seeds)}
-        features = [network_features(self.space.build(s, self.dataset.input_shape, self.dataset.num_classes),
-                                     self.dataset.input_shape) for s in specs.values()]
-        return float(self.latency.predict(features).max())
-
-    def _screen(self, record: TrialRecord, specs) -> None:
+    def _screen(self, record: TrialRecord, specs, measured: list[Sample]) -> None:
         for spec in specs:
             model = self.space.build(spec, self.dataset.input_shape, self.dataset.num_classes)
-            features = None if self.latency is None else network_features(model, self.dataset.input_shape)
+            features = network_features(model, self.dataset.input_shape)
             checked = self.checker(model, self.target, self.dataset.input_shape,
-                                      max_seconds=self.config.profile_seconds, reference=self.reference)
-            if features is not None:
-                self.latency.add(features, checked.latency_ms)
+                                   max_seconds=self.config.profile_seconds, reference=self.reference)
+            measured.append((features, checked.latency_ms))
+            if self.budget is not None:
+                self.budget.learn([(features, checked.latency_ms)])
             profile = checked.profile
             record.profiles.append(profile)
             record.latency_ms = max(record.latency_ms or 0.0, checked.latency_ms)

@@ -19,19 +19,35 @@ budget there, so measuring it is a waste. Everything else about the proposal
 kept. The predictor is an argument, so the rule is tested with a synthetic
 latency function.
 
-The evaluator (`compressor.search.evaluate`) then screens the fitted family
-as any other (the real measurement decides), stores the fitted params and
-notes the fit in the record's `misc["fit"]`; `strategies.record_fitted`
-writes the fitted values where the strategy reads its points, so it learns
-from what was evaluated.
+`BudgetFit` is that rule at work on a run's records, the one code path for
+both schedules: it holds the run's latency model, fits a new proposal's
+record (the fitted params replace the proposed ones, `misc["fit"]` says what
+was proposed and what was fitted, `strategies.record_fitted` writes the
+fitted values where the strategy reads its points, so it learns from what was
+evaluated; `misc["predicted"]` keeps the prediction the screening is judged
+against), marks a skip infeasible unmeasured, and learns each screened
+member's (features, judged latency). Whoever asks the proposals owns it: the
+in-process evaluator (`compressor.search.evaluate`) fits and learns as it
+screens; the parallel driver (`compressor.search.parallel`) fits before it
+submits and learns the samples each worker returns with its record, so one
+model, persisted as in process, sees every measured member. The screening
+that follows decides (the real measurement), as for any proposal.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-__all__ = ["Fit", "fit_to_budget", "size_ladder"]
+from compressor.search.latency_model import FAR_OVER, Features, LatencyModel, network_features
+from compressor.search.store import TrialRecord
+from compressor.search.strategies import penalty_loss, record_fitted
+
+__all__ = ["BudgetFit", "Fit", "Sample", "fit_to_budget", "sample_family", "size_ladder"]
+
+# A screened member as the latency model learns it: its features and its judged latency (ms).
+Sample = tuple[Features, float]
 
 
 @dataclass(frozen=True)
@@ -114,3 +130,72 @@ def fit_to_budget(space, arch: dict[str, Any], predict: Callable[[dict[str, Any]
     chosen = ladder[low]
     return Fit(arch=chosen, values={n: chosen[n] for n in names}, proposed={n: params[n] for n in names},
                predicted_ms=at(low), skip=at(low) > far_over * budget_ms, predictions=len(predicted))
+
+
+def sample_family(space, record: TrialRecord) -> list:
+    """The ArchSpecs of `record`'s members (`space.sample` of its arch for each member seed), noted in `record.archs`."""
+    specs = [space.sample(record.params["arch"], seed) for seed in record.seeds]
+    record.archs = [spec.to_json() for spec in specs]
+    return specs
+
+
+@dataclass
+class BudgetFit:
+    """The run's latency model at work: fit each new proposal before its screening, learn each screened member.
+
+    Attributes:
+        space: the student space (`Space`).
+        model: the target's latency model (`LatencyModel.open`: persisted per target fingerprint).
+        budget_ms: the latency budget (None: nothing is fitted, samples are still learnt).
+        fill_fraction: the share of the budget a fitted family is sized to (None: predict only).
+        input_shape, num_classes: what the members are built for.
+    """
+
+    space: Any
+    model: LatencyModel
+    budget_ms: float | None
+    fill_fraction: float | None
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    @classmethod
+    def open(cls, config, space, target, dataset, cache_dir=None) -> "BudgetFit":
+        """The run's: `target`'s stored calibration under `cache_dir`, its budget and `config.fill_fraction`."""
+        return cls(space=space, model=LatencyModel.open(target, cache_dir), budget_ms=target.budgets.latency_ms,
+                   fill_fraction=config.fill_fraction, input_shape=tuple(dataset.input_shape),
+                   num_classes=dataset.num_classes)
+
+    def fit(self, record: TrialRecord) -> None:
+        """Size a new proposal's record to the budget, or mark it infeasible unmeasured (module docstring)."""
+        model, budget = self.model, self.budget_ms
+        if budget is None or not model.calibrated or record.misc is None:
+            return
+        fit = None
+        if self.fill_fraction is not None:
+            fit = fit_to_budget(self.space, record.params["arch"], lambda arch: self.predict(arch, record.seeds),
+                                budget_ms=budget, fraction=self.fill_fraction, far_over=FAR_OVER)
+        if fit is not None:
+            record.params = {**record.params, "arch": fit.arch}
+            record.misc = {**record_fitted(record.misc, self.space, fit.arch, fit.values), "fit": fit.describe()}
+        predicted = self.predict(record.params["arch"], record.seeds) if fit is None else fit.predicted_ms
+        record.misc = {**record.misc, "predicted": {"latency_ms": predicted, "samples": len(model.samples)}}
+        if fit is not None and fit.skip:
+            sizes = ", ".join(f"{k}={v:g}" for k, v in fit.values.items())
+            sample_family(self.space, record)
+            record.status = "infeasible"
+            record.reason = (f"predicted over budget: {fit.predicted_ms:.3g} ms at the smallest size ({sizes}), over "
+                             f"{FAR_OVER:g}x the {budget:g} ms budget (latency model of {len(model.samples)} "
+                             "measured networks; not measured)")
+            record.loss = penalty_loss(fit.predicted_ms / budget - 1.0)
+
+    def predict(self, arch: dict[str, Any], seeds: list[int]) -> float:
+        """The family's predicted latency: its slowest distinct member's (zoo members are all alike)."""
+        specs = {json.dumps(s.resolved, sort_keys=True): s for s in (self.space.sample(arch, seed) for seed in seeds)}
+        features = [network_features(self.space.build(s, self.input_shape, self.num_classes), self.input_shape)
+                    for s in specs.values()]
+        return float(self.model.predict(features).max())
+
+    def learn(self, samples: Iterable[Sample]) -> None:
+        """Screened members: each becomes a sample of the model, which is saved after each."""
+        for features, latency_ms in samples:
+            self.model.add(features, latency_ms)

@@ -3,8 +3,9 @@
 `Search` is a `Schedule` (compressor.search.schedule) whose evaluator is
 `FamilyEvaluator` (compressor.search.evaluate) and whose hyperopt space is the
 student space's architecture knobs plus the distillation knobs. The
-evaluator's latency model (compressor.search.latency_model) starts from the
-samples this machine has stored for the target under `cache_dir`.
+evaluator fits proposals to the budget with the run's `BudgetFit`
+(compressor.search.fit), whose latency model starts from the samples this
+machine has stored for the target under `cache_dir`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Callable
 
 from compressor.search.config import SearchConfig, kd_hyperopt_space
 from compressor.search.evaluate import FamilyEvaluator
-from compressor.search.latency_model import LatencyModel
+from compressor.search.fit import BudgetFit
 from compressor.search.schedule import Schedule
 from compressor.search.store import TrialStore
 
@@ -30,6 +31,6 @@ class Search(Schedule):
         space = get_space(config.space)
         evaluate = FamilyEvaluator(config=config, space=space, target=target, dataset=dataset,
                                    teacher_logits=teacher_logits, reference=reference,
-                                   latency=LatencyModel.open(target, cache_dir))
+                                   budget=BudgetFit.open(config, space, target, dataset, cache_dir))
         super().__init__(config=config, store=store, evaluate=evaluate,
                          space={"arch": space.hyperopt_space(), **kd_hyperopt_space()}, progress=progress)

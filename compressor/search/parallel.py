@@ -36,6 +36,18 @@ pool in the tests). The driver alone asks, promotes and writes `trials.sqlite`.
   once `search_minutes` is spent (the ones in flight finish and promote). Proposals are
   numbered in order, so a resumed run skips the stored ones and evaluates the
   retryable ones again at their stored points.
+* **Fit to budget in the driver.** With a `BudgetFit` (compressor.search.fit;
+  from the CLI, the run's one latency model, persisted per target as in
+  process), the driver fits each new proposal before it submits it, exactly
+  where the in-process evaluator would: the fitted record is what the worker
+  screens and trains and what the liars and the store see. A proposal
+  predicted far over budget is committed infeasible at once, unmeasured, and
+  never submitted. A pool returns, with each record, a sample (features,
+  judged latency) of every member it measured (`Outcome.samples`); the
+  driver's model learns them when it commits the outcome, so it sees every
+  measured member, whichever worker or machine measured it. A stored record
+  replays as it is; a retryable one is fitted again at its stored point, as in
+  process.
 * **Nothing lost.** An outcome is committed the moment it arrives; a pool
   reports a failure with whether it is transient (a killed worker, an
   unreachable device: failed and `retryable`). A driver killed with `kill -9`
@@ -47,10 +59,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from compressor.search.config import SearchConfig, WarmStart
+from compressor.search.fit import BudgetFit, Sample
 from compressor.search.schedule import Schedule, record_failure
 from compressor.search.store import TrialRecord, TrialStore
 from compressor.search.strategies import Strategy
@@ -60,11 +74,15 @@ Key = tuple[int, int]  # (proposal, fidelity)
 
 @dataclass
 class Outcome:
-    """An evaluation that ended in a pool: the filled record, or the driver's record and what went wrong."""
+    """An evaluation that ended in a pool: the filled record, or the driver's record and what went wrong.
+
+    `samples`: the (features, judged latency) of each member the evaluation measured, for the driver's model.
+    """
 
     record: TrialRecord
     error: BaseException | None = None
     transient: bool = False
+    samples: list[Sample] = field(default_factory=list)
 
 
 class Pool(Protocol):
@@ -127,10 +145,11 @@ class ParallelSchedule(Schedule):
 
     def __init__(self, *, config: SearchConfig, store: TrialStore, pool: Pool, space: dict[str, Any],
                  progress: Callable[[str, dict], None] | None = None,
-                 warm_starts: Sequence[WarmStart] | None = None) -> None:
+                 warm_starts: Sequence[WarmStart] | None = None, budget: BudgetFit | None = None) -> None:
         super().__init__(config=config, store=store, evaluate=None, space=space, progress=progress,
                          warm_starts=warm_starts)
         self.pool = pool
+        self.budget = budget  # fits new proposals before they are submitted and learns the returned samples
         self._flights: dict[Key, TrialRecord] = {}
         self._next = 0  # the next proposal number to look at
 
@@ -149,6 +168,8 @@ class ParallelSchedule(Schedule):
             if outcome.error is not None:
                 record_failure(rec, outcome.error, transient=outcome.transient)
             del self._flights[(rec.proposal, rec.fidelity)]
+            if self.budget is not None:
+                self.budget.learn(outcome.samples)
             self._commit(rec)
 
     def _submit_next(self, *, draining: bool) -> bool:
@@ -188,6 +209,15 @@ class ParallelSchedule(Schedule):
         return False
 
     def _submit(self, rec: TrialRecord, previous: TrialRecord | None) -> None:
-        self._flights[(rec.proposal, rec.fidelity)] = rec
+        """Fit a new proposal, then submit it, or commit it at once when it is predicted far over budget."""
         self.progress("start", {"proposal": rec.proposal, "fidelity": rec.fidelity})
+        if previous is None and self.budget is not None:
+            started = time.perf_counter()
+            self.budget.fit(rec)
+            # The fit's seconds are the evaluation's, as in process; the worker adds its own.
+            rec.screen_s = rec.total_s = time.perf_counter() - started
+            if rec.status == "infeasible":
+                self._commit(rec)
+                return
+        self._flights[(rec.proposal, rec.fidelity)] = rec
         self.pool.submit(rec, previous)

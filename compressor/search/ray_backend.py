@@ -15,9 +15,20 @@ How the parts fit:
   their references, and a worker process deserialises them once per run.
 * **Trainings** are Ray tasks (`evaluate_family`, one CPU each, no Ray
   retries: the driver decides what is retried). A task runs the same
-  `FamilyEvaluator` as the in-process search, with one difference: its
+  `FamilyEvaluator` as the in-process search, with two differences: its
   `checker` (`MeasuringChecker`) does not measure; it exports the member to
-  ONNX and hands the bytes to the measuring actor, and waits for its `Checked`.
+  ONNX and hands the bytes to the measuring actor, and waits for its
+  `Checked`; and it has no latency model. The driver owns the run's one
+  model (`compressor.search.fit.BudgetFit`, opened from the calibration this
+  machine stored for the target, saved after each sample as in process): it
+  fits each proposal before submitting it (`ParallelSchedule`), and the task
+  returns, with its record, the features and judged latency of each member it
+  measured, which the driver's model learns when it commits the record. The
+  features are computed in the worker, which has just built the member
+  (3-26 ms; the driver would have to build it again, and a member's judged
+  latency is not in its record). The driver's own work during the search
+  (asks, the fit's forward passes) runs on one torch thread, pinned like the
+  workers off the reserved cores.
 * **Measurements are never disturbed.** There is one measuring actor per run
   and target (`Measurer`, `max_concurrency` 1, so it runs one measurement at a
   time, in arrival order) and it runs `check_on_target`, the one
@@ -43,8 +54,9 @@ How the parts fit:
 * The other verdicts of a run (reachability, the teacher, the baseline, the
   final session) are measured in the driver before the pool starts or after
   it has shut down, when no training runs.
-* **Failures.** A task that raises is a failed trial with its reason, as in
-  process; one whose worker died (killed, out of memory, its node lost) or
+* **Failures.** An evaluation that raises is a failed trial with its reason,
+  recorded in the task as in process (`record_failure`), so the members it
+  measured before failing still reach the driver's model; one whose worker died (killed, out of memory, its node lost) or
   whose measuring actor died is failed and `retryable` (`is_transient`), like
   the schedule's `TRANSIENT` errors: a resumed run evaluates it again. The
   measuring actor is restarted by Ray after a crash.
@@ -64,7 +76,7 @@ from typing import Any, Callable, Iterator
 from compressor.errors import UserError
 from compressor.search.config import SearchConfig
 from compressor.search.parallel import Outcome, ParallelSchedule
-from compressor.search.schedule import TRANSIENT
+from compressor.search.schedule import TRANSIENT, record_failure
 from compressor.search.store import TrialRecord, TrialStore
 
 RAY_EXTRA = "pip install 'compressor[ray]'"
@@ -205,12 +217,20 @@ def _evaluator(context: WorkerContext):
     return found
 
 
-def evaluate_family(context: WorkerContext, record: TrialRecord, previous: TrialRecord | None) -> TrialRecord:
-    """One evaluation in a Ray worker: screen through the measuring actor, train here; the filled record."""
+def evaluate_family(context: WorkerContext, record: TrialRecord, previous: TrialRecord | None) -> Outcome:
+    """One evaluation in a Ray worker: screen through the measuring actor, train here; the filled record and samples.
+
+    A failure of the evaluation is recorded here, so the samples of the members measured before it go back too.
+    """
     started = time.perf_counter()
-    _evaluator(context)(record, previous)
-    record.total_s = time.perf_counter() - started
-    return record
+    measured: list = []
+    try:
+        _evaluator(context)(record, previous, measured)
+    except Exception as exc:  # noqa: BLE001 - any candidate failure is a failed trial, never a crashed search
+        cause = _cause(exc)
+        record_failure(record, cause, transient=is_transient(cause))
+    record.total_s += time.perf_counter() - started  # after the driver's fit seconds
+    return Outcome(record, samples=measured)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -251,22 +271,42 @@ class RayPool:
         [ref], _ = ray.wait(list(self._flights), num_returns=1)
         record, started = self._flights.pop(ref)
         try:
-            return Outcome(ray.get(ref))
-        except Exception as exc:  # noqa: BLE001 - any task failure is a failed trial, never a crashed search
+            return ray.get(ref)
+        except Exception as exc:  # noqa: BLE001 - a lost task is a failed trial, never a crashed search
             cause = _cause(exc)
-            record.total_s = time.perf_counter() - started
+            record.total_s += time.perf_counter() - started
             return Outcome(record, cause, is_transient(cause))
+
+
+@contextlib.contextmanager
+def _driver_off_the_target(reserved: tuple[int, ...]) -> Iterator[None]:
+    """The driver while trainings run: one torch thread (the fit's forward passes), off the reserved cores."""
+    import torch
+
+    from profilers.host import pinned_to
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pinned_to(_other_cpus(reserved)):
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
 def parallel_search(*, config: SearchConfig, target, dataset, teacher_logits: dict[str, Any], store: TrialStore,
                     log_path: Path, progress: Callable[[str, dict], None] | None = None,
-                    reference=None) -> Iterator[ParallelSchedule]:
-    """The search on Ray for `compressor.pipeline.compress`: Ray up, the measuring actor, the pool, the schedule."""
+                    reference=None, cache_dir=None) -> Iterator[ParallelSchedule]:
+    """The search on Ray for `compressor.pipeline.compress`: Ray up, the measuring actor, the pool, the schedule.
+
+    `cache_dir`: where the target's latency calibration is stored (`compressor.search.fit.BudgetFit.open`).
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from compressor.search.config import kd_hyperopt_space
+    from compressor.search.fit import BudgetFit
     from compressor.spaces import get_space
     from profilers.host import current_affinity
 
@@ -281,7 +321,10 @@ def parallel_search(*, config: SearchConfig, target, dataset, teacher_logits: di
                                 reserved=reserved_cpus(target))
         space = get_space(config.space)
         try:
-            yield ParallelSchedule(config=config, store=store, pool=RayPool(context, config.workers),
-                                   space={"arch": space.hyperopt_space(), **kd_hyperopt_space()}, progress=progress)
+            with _driver_off_the_target(context.reserved):
+                yield ParallelSchedule(config=config, store=store, pool=RayPool(context, config.workers),
+                                       space={"arch": space.hyperopt_space(), **kd_hyperopt_space()},
+                                       progress=progress,
+                                       budget=BudgetFit.open(config, space, target, dataset, cache_dir))
         finally:
             ray.kill(measurer)
