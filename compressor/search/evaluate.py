@@ -16,14 +16,17 @@ A proposal names a *family*: its `family_size` members are
   its `profiles` keep the raw measurements.
 * **Fit to budget first** (`compressor.search.fit`, when the run has a
   latency budget, `config.fill_fraction` is set and the run's latency model
-  (`compressor.search.latency_model`) has `MIN_SAMPLES` screened members):
-  the proposal's width knobs are sized so its family's predicted latency
+  (`compressor.search.latency_model`) has `MIN_SAMPLES` measured members; a
+  cold model first measures sizes of the proposal's first member until it
+  has, `_calibrate`): the proposal's width knobs (and its depth knobs when
+  the smallest width is over) are sized so its family's predicted latency
   (worst member) fills `fill_fraction` of the budget. The fitted params are
   what is screened, trained and stored; `misc["fit"]` says what was proposed
   and what was fitted, and `strategies.record_fitted` points the strategy's
-  `misc` at the fitted values. A family predicted over `FAR_OVER` x the
-  budget even at its smallest size is recorded infeasible ("predicted over
-  budget", penalty from the predicted overshoot) without being measured.
+  `misc` at the fitted values. A family predicted over the model's skip
+  factor (`LatencyModel.skip_factor`) x the budget even at its smallest size
+  is recorded infeasible ("predicted over budget", penalty from the
+  predicted overshoot) without being measured.
   Every measured member adds a sample to the latency model, and every
   screening made with a calibrated model keeps its prediction in
   `misc["predicted"]` (the report's accuracy figures).
@@ -48,8 +51,8 @@ import numpy as np
 from compressor.search.config import SearchConfig
 from compressor.search.schedule import TrialTimeout
 from compressor.search.store import TrialRecord
-from compressor.search.fit import fit_to_budget
-from compressor.search.latency_model import FAR_OVER, LatencyModel, network_features
+from compressor.search.fit import calibration_points, fit_to_budget
+from compressor.search.latency_model import MIN_SAMPLES, LatencyModel, network_features
 from compressor.search.strategies import penalty_loss, record_fitted
 
 # A family's figures are its worst member's.
@@ -93,13 +96,18 @@ class FamilyEvaluator:
     def _fit(self, record: TrialRecord) -> None:
         """Size the proposal to the latency budget, or mark it infeasible unmeasured (see the module docstring)."""
         model, budget = self.latency, self.target.budgets.latency_ms
-        if model is None or budget is None or not model.calibrated or record.misc is None:
+        if model is None or budget is None or record.misc is None:
+            return
+        if not model.calibrated and self.config.fill_fraction is not None:
+            self._calibrate(record)
+        if not model.calibrated:
             return
         predict = functools.partial(self._predict, seeds=record.seeds)
         fit = None
         if self.config.fill_fraction is not None:
+            far_over = model.skip_factor(budget)
             fit = fit_to_budget(self.space, record.params["arch"], predict, budget_ms=budget,
-                                fraction=self.config.fill_fraction, far_over=FAR_OVER)
+                                fraction=self.config.fill_fraction, far_over=far_over)
         if fit is not None:
             record.params = {**record.params, "arch": fit.arch}
             record.misc = {**record_fitted(record.misc, self.space, fit.arch, fit.values), "fit": fit.describe()}
@@ -109,9 +117,23 @@ class FamilyEvaluator:
             sizes = ", ".join(f"{k}={v:g}" for k, v in fit.values.items())
             record.status = "infeasible"
             record.reason = (f"predicted over budget: {fit.predicted_ms:.3g} ms at the smallest size ({sizes}), over "
-                             f"{FAR_OVER:g}x the {budget:g} ms budget (latency model of {len(model.samples)} "
+                             f"{far_over:.3g}x the {budget:g} ms budget (latency model of {len(model.samples)} "
                              "measured networks; not measured)")
-            record.loss = penalty_loss(fit.predicted_ms / budget - 1.0)
+            record.loss = penalty_loss(max(fit.predicted_ms / budget - 1.0, 0.0))
+
+    def _calibrate(self, record: TrialRecord) -> None:
+        """Measure sizes of the proposal's first member until the model has `MIN_SAMPLES` (`fit.calibration_points`).
+
+        A cold model used to let the first proposals be screened as asked, and
+        under a tight budget most were over. Measuring a spread of sizes
+        instead costs about what those screenings did, once per target and
+        machine, and the proposal is then fitted; the measurements are not
+        screenings and the record counts them in `misc["calibration"]`.
+        """
+        points = calibration_points(self.space, record.params["arch"], MIN_SAMPLES - len(self.latency.samples))
+        for arch in points:
+            self._measure(self.space.sample(arch, record.seeds[0]))
+        record.misc = {**record.misc, "calibration": len(points)}
 
     def _predict(self, arch: dict[str, Any], seeds: list[int]) -> float:
         """The family's predicted latency: its slowest distinct member's (zoo members are all alike)."""
@@ -120,14 +142,19 @@ class FamilyEvaluator:
                                      self.dataset.input_shape) for s in specs.values()]
         return float(self.latency.predict(features).max())
 
+    def _measure(self, spec):
+        """Build `spec`, measure and judge it on the target (`Checked`), and add it to the latency model."""
+        model = self.space.build(spec, self.dataset.input_shape, self.dataset.num_classes)
+        features = None if self.latency is None else network_features(model, self.dataset.input_shape)
+        checked = self.checker(model, self.target, self.dataset.input_shape,
+                               max_seconds=self.config.profile_seconds, reference=self.reference)
+        if features is not None:
+            self.latency.add(features, checked.latency_ms)
+        return checked
+
     def _screen(self, record: TrialRecord, specs) -> None:
         for spec in specs:
-            model = self.space.build(spec, self.dataset.input_shape, self.dataset.num_classes)
-            features = None if self.latency is None else network_features(model, self.dataset.input_shape)
-            checked = self.checker(model, self.target, self.dataset.input_shape,
-                                      max_seconds=self.config.profile_seconds, reference=self.reference)
-            if features is not None:
-                self.latency.add(features, checked.latency_ms)
+            checked = self._measure(spec)
             profile = checked.profile
             record.profiles.append(profile)
             record.latency_ms = max(record.latency_ms or 0.0, checked.latency_ms)
