@@ -10,24 +10,27 @@ import numpy as np
 import pytest
 
 from compressor.search.config import SearchConfig, kd_hyperopt_space
-from compressor.search.fit import fit_to_budget, size_ladder
-from compressor.search.latency_model import (FAR_OVER, MIN_SAMPLES, Features, LatencyModel, kendall_tau,
-                                             screening_summary)
+from compressor.search.fit import calibration_points, fit_to_budget, size_ladder
+from compressor.search.latency_model import (FAR_OVER, MIN_SAMPLES, NEAR_OVER, Features, LatencyModel, kendall_tau,
+                                             network_features, screening_summary)
 from compressor.search.store import TrialRecord
 from compressor.search.strategies import HyperoptStrategy, record_fitted
 from compressor.spaces import get_space
 
 
-def _synthetic(n: int, seed: int) -> list[tuple[Features, float]]:
-    """Networks with random costs and a latency that grows with each of them, times 10% log-normal noise."""
+def _truth(f: Features) -> float:
+    return 0.02 + 4e-9 * f.macs + 2e-8 * f.activations + 5e-4 * f.ops
+
+
+def _synthetic(n: int, seed: int, noise: float = 0.1) -> list[tuple[Features, float]]:
+    """Networks with random costs and a latency that grows with each of them, times log-normal noise."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         f = Features(macs=int(10 ** rng.uniform(5, 8)), params=int(10 ** rng.uniform(3, 6)),
                      activations=int(10 ** rng.uniform(4, 6.5)), ops=int(rng.uniform(20, 300)),
                      layers=int(rng.uniform(3, 80)))
-        truth = 0.02 + 4e-9 * f.macs + 2e-8 * f.activations + 5e-4 * f.ops
-        out.append((f, truth * float(np.exp(rng.normal(0, 0.1)))))
+        out.append((f, _truth(f) * float(np.exp(rng.normal(0, noise)))))
     return out
 
 
@@ -95,19 +98,25 @@ def test_fit_scales_every_size_knob_of_a_family_and_skips_far_over():
     assert not near.skip and near.arch == ladder[0]  # over the fraction but not far over: measured
 
 
-def test_strategies_are_told_the_fitted_point():
+def _width_latency(space):
+    return lambda a: sum(a[k.name] for k in space.size_knobs(a))
+
+
+@pytest.mark.parametrize("name, latency, budget_ms", [("zoo", None, 1.0), ("nago", "ops", 0.004)])
+def test_strategies_are_told_the_fitted_point(name, latency, budget_ms):
+    """Widths (zoo) and shrunk depths (nago, a budget under any width of the proposed graph) both reach the point."""
     from hyperopt import space_eval
 
     from compressor.search.trust_region import TrustRegionStrategy
 
-    space = get_space("zoo")
-    config = SearchConfig(space="zoo", trials=4)
+    space = get_space(name)
+    predict = _ops_latency if latency == "ops" else _width_latency(space)
+    config = SearchConfig(space=name, trials=4)
     hyperopt = HyperoptStrategy(config, {"arch": space.hyperopt_space(), **kd_hyperopt_space()})
     trade = TrustRegionStrategy(config, space)
     for strategy in (hyperopt, trade):
         params, misc = strategy.ask(0)
-        fit = fit_to_budget(space, params["arch"], lambda a: sum(a[k.name] for k in space.size_knobs(a)),
-                            budget_ms=1.0, fraction=0.8, far_over=FAR_OVER)
+        fit = fit_to_budget(space, params["arch"], predict, budget_ms=budget_ms, fraction=0.8, far_over=FAR_OVER)
         told = record_fitted(misc, space, fit.arch, fit.values)
         assert told != misc and misc == strategy.ask(0)[1]  # a copy; the proposal itself is unchanged
         if strategy is hyperopt:
@@ -119,7 +128,13 @@ def test_strategies_are_told_the_fitted_point():
         assert decoded == fit.arch
 
 
-def _evaluator(model: LatencyModel, budget_ms: float, **config):
+def _nago_vals() -> dict[str, list[float]]:
+    """hyperopt's `misc["vals"]` for nago's default point (every searchable knob's label)."""
+    space = get_space("nago")
+    return {label: [value] for label, value in space.hyperopt_point(space.default_params()).items()}
+
+
+def _evaluator(model: LatencyModel, budget_ms: float, checker=None, **config):
     from targets import load_target
 
     from compressor.search.evaluate import FamilyEvaluator
@@ -131,7 +146,7 @@ def _evaluator(model: LatencyModel, budget_ms: float, **config):
     budget = BudgetFit(space=space, model=model, budget_ms=budget_ms, fill_fraction=config.fill_fraction,
                        input_shape=dataset.input_shape, num_classes=dataset.num_classes)
     return FamilyEvaluator(config=config, space=space, target=target, dataset=dataset, teacher_logits={},
-                           budget=budget)
+                           budget=budget, checker=checker)
 
 
 def test_a_family_predicted_far_over_is_recorded_without_measuring():
@@ -139,24 +154,97 @@ def test_a_family_predicted_far_over_is_recorded_without_measuring():
     evaluate = _evaluator(model, budget_ms=0.05)
     record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": {"base_width": 40}, "lr": 0.1,
                                                                      "kd_alpha": 0.5, "kd_tau": 4.0},
-                         seeds=[1], misc={"vals": {"nago.base_width": [8.0]}})
+                         seeds=[1], misc={"vals": _nago_vals()})
     evaluate(record, None)
     assert record.status == "infeasible" and record.reason.startswith("predicted over budget")
     assert record.profiles == [] and len(model.samples) == MIN_SAMPLES  # nothing was measured
     assert record.params["arch"]["base_width"] == 8 and record.misc["vals"]["nago.base_width"] == [0.0]
+    # Depth was shrunk first (the synthetic latency grows with ops), then skipped at the shallowest.
+    assert record.misc["fit"]["fitted"]["bottom_nodes"] == 1 and record.misc["vals"]["nago.bottom_nodes"] == [1.0]
     assert record.misc["fit"]["skipped"] and record.loss > 1.0 + FAR_OVER - 1.0
     summary = screening_summary([record], 0.05)
     assert summary["skipped"] == 1 and summary["screenings"] == 0 and summary["fitted"] == 0
 
 
-def test_an_uncalibrated_model_changes_nothing_before_the_screening():
+def test_an_uncalibrated_model_without_fit_changes_nothing_before_the_screening():
     model = LatencyModel({"k": 1}, None, _synthetic(MIN_SAMPLES - 1, 4))
-    evaluate = _evaluator(model, budget_ms=0.05)
+    evaluate = _evaluator(model, budget_ms=0.05, fill_fraction=None)
     record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": {"base_width": 40}}, seeds=[1],
                          misc={"vals": {"nago.base_width": [8.0]}})
     evaluate.budget.fit(record)
     assert record.status == "ok" and record.params == {"arch": {"base_width": 40}}
     assert record.misc == {"vals": {"nago.base_width": [8.0]}}
+
+
+def _ops_latency(arch) -> float:
+    """A synthetic nago latency: per-op overhead (grows with the node counts) plus compute (with the width)."""
+    return 1e-3 * arch["top_nodes"] * arch["mid_nodes"] * arch["bottom_nodes"] * (1 + arch["base_width"] / 32)
+
+
+def test_fit_shrinks_a_graph_too_deep_for_any_width_and_keeps_the_rest():
+    space = get_space("nago")
+    arch = {"base_width": 40, "top_nodes": 6, "mid_nodes": 4, "bottom_nodes": 5, "op": "conv3x3",
+            "top_generator": "er"}
+    smallest_width = _ops_latency({**space.validate_params(arch), "base_width": 8})
+    fit = fit_to_budget(space, arch, _ops_latency, budget_ms=smallest_width / 2, fraction=0.8, far_over=FAR_OVER)
+    assert fit.predicted_ms <= 0.8 * smallest_width / 2 and not fit.skip
+    assert (fit.arch["op"], fit.arch["top_generator"]) == ("conv3x3", "er")  # the strategy's other choices
+    shrunk = {k: v for k, v in fit.values.items() if k != "base_width"}
+    assert shrunk and all(fit.values[k] < fit.proposed[k] for k in shrunk)  # only changed depth knobs reported
+    assert set(shrunk) <= {"top_nodes", "mid_nodes", "bottom_nodes"}
+    # Depth is the first resort only when width cannot fit: a budget the smallest width meets keeps the graph.
+    wide = fit_to_budget(space, arch, _ops_latency, budget_ms=2 * smallest_width, fraction=0.8, far_over=FAR_OVER)
+    assert set(wide.values) == {"base_width"} and wide.arch["top_nodes"] == 6 and wide.arch["base_width"] > 8
+    # Shrinking stops at the smallest depth; a family still over is skipped there.
+    hopeless = fit_to_budget(space, arch, lambda a: 100 * _ops_latency(a), budget_ms=0.05, fraction=0.8,
+                             far_over=FAR_OVER)
+    assert hopeless.skip and (hopeless.arch["top_nodes"], hopeless.arch["mid_nodes"], hopeless.arch["bottom_nodes"]) \
+        == (3, 1, 1)
+
+
+def test_the_skip_factor_follows_the_model_residuals_near_the_budget():
+    exact = LatencyModel({"k": 1}, None, _synthetic(40, 5, noise=0.0))
+    assert exact.skip_factor(budget_ms=0.1) == pytest.approx(1.0, abs=0.02)
+    noisy = LatencyModel({"k": 1}, None, _synthetic(40, 5, noise=0.05)).skip_factor(budget_ms=0.1)
+    noisier = LatencyModel({"k": 1}, None, _synthetic(40, 5, noise=0.1)).skip_factor(budget_ms=0.1)
+    assert 1.0 < noisy < noisier <= FAR_OVER  # the more the model errs, the more room a prediction gets
+    # Networks near the budget measured 30% slower than the model can express: it underpredicts exactly there,
+    # so a family predicted a little under the budget is skipped (the factor is under 1, not under NEAR_OVER).
+    samples = [(f, ms * (1.3 if 0.05 <= ms <= 0.2 else 1.0)) for f, ms in _synthetic(80, 6, noise=0.0)]
+    biased = LatencyModel({"k": 1}, None, samples)
+    assert NEAR_OVER <= biased.skip_factor(budget_ms=0.1) < 1.0
+    assert biased.skip_factor(budget_ms=5.0) > 1.0  # far from the biased region the residuals are others
+
+
+def test_calibration_points_spread_over_widths_and_two_depths():
+    space = get_space("nago")
+    arch = {"base_width": 40, "top_nodes": 5, "mid_nodes": 2, "op": "conv1x1"}
+    points = calibration_points(space, arch, MIN_SAMPLES)
+    assert len(points) == MIN_SAMPLES and len({json.dumps(p, sort_keys=True) for p in points}) == MIN_SAMPLES
+    assert {p["top_nodes"] for p in points} == {5, 3} and {p["mid_nodes"] for p in points} == {2, 1}
+    assert {8, 64} <= {p["base_width"] for p in points} and all(p["op"] == "conv1x1" for p in points)
+    assert calibration_points(space, arch, 3) == points[:3]
+
+
+def _synthetic_checker(model, target, input_shape, *, max_seconds, reference):
+    """A target whose latency is a known function of the network's costs (the rule under test is the evaluator's)."""
+    return SimpleNamespace(latency_ms=_truth(network_features(model, input_shape)))
+
+
+def test_a_cold_model_is_calibrated_on_the_first_proposal_then_fits_it():
+    model = LatencyModel({"k": 1}, None, _synthetic(MIN_SAMPLES - 3, 4))
+    evaluate = _evaluator(model, budget_ms=0.3, checker=_synthetic_checker)
+    record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": {"base_width": 40}}, seeds=[1],
+                         misc={"vals": _nago_vals()})
+    evaluate._fit(record)
+    assert len(model.samples) == MIN_SAMPLES and record.misc["calibration"] == 3
+    assert record.status == "ok" and "fit" in record.misc and "predicted" in record.misc
+    summary = screening_summary([record], 0.3)
+    assert summary["calibration"] == 3 and summary["screenings"] == 0
+    again = TrialRecord(proposal=1, fidelity=1, status="ok", params={"arch": {"base_width": 40}}, seeds=[1],
+                        misc={"vals": _nago_vals()})
+    evaluate._fit(again)
+    assert "calibration" not in again.misc and len(model.samples) == MIN_SAMPLES  # calibrated once
 
 
 @pytest.mark.slow

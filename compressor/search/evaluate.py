@@ -14,18 +14,20 @@ A proposal names a *family*: its `family_size` members are
   reason and the penalty loss, and no training is spent on it. The record's
   `latency_ms` is the figure judged (drift-corrected to the run's start);
   its `profiles` keep the raw measurements.
-* **Fit to budget first** (`compressor.search.fit.BudgetFit`, when the
-  evaluator is given one: in process; when the run has a latency budget,
-  `config.fill_fraction` is set and the run's latency model
-  (`compressor.search.latency_model`) has `MIN_SAMPLES` screened members):
-  the proposal's width knobs are sized so its family's predicted latency
+* **Fit to budget first** (`compressor.search.fit.BudgetFit`, given to the
+  evaluator in process; when the run has a latency budget, `config.fill_fraction` is set and the run's latency model
+  (`compressor.search.latency_model`) has `MIN_SAMPLES` measured members; a
+  cold model first measures sizes of the proposal's first member until it
+  has, `_calibrate`): the proposal's width knobs (and its depth knobs when
+  the smallest width is over) are sized so its family's predicted latency
   (worst member) fills `fill_fraction` of the budget. The fitted params are
   what is screened, trained and stored; `misc["fit"]` says what was proposed
   and what was fitted, and `strategies.record_fitted` points the strategy's
-  `misc` at the fitted values. A family predicted over `FAR_OVER` x the
-  budget even at its smallest size is recorded infeasible ("predicted over
-  budget", penalty from the predicted overshoot) without being measured.
-  Every screening made with a calibrated model keeps its prediction in
+  `misc` at the fitted values. A family predicted over the model's skip
+  factor (`LatencyModel.skip_factor`) x the budget even at its smallest size
+  is recorded infeasible ("predicted over budget", penalty from the
+  predicted overshoot) without being measured. Every
+  screening made with a calibrated model keeps its prediction in
   `misc["predicted"]` (the report's accuracy figures).
 * **Every measured member is a sample** (its `network_features` and judged
   latency): the evaluator's `BudgetFit` learns it as it is measured, and the
@@ -50,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from compressor.search.config import SearchConfig
-from compressor.search.fit import BudgetFit, Sample, sample_family
+from compressor.search.fit import BudgetFit, Sample, calibration_points, sample_family
 from compressor.search.latency_model import network_features
 from compressor.search.schedule import TrialTimeout
 from compressor.search.store import TrialRecord
@@ -82,29 +84,55 @@ class FamilyEvaluator:
                  measured: list[Sample] | None = None) -> None:
         """Evaluate `record` (the `Evaluator` protocol); `measured` receives a sample of each member screened."""
         started = time.perf_counter()
+        measured = [] if measured is None else measured
         if previous is None and self.budget is not None:
-            self.budget.fit(record)
+            self._fit(record, measured)
         specs = sample_family(self.space, record)
         if previous is not None:
             record.profiles = previous.profiles
             for key in _SCREEN_FIGURES:
                 setattr(record, key, getattr(previous, key))
         elif record.status != "infeasible":  # a family predicted far over budget is not measured
-            self._screen(record, specs, [] if measured is None else measured)
+            self._screen(record, specs, measured)
         # `+=`: a record fitted by the parallel driver arrives with the fit's seconds.
         record.screen_s += time.perf_counter() - started
         if record.status == "ok":
             self._train(record, specs, started)
 
+    def _fit(self, record: TrialRecord, measured: list[Sample] | None = None) -> None:
+        """Fit a new proposal with the run's `BudgetFit`, calibrating a cold model on it first."""
+        if self.budget.needs_calibration(record):
+            self._calibrate(record, [] if measured is None else measured)
+        self.budget.fit(record)
+
+    def _calibrate(self, record: TrialRecord, measured: list[Sample]) -> None:
+        """Measure sizes of the proposal's first member until the model has `MIN_SAMPLES` (`fit.calibration_points`).
+
+        A cold model used to let the first proposals be screened as asked, and
+        under a tight budget most were over. Measuring a spread of sizes
+        instead costs about what those screenings did, once per target and
+        machine, and the proposal is then fitted; the measurements are not
+        screenings and the record counts them in `misc["calibration"]`.
+        """
+        points = calibration_points(self.space, record.params["arch"], self.budget.missing_samples())
+        for arch in points:
+            self._measure(self.space.sample(arch, record.seeds[0]), measured)
+        record.misc = {**record.misc, "calibration": len(points)}
+
+    def _measure(self, spec, measured: list[Sample]):
+        """Build `spec`, measure and judge it on the target (its `Checked`); its sample goes to the model and `measured`."""
+        model = self.space.build(spec, self.dataset.input_shape, self.dataset.num_classes)
+        features = network_features(model, self.dataset.input_shape)
+        checked = self.checker(model, self.target, self.dataset.input_shape,
+                               max_seconds=self.config.profile_seconds, reference=self.reference)
+        measured.append((features, checked.latency_ms))
+        if self.budget is not None:
+            self.budget.learn([(features, checked.latency_ms)])
+        return checked
+
     def _screen(self, record: TrialRecord, specs, measured: list[Sample]) -> None:
         for spec in specs:
-            model = self.space.build(spec, self.dataset.input_shape, self.dataset.num_classes)
-            features = network_features(model, self.dataset.input_shape)
-            checked = self.checker(model, self.target, self.dataset.input_shape,
-                                   max_seconds=self.config.profile_seconds, reference=self.reference)
-            measured.append((features, checked.latency_ms))
-            if self.budget is not None:
-                self.budget.learn([(features, checked.latency_ms)])
+            checked = self._measure(spec, measured)
             profile = checked.profile
             record.profiles.append(profile)
             record.latency_ms = max(record.latency_ms or 0.0, checked.latency_ms)

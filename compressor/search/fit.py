@@ -12,10 +12,33 @@ knob at its smallest to every knob at its largest and latency grows along it.
 `fit_to_budget` bisects that ladder with a latency predictor (the family's
 worst member, `compressor.search.latency_model`) for the largest size
 predicted at or under `fraction` x the budget: about log2(len) + 1 predictions
-(5 for nago's 15 widths). When even the smallest size is predicted over,
-the smallest is returned; `skip` says it is predicted over `far_over` x the
-budget there, so measuring it is a waste. Everything else about the proposal
-(graphs, depths, operations, the KD knobs) is the strategy's choice and is
+(5 for nago's 15 widths).
+
+Width cannot fix a graph-heavy proposal: a nago network of 6 cells x 4 mid
+nodes x 5 ops is bound by its ~100 ops' runtime overhead at any width, and
+such proposals, predicted just under the budget at their smallest width and
+measured over, were most of what remained over budget once the model was
+calibrated (BENCHMARKS.md, "Over-budget screenings": with the width fit, a
+cold-start calibration and a skip factor from the model's residuals, a third
+of the screenings were still over; with depth fitted too, none). So when the
+smallest width is predicted over the goal, the family's depth knobs
+(`depth=True`, `Space.depth_knobs`: nago's node counts, the zoo's block
+counts and `depth_mult`) are stepped down first, one step at a time, each
+time the step that lowers the smallest width's prediction most (3 predictions
+a step for nago), until the smallest width fits the goal, depth is at its
+smallest or a step no longer lowers the prediction; then the width is
+bisected at that depth. Depth is changed only when width alone cannot fit,
+so a proposal that width can fit keeps its graph. The strategy is told the
+shrunk depth (`record_fitted`), so it learns what was evaluated; a cost
+measured with it: TPE's expected improvement favours what it has not seen,
+so under a tight budget it kept asking for the deepest graphs (8 of 12
+proposals in the benchmark), each fitted back to one-node cells; they
+differed in width, cell count and operation, and the best accuracy matched
+the width-only fit's (95.7% against 95.5%). When even the smallest
+size at the smallest depth is predicted over, it is returned; `skip` says it
+is predicted over `far_over` x the budget there (`LatencyModel.skip_factor`),
+so measuring it is a waste. Everything else about the proposal (graph
+models, operations, ratios, the KD knobs) is the strategy's choice and is
 kept. The predictor is an argument, so the rule is tested with a synthetic
 latency function.
 
@@ -32,6 +55,11 @@ screens; the parallel driver (`compressor.search.parallel`) fits before it
 submits and learns the samples each worker returns with its record, so one
 model, persisted as in process, sees every measured member. The screening
 that follows decides (the real measurement), as for any proposal.
+
+`calibration_points` picks what a cold model measures before it is trusted
+(the in-process evaluator's `_calibrate`; the parallel driver does not
+measure, so a cold parallel run screens its first proposals as asked until
+the model has `MIN_SAMPLES`).
 """
 
 from __future__ import annotations
@@ -40,11 +68,11 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from compressor.search.latency_model import FAR_OVER, Features, LatencyModel, network_features
+from compressor.search.latency_model import MIN_SAMPLES, Features, LatencyModel, network_features
 from compressor.search.store import TrialRecord
 from compressor.search.strategies import penalty_loss, record_fitted
 
-__all__ = ["BudgetFit", "Fit", "Sample", "fit_to_budget", "sample_family", "size_ladder"]
+__all__ = ["BudgetFit", "Fit", "Sample", "calibration_points", "fit_to_budget", "sample_family", "size_ladder"]
 
 # A screened member as the latency model learns it: its features and its judged latency (ms).
 Sample = tuple[Features, float]
@@ -56,10 +84,10 @@ class Fit:
 
     Attributes:
         arch: the fitted arch params (flat, validated: `Space.validate_params`).
-        values: the size knobs' fitted values.
-        proposed: the size knobs' values as proposed.
+        values: the size knobs' fitted values, and those of the depth knobs the fit shrank.
+        proposed: the same knobs' values as proposed.
         predicted_ms: the predicted latency at the fitted size.
-        skip: even the smallest size is predicted over `far_over` x the budget.
+        skip: even the smallest size (at the smallest depth tried) is predicted over `far_over` x the budget.
         predictions: how many sizes were predicted.
     """
 
@@ -93,6 +121,12 @@ def size_ladder(space, arch: dict[str, Any]) -> list[dict[str, Any]]:
     return ladder
 
 
+def _step_down(knob, value: Any) -> Any | None:
+    """The allowed value of `knob` just below `value`, or None at its smallest."""
+    lower = [v for v in knob.values() if v < value]
+    return lower[-1] if lower else None
+
+
 def fit_to_budget(space, arch: dict[str, Any], predict: Callable[[dict[str, Any]], float], *, budget_ms: float,
                   fraction: float, far_over: float) -> Fit | None:
     """The largest size of `arch` predicted at or under `fraction` x `budget_ms` (see the module docstring).
@@ -100,36 +134,49 @@ def fit_to_budget(space, arch: dict[str, Any], predict: Callable[[dict[str, Any]
     Args:
         space: the student space (`Space`).
         arch: the proposal's arch params (any form `space.validate_params` accepts).
-        predict: arch params -> predicted latency of the family (ms); must grow with size.
+        predict: arch params -> predicted latency of the family (ms); must grow with size and depth.
         budget_ms: the latency budget.
         fraction: the share of the budget to fill (0 < fraction <= 1).
-        far_over: skip when the smallest size is predicted over far_over x budget_ms.
+        far_over: skip when the smallest size is predicted over far_over x budget_ms
+            (`LatencyModel.skip_factor`).
 
     Returns:
         The `Fit`, or None when the family declares no size knob.
     """
-    ladder = size_ladder(space, arch)
+    params = space.validate_params(arch)
+    ladder = size_ladder(space, params)
     if not ladder:
         return None
-    params = space.validate_params(arch)
-    names = [k.name for k in space.size_knobs(params)]
     goal = fraction * budget_ms
-    predicted: dict[int, float] = {}
+    predicted: dict[str, float] = {}
 
-    def at(index: int) -> float:
-        if index not in predicted:
-            predicted[index] = float(predict(ladder[index]))
-        return predicted[index]
+    def at(candidate: dict[str, Any]) -> float:
+        key = json.dumps(candidate, sort_keys=True, default=str)
+        if key not in predicted:
+            predicted[key] = float(predict(candidate))
+        return predicted[key]
+
+    # Too deep for any width: shrink the depth knob whose step down lowers the smallest width's prediction most.
+    shallower = params
+    while at(ladder[0]) > goal:
+        steps = [{**shallower, k.name: lower} for k in space.depth_knobs(params)
+                 if (lower := _step_down(k, shallower[k.name])) is not None]
+        best = min(steps, key=lambda p: at(size_ladder(space, p)[0]), default=None)
+        if best is None or at(size_ladder(space, best)[0]) >= at(ladder[0]):
+            break  # at the smallest depth, or depth does not lower the prediction: keep the strategy's
+        shallower, ladder = best, size_ladder(space, best)
 
     # Invariant: ladder[low] is predicted under the goal (or low is the smallest), ladder[high] over it.
     low, high = 0, len(ladder)
-    if at(0) <= goal:
+    if at(ladder[0]) <= goal:
         while high - low > 1:
             mid = (low + high) // 2
-            low, high = (mid, high) if at(mid) <= goal else (low, mid)
+            low, high = (mid, high) if at(ladder[mid]) <= goal else (low, mid)
     chosen = ladder[low]
+    names = [k.name for k in space.size_knobs(params)]
+    names += [k.name for k in space.depth_knobs(params) if chosen[k.name] != params[k.name]]
     return Fit(arch=chosen, values={n: chosen[n] for n in names}, proposed={n: params[n] for n in names},
-               predicted_ms=at(low), skip=at(low) > far_over * budget_ms, predictions=len(predicted))
+               predicted_ms=at(chosen), skip=at(chosen) > far_over * budget_ms, predictions=len(predicted))
 
 
 def sample_family(space, record: TrialRecord) -> list:
@@ -165,15 +212,24 @@ class BudgetFit:
                    fill_fraction=config.fill_fraction, input_shape=tuple(dataset.input_shape),
                    num_classes=dataset.num_classes)
 
+    def needs_calibration(self, record: TrialRecord) -> bool:
+        """Whether a new proposal should wait for `calibration_points` to be measured: the model is cold and would fit it."""
+        return (self.budget_ms is not None and self.fill_fraction is not None and record.misc is not None
+                and not self.model.calibrated)
+
+    def missing_samples(self) -> int:
+        """How many more measured members the model needs before it is trusted (`MIN_SAMPLES`)."""
+        return max(MIN_SAMPLES - len(self.model.samples), 0)
+
     def fit(self, record: TrialRecord) -> None:
         """Size a new proposal's record to the budget, or mark it infeasible unmeasured (module docstring)."""
         model, budget = self.model, self.budget_ms
         if budget is None or not model.calibrated or record.misc is None:
             return
-        fit = None
+        fit, far_over = None, model.skip_factor(budget)
         if self.fill_fraction is not None:
             fit = fit_to_budget(self.space, record.params["arch"], lambda arch: self.predict(arch, record.seeds),
-                                budget_ms=budget, fraction=self.fill_fraction, far_over=FAR_OVER)
+                                budget_ms=budget, fraction=self.fill_fraction, far_over=far_over)
         if fit is not None:
             record.params = {**record.params, "arch": fit.arch}
             record.misc = {**record_fitted(record.misc, self.space, fit.arch, fit.values), "fit": fit.describe()}
@@ -184,9 +240,10 @@ class BudgetFit:
             sample_family(self.space, record)
             record.status = "infeasible"
             record.reason = (f"predicted over budget: {fit.predicted_ms:.3g} ms at the smallest size ({sizes}), over "
-                             f"{FAR_OVER:g}x the {budget:g} ms budget (latency model of {len(model.samples)} "
+                             f"{far_over:.3g}x the {budget:g} ms budget (latency model of {len(model.samples)} "
                              "measured networks; not measured)")
-            record.loss = penalty_loss(fit.predicted_ms / budget - 1.0)
+            # The skip factor may be under 1: a skipped family predicted just under the budget costs no more.
+            record.loss = penalty_loss(max(fit.predicted_ms / budget - 1.0, 0.0))
 
     def predict(self, arch: dict[str, Any], seeds: list[int]) -> float:
         """The family's predicted latency: its slowest distinct member's (zoo members are all alike)."""
@@ -199,3 +256,29 @@ class BudgetFit:
         """Screened members: each becomes a sample of the model, which is saved after each."""
         for features, latency_ms in samples:
             self.model.add(features, latency_ms)
+
+
+def calibration_points(space, arch: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """`count` sizes of `arch` to measure before a cold latency model is trusted, spread over what a fit may ask.
+
+    Alternately from two ladders, each at evenly spread rungs (its ends first): the
+    proposal's sizes at its own depth, and at every depth knob's smallest. Two
+    depths, so the model separates the per-op cost (which depth changes) from the
+    per-call one; every width, so it sees the MACs and activations the fit will
+    ask about. Without size knobs, the proposal itself.
+    """
+    params = space.validate_params(arch)
+    shallowest = {**params, **{k.name: k.values()[0] for k in space.depth_knobs(params)}}
+    ladders = [ladder for ladder in (size_ladder(space, params), size_ladder(space, shallowest)) if ladder]
+    if not ladders:
+        return [params][:count]
+    per_ladder = -(-count // len(ladders))
+    spread = [[ladder[round(i * (len(ladder) - 1) / max(per_ladder - 1, 1))] for i in (0, per_ladder - 1,
+               *range(1, per_ladder - 1))] for ladder in ladders]
+    points, seen = [], set()
+    for point in (p for rungs in zip(*spread) for p in rungs):
+        key = json.dumps(point, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            points.append(point)
+    return points[:count]

@@ -36,6 +36,7 @@ class IntKnob:
     searchable: bool = True
     help: str = ""
     size: bool = False  # a width knob: latency grows with it (what `Space.size_knobs` returns)
+    depth: bool = False  # a depth or graph-size knob: latency grows with it (what `Space.depth_knobs` returns)
 
     def hyperopt(self, label: str):
         from hyperopt import hp
@@ -86,6 +87,7 @@ class FloatKnob:
     searchable: bool = True
     help: str = ""
     size: bool = False  # a width knob: latency grows with it (what `Space.size_knobs` returns)
+    depth: bool = False  # a depth or graph-size knob: latency grows with it (what `Space.depth_knobs` returns)
 
     def hyperopt(self, label: str):
         from hyperopt import hp
@@ -295,6 +297,10 @@ class Space:
     def size_knobs(self, params: dict[str, Any]) -> tuple[Knob, ...]:
         """The knobs declared `size=True` in `params`' group: what fit-to-budget scales together."""
         return tuple(k for k in self.search_groups()[self.group_of(params)] if getattr(k, "size", False))
+
+    def depth_knobs(self, params: dict[str, Any]) -> tuple[Knob, ...]:
+        """The knobs declared `depth=True` in `params`' group: what fit-to-budget shrinks when width cannot fit."""
+        return tuple(k for k in self.search_groups()[self.group_of(params)] if getattr(k, "depth", False))
 
     def hyperopt_space(self) -> dict:
         raise NotImplementedError

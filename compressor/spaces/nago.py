@@ -56,7 +56,7 @@ def _level_knobs(level: str, generator: str, nodes: tuple[int, int, int]) -> lis
     low, default, high = nodes
     return [
         ChoiceKnob(f"{level}_generator", generator, GENERATORS, help=f"{level} graph model: Watts-Strogatz, Erdős-Rényi, Barabási-Albert"),
-        IntKnob(f"{level}_nodes", default, low, high, help=f"nodes of each {level} graph"),
+        IntKnob(f"{level}_nodes", default, low, high, depth=True, help=f"nodes of each {level} graph"),
         IntKnob(f"{level}_k", 2, 2, 4, help="WS neighbours (clamped to nodes-1)"),
         FloatKnob(f"{level}_p", 0.5, 0.1, 1.0, help="WS rewiring / ER edge probability"),
         IntKnob(f"{level}_m", 1, 1, 3, help="BA edges per new node (clamped to nodes-1)"),

@@ -96,8 +96,8 @@ class Family:
     help: str
 
 
-def _mult(name: str, default: float, help: str, size: bool = False) -> FloatKnob:
-    return FloatKnob(name, default, 0.25, 1.0, size=size, help=help)
+def _mult(name: str, default: float, help: str, size: bool = False, depth: bool = False) -> FloatKnob:
+    return FloatKnob(name, default, 0.25, 1.0, size=size, depth=depth, help=help)
 
 
 FAMILIES: dict[str, Family] = {
@@ -109,16 +109,17 @@ FAMILIES: dict[str, Family] = {
                 IntKnob("width_1", 16, 8, 64, step=8, size=True, help="channels of stage 1"),
                 IntKnob("width_2", 32, 8, 128, step=8, size=True, help="channels of stage 2"),
                 IntKnob("width_3", 64, 8, 256, step=8, size=True, help="channels of stage 3"),
-                IntKnob("convs_1", 1, 1, 3, help="conv3x3-BN-ReLU layers in stage 1"),
-                IntKnob("convs_2", 1, 1, 3, help="conv3x3-BN-ReLU layers in stage 2"),
-                IntKnob("convs_3", 1, 1, 3, help="conv3x3-BN-ReLU layers in stage 3"),
+                IntKnob("convs_1", 1, 1, 3, depth=True, help="conv3x3-BN-ReLU layers in stage 1"),
+                IntKnob("convs_2", 1, 1, 3, depth=True, help="conv3x3-BN-ReLU layers in stage 2"),
+                IntKnob("convs_3", 1, 1, 3, depth=True, help="conv3x3-BN-ReLU layers in stage 3"),
             ),
             _resolve_plain,
             "hand-designed baseline: conv3x3-BN-ReLU stages, 2x2 max-pool between, GAP + linear",
         ),
         Family(
             "mobilenet_v2",
-            (_mult("width_mult", 0.5, "channel multiplier", size=True), _mult("depth_mult", 0.5, "multiplier of each stage's block count")),
+            (_mult("width_mult", 0.5, "channel multiplier", size=True),
+             _mult("depth_mult", 0.5, "multiplier of each stage's block count", depth=True)),
             _resolve_mobilenet_v2,
             "torchvision MobileNetV2 inverted residuals",
         ),
@@ -138,7 +139,7 @@ FAMILIES: dict[str, Family] = {
             "resnet",
             (
                 IntKnob("width", 16, 8, 64, step=8, size=True, help="channels of stage 1 (doubling per stage)"),
-                *(IntKnob(f"depth_{i}", 1, 1, 3, help=f"BasicBlocks in stage {i}") for i in range(1, 5)),
+                *(IntKnob(f"depth_{i}", 1, 1, 3, depth=True, help=f"BasicBlocks in stage {i}") for i in range(1, 5)),
             ),
             _resolve_resnet,
             "torchvision ResNet BasicBlocks, 4 stages",
@@ -149,9 +150,9 @@ FAMILIES: dict[str, Family] = {
                 IntKnob("width_1", 48, 16, 128, step=16, size=True, help="channels of stage 2 (torchvision's numbering)"),
                 IntKnob("width_2", 96, 32, 256, step=16, size=True, help="channels of stage 3"),
                 IntKnob("width_3", 192, 64, 512, step=16, size=True, help="channels of stage 4"),
-                IntKnob("depth_1", 4, 1, 4, help="units in stage 2"),
-                IntKnob("depth_2", 8, 1, 8, help="units in stage 3"),
-                IntKnob("depth_3", 4, 1, 4, help="units in stage 4"),
+                IntKnob("depth_1", 4, 1, 4, depth=True, help="units in stage 2"),
+                IntKnob("depth_2", 8, 1, 8, depth=True, help="units in stage 3"),
+                IntKnob("depth_3", 4, 1, 4, depth=True, help="units in stage 4"),
                 IntKnob("last_width", 1024, 128, 1024, step=64, size=True, help="channels of the last 1x1 conv"),
             ),
             _resolve_shufflenet_v2,
