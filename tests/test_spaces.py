@@ -153,6 +153,20 @@ def test_default_and_smallest_params_are_valid_and_ordered(space_name):
     assert sizes["smallest"][1] < sizes["default"][1]
 
 
+def test_nago_searches_its_ops_and_still_builds_the_retired_ones():
+    """Retired ops are never proposed, but a spec or checkpoint that names one validates and builds."""
+    from compressor.spaces.nago import OPS, RETIRED_OPS
+
+    space = get_space("nago")
+    assert RETIRED_OPS and not set(OPS) & set(RETIRED_OPS)
+    assert {random_params("nago", i)["op"] for i in range(200)} == set(OPS)
+    assert space.smallest_params()["op"] in OPS  # the smallest network is one the search can propose
+    for op in RETIRED_OPS:
+        spec = ArchSpec.from_json(spec_from_ref(f"nago:op={op}", seed=1).to_json())
+        assert spec.resolved["op"] == op
+        assert build_model(spec, (1, 32, 32), 10)(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
 def test_nago_default_is_small_and_the_plain_baseline_is_near_the_reference():
     nago = build_model(spec_from_ref("nago"), (3, 32, 32), 10)
     assert 5_000 < count_params(nago) < 100_000

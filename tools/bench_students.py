@@ -156,27 +156,35 @@ def bench_teacher(data, epochs: int, cache):
     return load_teacher(str(path), num_classes=data.num_classes, input_shape=data.input_shape)
 
 
-def compare_baselines(args) -> int:
-    import statistics
-    import tempfile
-
-    import torch
+def bench_setup(data_ref: str, teacher_epochs: int):
+    """(data normalised for students, the cached teacher's logits, cpu-1t, a drift reference started on it)."""
     from targets import load_target
 
     from compressor.data.datasets import load_dataset
     from compressor.models.on_target import DriftReference
     from compressor.models.teachers import teacher_inputs
-    from compressor.pipeline.baselines import hand_designed_baseline, open_tuning_store
-    from compressor.search.config import SearchConfig
-    from compressor.train.distill import LogitsCache, logits_accuracy
+    from compressor.train.distill import LogitsCache
 
-    torch.set_num_threads(1)
-    raw = load_dataset(args.data, image_size=32, channels=1)
+    raw = load_dataset(data_ref, image_size=32, channels=1)
     data = raw.normalised(raw.student_preprocessing())
-    teacher = bench_teacher(data, args.teacher_epochs, None)
+    teacher = bench_teacher(data, teacher_epochs, None)
     logits = LogitsCache().get(teacher, teacher_inputs(teacher, raw).dataset)
     cpu = load_target("cpu-1t")
-    reference = DriftReference.start(cpu, data.input_shape, data.num_classes)
+    return data, logits, cpu, DriftReference.start(cpu, data.input_shape, data.num_classes)
+
+
+def compare_baselines(args) -> int:
+    import statistics
+    import tempfile
+
+    import torch
+
+    from compressor.pipeline.baselines import hand_designed_baseline, open_tuning_store
+    from compressor.search.config import SearchConfig
+    from compressor.train.distill import logits_accuracy
+
+    torch.set_num_threads(1)
+    data, logits, cpu, reference = bench_setup(args.data, args.teacher_epochs)
     target = cpu.with_budgets(latency_ms=args.budget_x * reference.start_ms)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):

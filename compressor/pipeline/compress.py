@@ -219,6 +219,8 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         if detail == "search":
             detail = "search option " + ", ".join(k for k in fingerprint["search"]
                                                    if fingerprint["search"][k] != existing["search"].get(k))
+        elif detail == "space_knobs":
+            detail = f"the {fingerprint['search']['space']} space's knobs (this version searches other choices)"
         raise UserError(f"--resume: {run_dir} was created with a different configuration ({detail} differs)")
     split_warning = _teacher_split_warning(teacher, dataset)
     if split_warning and not quiet:
@@ -328,7 +330,12 @@ def _target_key(target) -> dict[str, Any]:
 def _fingerprint(config: SearchConfig, teacher, inputs: _Inputs, target) -> dict[str, Any]:
     """What a resumed run must share with the original (`SearchConfig.fingerprint`, the teacher and its
     inputs, the data and the target)."""
-    return json_safe({"search": config.fingerprint(), "teacher": teacher.content_hash,
+    from compressor.spaces import get_space
+
+    # The space's knob table too: hyperopt stores a choice as its index, so a run made with other choices
+    # (nago's retired operations, say) would be replayed as different networks.
+    space_knobs = [list(row[:3]) for row in get_space(config.space).describe()]
+    return json_safe({"search": config.fingerprint(), "space_knobs": space_knobs, "teacher": teacher.content_hash,
                       "teacher_inputs": inputs.teacher.dataset.identity, "dataset": inputs.dataset.identity,
                       "label_fraction": inputs.dataset.label_fraction, "target": _target_key(target)})
 

@@ -123,7 +123,11 @@ class FloatKnob:
 
 @dataclass(frozen=True)
 class ChoiceKnob:
-    """One of a fixed list of JSON scalars (strings or numbers)."""
+    """One of a fixed list of JSON scalars (strings or numbers).
+
+    `retired` values are still valid (a spec, checkpoint or ref may name them) but no longer
+    searched: hyperopt and the trust region see `choices` only.
+    """
 
     name: str
     default: Any
@@ -131,6 +135,7 @@ class ChoiceKnob:
     smallest: Any = None
     searchable: bool = True
     help: str = ""
+    retired: tuple = ()
 
     def __post_init__(self) -> None:
         if self.default not in self.choices:
@@ -146,13 +151,13 @@ class ChoiceKnob:
         return self.choices.index(value)
 
     def validate(self, value: Any, where: str) -> Any:
-        for choice in self.choices:
+        for choice in self.choices + self.retired:
             # 1 == 1.0 == True in Python; compare types too so JSON round trips stay exact.
             if value == choice and type(value) is type(choice) or (
                 isinstance(choice, float) and isinstance(value, int) and not isinstance(value, bool) and value == choice
             ):
                 return choice
-        valid = ", ".join(str(c) for c in self.choices)
+        valid = ", ".join(str(c) for c in self.choices + self.retired)
         raise UserError(f"{where}{self.name}={value!r} is not a valid choice; valid: {valid}")
 
     @property
@@ -347,6 +352,8 @@ def knob_rows(knobs: Sequence[Knob], prefix: str = "") -> list[tuple[str, str, s
     for k in knobs:
         if isinstance(k, ChoiceKnob):
             rng = " | ".join(str(c) for c in k.choices)
+            if k.retired:
+                rng += f" (also valid, not searched: {' | '.join(str(c) for c in k.retired)})"
         elif isinstance(k, IntKnob):
             rng = f"{k.low}..{k.high}" + (f" step {k.step}" if k.step != 1 else "")
         else:
