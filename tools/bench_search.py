@@ -10,7 +10,9 @@ For each split seed, dataset and label regime (a *cell*):
   (the runtime's per-call floor) in this run, the demo's floor rule;
 * the fair baseline (compressor.pipeline.baselines: the widest plain CNN within
   the budget, lr/KD tuned in `--tuning` one-epoch evaluations, the student's
-  recipe for `--final-epochs`), once per cell;
+  recipe for `--final-epochs`), once per cell; the searched winner gets the
+  same tuning (`--tuning-trials`) and its width filled by measurement
+  (compressor.pipeline.finish) before its final training;
 * one `compress` run per strategy with the same wall-clock (`--search-minutes`),
   the same teacher, data, budget, space, fidelities and final epochs; the
   latency model's calibration is shared through one cache directory, so only
@@ -155,7 +157,8 @@ def cell_search(run_dir: Path, teacher: Path, data_ref: str, split_seed: int, fr
                                                label_fraction=fraction),
                       trials=args.max_trials, search_minutes=args.search_minutes, strategy=strategy,
                       space=space or args.space, family_size=args.family_size, fidelities=tuple(args.fidelities),
-                      final_epochs=args.final_epochs, seed=args.seed, export=False, quiet=True,
+                      final_epochs=args.final_epochs, tuning_trials=args.tuning, seed=args.seed, export=False,
+                      quiet=True,
                       resume=(run_dir / "trials.sqlite").exists(), cache_dir=str(cache))
     log(f"  {strategy}: {time.time() - started:.0f} s")
     return result.report
@@ -286,7 +289,8 @@ def main() -> int:
     parser.add_argument("--family-size", type=int, default=2)
     parser.add_argument("--fidelities", default="1,3")
     parser.add_argument("--final-epochs", type=int, default=15)
-    parser.add_argument("--tuning", type=int, default=8, help="the baseline's lr/KD evaluations at one epoch")
+    parser.add_argument("--tuning", type=int, default=16,
+                        help="lr/KD evaluations at one epoch of the baseline's tuning and of the winner's")
     parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--floor-multiple", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0, help="the training and search seed of every run")

@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from compressor.search.config import SearchConfig
 
@@ -85,10 +85,10 @@ def choose_width(target, dataset, *, seed: int, seconds_each: float, reference=N
                             "budget_ratio": c.budget_ratio, "reasons": c.reasons} for s, c in checked.items()]}
 
 
-def tuning_config(config: SearchConfig) -> SearchConfig:
-    """The search's configuration as the baseline's tuning runs it: `trials` TPE evaluations at `fidelities[0]`."""
-    return dataclasses.replace(config, strategy="tpe", fidelities=config.fidelities[:1], family_size=1,
-                               screen_factor=1)
+def tuning_config(config: SearchConfig, evaluations: int | None = None) -> SearchConfig:
+    """The search's configuration as a tuning runs it: `evaluations` (default `trials`) TPE evaluations at `fidelities[0]`."""
+    return dataclasses.replace(config, trials=evaluations or config.trials, strategy="tpe",
+                               fidelities=config.fidelities[:1], family_size=1, screen_factor=1, search_minutes=None)
 
 
 def tuning_space() -> dict[str, Any]:
@@ -103,16 +103,20 @@ def tuning_space() -> dict[str, Any]:
                                                       {"kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"]}])}
 
 
-def default_tuning_point() -> dict[str, Any]:
-    """The trainer's default lr and KD (on, default α and τ) as a point of `tuning_space`: evaluated first.
+def knob_point(values: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """lr, kd_alpha, kd_tau (default: the trainer's defaults) as a point of `tuning_space`, hyperopt's encoding.
 
-    The search evaluates the default KD knobs first (`compressor.search.config.warm_start_points`); the
-    baseline's tuning starts from the same point, so neither begins better informed than the other.
+    Every tuning evaluates the default point first, as the search evaluates the default KD knobs first
+    (`compressor.search.config.warm_start_points`), so the baseline does not begin less informed than
+    the search; α = 0 is the "KD off" branch.
     """
     from compressor.search.config import kd_knobs
 
     knobs = {k.name: k for k in kd_knobs()}
-    return {"kd": 1, **{name: knob.hyperopt_value(knob.default) for name, knob in knobs.items()}}
+    values = {name: knob.default for name, knob in knobs.items()} | dict(values or {})
+    if values["kd_alpha"] <= 0:
+        return {"kd": 0, "lr": knobs["lr"].hyperopt_value(values["lr"])}
+    return {"kd": 1, **{name: knob.hyperopt_value(values[name]) for name, knob in knobs.items()}}
 
 
 def knobs_of(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,14 +137,17 @@ class _TuningEvaluator:
         record.val_accuracy, record.val_std, record.member_accuracies = accuracy, 0.0, [accuracy]
 
 
-def tune(config: SearchConfig, store, train: Trainer, progress: Callable[[str, dict], None] | None = None):
-    """Run (or resume) the baseline's tuning in `store`; returns its records (see the module docstring)."""
-    from compressor.search.schedule import Schedule
+def tune(config: SearchConfig, store, train: Trainer, progress: Callable[[str, dict], None] | None = None, *,
+         evaluations: int | None = None, first: Sequence[dict[str, Any]] = ()):
+    """Run (or resume) a tuning in `store`: `evaluations` (default `config.trials`); returns its records.
 
+    `first`: points (`knob_point`) evaluated before the default one (the winner's own searched knobs).
+    """
+    from compressor.search.schedule import Schedule
     from compressor.search.strategies import HyperoptStrategy
 
-    tuning = tuning_config(config)
-    strategy = HyperoptStrategy(tuning, tuning_space(), [default_tuning_point()])
+    tuning = tuning_config(config, evaluations)
+    strategy = HyperoptStrategy(tuning, tuning_space(), [*first, knob_point()])
     return Schedule(config=tuning, store=store, evaluate=_TuningEvaluator(train), space=tuning_space(),
                     progress=progress, strategy=strategy).run()
 
@@ -178,7 +185,8 @@ def real_trainer(config: SearchConfig, spec, dataset, teacher_logits: dict) -> T
 
 
 def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits: dict, *, store,
-                           reference=None, say: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+                           reference=None, say: Callable[[str], None] = lambda text: None,
+                           evaluations: int | None = None) -> dict[str, Any]:
     """Choose the width, tune lr/KD, train with the student's recipe: the fair baseline (module docstring).
 
     Args:
@@ -187,6 +195,7 @@ def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits
         config: the run's SearchConfig (trials, fidelities, final_epochs, batch size, seed, ...).
         teacher_logits: the logits cache's dict.
         store: the tuning's TrialStore (`open_tuning_store`); its meta keeps the width choice.
+        evaluations: the tuning's evaluations (default `config.trials`).
         reference: the run's drift reference (compressor.models.on_target.DriftReference), or None.
         say: one line of progress for a person.
 
@@ -212,10 +221,10 @@ def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits
         if event == "end":
             rec = info["record"]
             outcome = f"val {100 * rec.val_accuracy:.2f}%" if rec.status == "ok" else f"{rec.status}: {rec.reason}"
-            say(f"baseline tuning {rec.proposal + 1}/{config.trials} at {rec.fidelity} ep: "
+            say(f"baseline tuning {rec.proposal + 1}/{evaluations or config.trials} at {rec.fidelity} ep: "
                 f"{_knobs_text(knobs_of(rec.params))}: {outcome}")
 
-    records = tune(config, store, real_trainer(config, spec, dataset, teacher_logits), heard)
+    records = tune(config, store, real_trainer(config, spec, dataset, teacher_logits), heard, evaluations=evaluations)
     best = best_record(records)
     described = {"name": f"plain CNN {width['widths']}", "arch": width["arch"], "meets_budget": width["within"],
                  "epochs": config.final_epochs, "width": width,

@@ -11,13 +11,17 @@ start latency) -> teacher accuracy (one console line, with a hint to check
 --teacher-preprocess when it is far too low) and profile (kept in the run's
 store, so a resume does not measure again) -> screen the space's smallest
 network against the budgets (an unreachable budget is reported in seconds,
-not after an hour) -> the search (compressor.search.loop) -> final training
-of the best family's best member with the student's recipe
-(compressor.search.recipe) -> `best.pt` -> optionally the hand-designed
-baseline (compressor.pipeline.baselines: the widest plain CNN within the
-budget, lr/KD tuned in as many short trainings as the search's trials, then
-the same recipe; resumable in `RUN_DIR/baseline.sqlite`, kept in the store)
--> the final session -> export bundle (compressor.export) -> report.
+not after an hour) -> the search (compressor.search.loop) -> the best
+family's best member finished on the baseline's terms (compressor.pipeline.finish:
+its width filled to the widest within the budget in one side-by-side
+session, its lr/KD tuned; resumable in `RUN_DIR/winner.sqlite`) -> its final
+training with the student's recipe (compressor.search.recipe) -> `best.pt`
+-> optionally the hand-designed baseline (compressor.pipeline.baselines: the
+widest plain CNN within the budget, lr/KD tuned, then the same recipe;
+resumable in `RUN_DIR/baseline.sqlite`, kept in the store) -> the final
+session -> export bundle (compressor.export) -> report. The winner's and the
+baseline's tunings have the same number of evaluations: `tuning_trials`, by
+default as many as the search trained families.
 
 Every budget verdict comes from `compressor.models.on_target` (drift-corrected,
 with a confidence interval). The final verdicts of the student and of each
@@ -279,14 +283,17 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         # The winner changed (a resume with more trials) or was never trained: what was exported
         # for the previous winner no longer describes the student.
         store.set_meta("artifacts", None)
-        final = _final_training(config, best, dataset, logits, target, checkpoint, quiet)
+        finished = _finish_winner(config, best, store, run_dir, dataset, logits, target, reference, cache_dir,
+                                  _tuning_evaluations(config, report), quiet)
+        final = _final_training(config, best, finished, dataset, logits, target, checkpoint, quiet)
         final["preprocessing"] = dataset.preprocessing.to_dict()
         store.set_meta("final", final)
     model = _load_student(checkpoint)
     report["student"] = final
     report["param_reduction"] = teacher_info["params"] / max(1, final["params"])
     if baseline:
-        report["baselines"] = [_baseline(config, store, run_dir, dataset, logits, target, quiet, reference)]
+        report["baselines"] = [_baseline(config, store, run_dir, dataset, logits, target, quiet, reference,
+                                         _tuning_evaluations(config, report))]
     _apply_final_session(report, _final_session(config, store, teacher, tuple(teacher_info["input_shape"]), dataset,
                                                 target, model, final, report.get("baselines", []), reference,
                                                 quiet))
@@ -410,27 +417,69 @@ def _check_reachable(config, target, dataset, reference) -> dict[str, Any] | Non
             "verdict": checked.verdict}
 
 
-def _final_training(config, best, dataset, logits, target, checkpoint: Path, quiet: bool) -> dict[str, Any]:
+def _tuning_evaluations(config: SearchConfig, report) -> int:
+    """The lr/KD evaluations of the winner's and the baseline's tuning: `tuning_trials`, else the trained families."""
+    return config.tuning_trials or max(1, min(config.trials, report["search"]["trained"]))
+
+
+def _finish_winner(config, best, store, run_dir: Path, dataset, logits, target, reference, cache_dir,
+                   evaluations: int, quiet: bool) -> dict[str, Any]:
+    """The winner's best member, its width filled and its lr/KD tuned (compressor.pipeline.finish), once per winner."""
+    from compressor.cli.console import err_console
+    from compressor.pipeline.baselines import open_tuning_store
+    from compressor.pipeline.finish import fill_winner, tune_winner
+    from compressor.search.fit import BudgetFit
+    from compressor.spaces import get_space
+
+    say = (lambda text: None) if quiet else (lambda text: err_console.print(text, markup=False))
+    member = max(range(len(best.member_accuracies)), key=lambda i: best.member_accuracies[i])
+    seed, space = best.seeds[member], get_space(config.space)
+    winner = open_tuning_store(run_dir / "winner.sqlite",
+                               {"fingerprint": store.get_meta("fingerprint"), "started_at": store.get_meta("started_at"),
+                                "winner": [best.proposal, best.fidelity, member]})
+    try:
+        fill = winner.get_meta("fill")
+        if fill is None:
+            fill = json_safe(fill_winner(space, best.params["arch"], seed, target, dataset,
+                                         budget=BudgetFit.open(config, space, target, dataset, cache_dir),
+                                         seconds_each=config.profile_seconds, reference=reference))
+            winner.set_meta("fill", fill)
+        if fill["grew"]:
+            say(f"winner: grown to {_sizes(fill)}, the widest of "
+                f"{len(fill['candidates'])} sizes within the budget")
+        spec = space.sample(fill["arch"], seed)
+        tuning = tune_winner(config, spec, best.params, dataset, logits, store=winner, evaluations=evaluations,
+                             say=say)
+    finally:
+        winner.close()
+    return {"member": member, "spec": spec, "fill": fill, "tuning": tuning}
+
+
+def _sizes(fill: dict[str, Any]) -> str:
+    """The chosen size of a fill, e.g. "base_width=24"."""
+    chosen = next(c for c in fill["candidates"] if all(fill["arch"].get(k) == v for k, v in c["sizes"].items()))
+    return ", ".join(f"{k}={v:g}" for k, v in chosen["sizes"].items())
+
+
+def _final_training(config, best, finished, dataset, logits, target, checkpoint: Path, quiet: bool) -> dict[str, Any]:
     import json
 
     from compressor.cli.console import err_console
     from compressor.models.checkpoint import Checkpoint, save_checkpoint
     from compressor.models.on_target import check_on_target
     from compressor.search import recipe
-    from compressor.spaces import ArchSpec
 
-    member = max(range(len(best.member_accuracies)), key=lambda i: best.member_accuracies[i])
-    spec = ArchSpec.from_json(best.archs[member])
+    member, spec, knobs = finished["member"], finished["spec"], finished["tuning"]["best"]
     if not quiet:
         err_console.print(f"final training: proposal {best.proposal} member {member} for {config.final_epochs} epochs")
-    train_config = recipe.train_config(config, best.params)
+    train_config = recipe.train_config(config, knobs)
     model, result = recipe.train_spec(spec, dataset, train_config, logits, evaluate_test=True)
     if result.status != "ok":
         raise UserError(f"final training of the best student failed: {result.reason}")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
             "epochs": config.final_epochs, "kd_alpha": train_config.alpha, "kd_tau": train_config.tau,
             "lr": train_config.lr, "proposal": best.proposal, "fidelity": best.fidelity, "member": member,
-            "seconds": result.seconds}
+            "seconds": result.seconds, "fill": finished["fill"], "tuning": finished["tuning"]}
     save_checkpoint(checkpoint, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
                                            num_classes=dataset.num_classes, input_shape=dataset.input_shape,
                                            meta=meta, preprocessing=dataset.preprocessing))
@@ -439,7 +488,8 @@ def _final_training(config, best, dataset, logits, target, checkpoint: Path, qui
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
 
 
-def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool, reference) -> dict[str, Any]:
+def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool, reference,
+              evaluations: int) -> dict[str, Any]:
     """The fair hand-designed baseline (compressor.pipeline.baselines), once per run.
 
     Its tuning is resumable in its own store (`RUN_DIR/baseline.sqlite`, tied to this run by the fingerprint
@@ -451,7 +501,7 @@ def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool
     found = store.get_meta("baseline")
     if found is None:
         if not quiet:
-            err_console.print(f"baseline: the widest plain CNN within the budget, lr/KD tuned in {config.trials} "
+            err_console.print(f"baseline: the widest plain CNN within the budget, lr/KD tuned in {evaluations} "
                               f"evaluations at {config.fidelities[0]} epoch(s), then the student's recipe for "
                               f"{config.final_epochs} epochs")
         tuning = open_tuning_store(run_dir / "baseline.sqlite",
@@ -460,7 +510,8 @@ def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool
         try:
             found = json_safe(hand_designed_baseline(
                 dataset, target, config, logits, store=tuning, reference=reference,
-                say=(lambda text: None) if quiet else (lambda text: err_console.print(text, markup=False))))
+                say=(lambda text: None) if quiet else (lambda text: err_console.print(text, markup=False)),
+                evaluations=evaluations))
         finally:
             tuning.close()
         store.set_meta("baseline", found)

@@ -34,6 +34,9 @@ class SearchConfig:
     fidelities: tuple[int, ...] = (1, 3)
     eta: int = 3
     final_epochs: int = 15
+    # lr/KD evaluations of the winner's tuning and of the baseline's (compressor.pipeline.finish, .baselines);
+    # None: as many as the search trained families.
+    tuning_trials: int | None = None
     seed: int = 0
     trial_timeout_s: float | None = None
     # Over-budget proposals cost one screening, no training, and do not count as trials; at most
@@ -77,6 +80,8 @@ class SearchConfig:
             raise UserError(f"--workers must be >= 1, got {self.workers}")
         if self.fill_fraction is not None and not 0.0 < self.fill_fraction <= 1.0:
             raise UserError(f"--fill-fraction must be in (0, 1] (a share of the latency budget), got {self.fill_fraction}")
+        if self.tuning_trials is not None and self.tuning_trials <= 0:
+            raise UserError(f"--tuning-trials must be >= 1, got {self.tuning_trials}")
         if self.final_epochs <= 0:
             raise UserError(f"--final-epochs must be >= 1, got {self.final_epochs}")
         return self

@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--fidelities", default=",".join(map(str, defaults.fidelities)), help="successive-halving epochs, e.g. 1,3,9 (default %(default)s)")
     parser.add_argument("--eta", type=positive_int, default=defaults.eta, help="successive-halving rate η (default 3)")
     parser.add_argument("--final-epochs", type=positive_int, default=defaults.final_epochs, help=f"epochs for the winner (default {defaults.final_epochs})")
+    parser.add_argument("--tuning-trials", type=positive_int, metavar="N",
+                        help="lr/KD evaluations (at the first fidelity) of the winner's tuning before its final "
+                        "training, and of the baseline's (default: as many as the search trained families)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="search seed (default 0)")
     parser.add_argument("--trial-timeout", type=positive_float, metavar="S", help="seconds after which a trial fails")
     parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds, help="time cap of each screening profile (default %(default)s)")
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, baseline=args.baseline, trials=args.trials,
         search_minutes=args.search_minutes, strategy=args.strategy, space=args.space,
         family_size=args.family_size, fidelities=parse_fidelities(args.fidelities), eta=args.eta,
-        final_epochs=args.final_epochs, seed=args.seed, trial_timeout_s=args.trial_timeout,
+        final_epochs=args.final_epochs, tuning_trials=args.tuning_trials, seed=args.seed, trial_timeout_s=args.trial_timeout,
         profile_seconds=args.profile_seconds, fill_fraction=args.fill_fraction, export=not args.no_export,
         workers=args.workers, ray_address=args.ray_address,
         export_formats=tuple(args.formats.split(",")) if args.formats else None,

@@ -1,0 +1,134 @@
+"""The winner finished on the baseline's terms: its width filled by measurement, its lr/KD tuned.
+
+The hand-designed baseline (compressor.pipeline.baselines) gets two things a
+searched family does not: a width chosen in one side-by-side session as the
+widest within the budget, and its own lr/KD tuning. A searched family was
+sized by the latency model to `fill_fraction` (0.8) of the budget, because a
+prediction is not a measurement, and its KD knobs were judged once, beside
+its architecture. Measured on digits-cluttered under a tight budget, that
+left the search's winners at 0.65-0.82 of the budget while the baseline sat
+at 0.98, and the baseline's best one-epoch validation accuracy 8 points above
+the best family's (BENCHMARKS.md, "Does the search earn its place?"). So
+before its final training the winner gets what the baseline gets:
+
+1. **Fill** (`fill_winner`). Its family's size ladder (`search.fit.size_ladder`:
+   every width knob scaled by one factor), from its own size up to the rungs
+   the run's latency model predicts at no more than `FILL_REACH` x the budget
+   (the next rungs when the model is cold), at most `FILL_CANDIDATES` of them
+   evenly spread, are measured in ONE side-by-side session with the drift
+   reference, and the widest whose verdict is "within" is kept
+   (`baselines.widest_within`, the baseline's rule). Its own size is a
+   candidate, so it never shrinks; when its own size is not "within" in
+   this session either, it is kept as the search measured it.
+2. **Tune** (`tune_winner`). The baseline's tuning (`baselines.tune`: TPE
+   over lr and KD on/off, α, τ at the first fidelity, as many evaluations as
+   the baseline gets), starting from the winner's own searched knobs, then
+   the defaults.
+
+The final training (`compress._final_training`) then trains the filled
+network with the tuned knobs. Both steps live in `RUN_DIR/winner.sqlite`,
+tied to the winner (its proposal, member and arch): a resume redoes at most
+the evaluation in flight, and a new winner (a resume with more trials)
+starts afresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from compressor.search.config import SearchConfig
+
+# Rungs predicted up to this multiple of the budget are measured: the latency model's errors near the budget
+# were within about +-20% (BENCHMARKS.md), so a rung predicted 1.2x over may still be measured within.
+FILL_REACH = 1.2
+# Sizes measured in the fill session, the winner's own included (the baseline measures 8 widths).
+FILL_CANDIDATES = 8
+
+
+def fill_candidates(ladder: list[dict[str, Any]], start: int, predict: Callable[[dict[str, Any]], float] | None,
+                    budget_ms: float) -> list[int]:
+    """Ladder indices to measure: `start` and, above it, up to `FILL_CANDIDATES - 1` rungs evenly spread.
+
+    With a predictor, the rungs above `start` predicted at no more than `FILL_REACH` x the budget
+    (latency grows along the ladder, so they are a prefix); without one, the next rungs.
+    """
+    above = list(range(start + 1, len(ladder)))
+    if predict is not None:
+        reach = [i for i in above if predict(ladder[i]) <= FILL_REACH * budget_ms]
+        above = above[:len(reach)]
+    else:
+        above = above[:FILL_CANDIDATES - 1]
+    room = FILL_CANDIDATES - 1
+    if len(above) > room:
+        step = len(above) / room
+        above = sorted({above[min(len(above) - 1, round((k + 1) * step) - 1)] for k in range(room)})
+    return [start, *above]
+
+
+def fill_winner(space, arch: dict[str, Any], seed: int, target, dataset, *, budget=None, seconds_each: float,
+                reference=None) -> dict[str, Any]:
+    """The winner's widest size within the budget, measured (see the module docstring).
+
+    Args:
+        space: the search's space; `arch` the winner's flat arch params; `seed` its member seed.
+        budget: the run's `search.fit.BudgetFit` (its latency model picks the candidates), or None.
+
+    Returns:
+        {"arch": the chosen params, "grew": bool, "within", "verdict", "session", "candidates": [...]}.
+    """
+    from compressor.models.on_target import check_side_by_side
+    from compressor.pipeline.baselines import widest_within
+    from compressor.search.fit import size_ladder
+
+    budget_ms = target.budgets.latency_ms
+    ladder = size_ladder(space, arch)
+    params = space.validate_params(arch)
+    if budget_ms is None or not ladder:
+        return {"arch": params, "grew": False, "within": None, "candidates": []}
+    start = next((i for i, rung in enumerate(ladder) if rung == params), None)
+    if start is None:  # the searched size is between rungs: start from the largest rung not above it
+        start = max((i for i, rung in enumerate(ladder)
+                     if all(rung[k.name] <= params[k.name] for k in space.size_knobs(params))), default=0)
+        ladder[start] = params
+    calibrated = budget is not None and budget.model.calibrated
+    predict = (lambda a: budget.predict(a, [seed])) if calibrated else None
+    chosen = fill_candidates(ladder, start, predict, budget_ms)
+    models = {i: space.build(space.sample(ladder[i], seed), dataset.input_shape, dataset.num_classes) for i in chosen}
+    session = check_side_by_side({str(i): m for i, m in models.items()}, target, dataset.input_shape,
+                                 reference=reference, seconds=seconds_each * len(models), name="winner-fill")
+    checked = {i: session.checked[str(i)] for i in chosen}
+    index, within = widest_within({i: c.verdict for i, c in checked.items()})
+    if not within:
+        index = start
+    sizes = [k.name for k in space.size_knobs(params)]
+    return {"arch": ladder[index], "grew": index != start, "within": within, "verdict": checked[index].verdict,
+            "session": session.id,
+            "candidates": [{"sizes": {k: ladder[i][k] for k in sizes}, "verdict": c.verdict,
+                            "latency_ms": c.latency_ms, "budget_ratio": c.budget_ratio} for i, c in checked.items()]}
+
+
+def tune_winner(config: SearchConfig, spec, knobs: Mapping[str, float], dataset, teacher_logits: dict, *, store,
+                evaluations: int, say: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+    """The baseline's lr/KD tuning for the winner's `spec`, from its searched `knobs` first; the best knobs.
+
+    Returns:
+        {"evaluations", "fidelity", "strategy", "failed", "best": {lr, kd_alpha, kd_tau, kd}, "val_accuracy"};
+        "best" is the searched knobs when every evaluation failed.
+    """
+    from compressor.pipeline.baselines import knobs_of, knob_point, real_trainer, tune
+    from compressor.search.analysis import best_record
+
+    def heard(event: str, info: dict) -> None:
+        if event == "end":
+            rec = info["record"]
+            outcome = f"val {100 * rec.val_accuracy:.2f}%" if rec.status == "ok" else f"{rec.status}: {rec.reason}"
+            say(f"winner tuning {rec.proposal + 1}/{evaluations} at {rec.fidelity} ep: {outcome}")
+
+    searched = {"lr": knobs["lr"], "kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"]}
+    records = tune(config, store, real_trainer(config, spec, dataset, teacher_logits), heard,
+                   evaluations=evaluations, first=[knob_point(searched)])
+    best = best_record(records)
+    return {"evaluations": len(records), "fidelity": config.fidelities[0], "strategy": "tpe",
+            "failed": sum(r.status == "failed" for r in records),
+            "best": {**searched, "kd": searched["kd_alpha"] > 0} if best is None else knobs_of(best.params),
+            "val_accuracy": None if best is None else best.val_accuracy}
