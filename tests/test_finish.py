@@ -77,3 +77,22 @@ def _options():
     from compressor.pipeline.compress import DataOptions
 
     return DataOptions(image_size=16, channels=1)
+
+
+@pytest.mark.slow
+def test_the_plain_warm_start_is_the_baselines_measured_width_and_is_not_resized(tiny_teacher, tmp_path):
+    from compressor.pipeline.compress import compress
+
+    run = tmp_path / "run"
+    result = compress(tiny_teacher, out=run, data="digits", target="cpu-1t", latency_ms=0.5, space="all",
+                      cache_dir=str(tmp_path / "cache"), quiet=True, trials=3, family_size=1, fidelities=(1,),
+                      final_epochs=1, tuning_trials=2, export=False, baseline=True, data_options=_options())
+    from compressor.spaces import get_space
+
+    space = get_space("all")
+    baseline = result.report["baselines"][0]
+    plain = next(r for r in result.records if space.validate_params(r.params["arch"]).get("family") == "plain")
+    arch = space.validate_params(plain.params["arch"])
+    widths = "-".join(str(arch[f"width_{i}"]) for i in (1, 2, 3))
+    assert baseline["width"]["within"] and widths == baseline["width"]["widths"]
+    assert "fit" not in (plain.misc or {})  # measured within the budget: kept, only predicted

@@ -248,17 +248,18 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     if not store.records():
         store.set_meta("smallest_network", _check_reachable(config, target, dataset, reference))
 
+    warm_starts = _warm_starts(config, store, target, dataset, reference)
     display = _Progress(config, quiet)
     if config.parallel:
         from compressor.search.ray_backend import parallel_search
 
         searching = parallel_search(config=config, target=target, dataset=dataset, teacher_logits=logits,
                                     store=store, log_path=run_dir / "measurements.jsonl", progress=display.event,
-                                    reference=reference, cache_dir=cache_dir)
+                                    reference=reference, cache_dir=cache_dir, warm_starts=warm_starts)
     else:
         searching = contextlib.nullcontext(Search(config=config, target=target, dataset=dataset,
                                                   teacher_logits=logits, store=store, progress=display.event,
-                                                  reference=reference, cache_dir=cache_dir))
+                                                  reference=reference, cache_dir=cache_dir, warm_starts=warm_starts))
     with searching as search, display:
         display.preload(search.records)
         records = search.run()
@@ -417,6 +418,38 @@ def _check_reachable(config, target, dataset, reference) -> dict[str, Any] | Non
             "verdict": checked.verdict}
 
 
+def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> list:
+    """The space's known-good points, its plain CNN at the widest width within the budget, measured.
+
+    "The search starts from the budget-filling plain CNN": where the space holds the zoo's plain
+    family (`--space all` or `zoo`) and there is a latency budget, its warm start gets the width the
+    baseline gets (`baselines.choose_width`: one side-by-side session, kept in meta `plain_width` and
+    given to the baseline too), and fit-to-budget keeps it (`WarmStart.measured`). A searched student
+    then starts from the baseline's network; with the same finishing (compressor.pipeline.finish) it
+    can lose to the baseline only by the noise of training, not by never having met it.
+    """
+    import dataclasses
+
+    from compressor.pipeline.baselines import PLAIN_BASE, choose_width
+    from compressor.search.config import warm_start_points
+    from compressor.spaces import get_space
+
+    space = get_space(config.space)
+    points = warm_start_points(space)
+    if "plain" not in space.search_groups() or target.budgets.latency_ms is None:
+        return points
+    width = store.get_meta("plain_width")
+    if width is None:
+        width = json_safe(choose_width(target, dataset, seed=config.seed, seconds_each=config.profile_seconds,
+                                       reference=reference))
+        store.set_meta("plain_width", width)
+    if not width["within"]:
+        return points
+    widths = {f"width_{i + 1}": width["scale"] * w for i, w in enumerate(PLAIN_BASE)}
+    return [dataclasses.replace(p, arch={**p.arch, **widths}, measured=True) if p.group == "plain" else p
+            for p in points]
+
+
 def _tuning_evaluations(config: SearchConfig, report) -> int:
     """The lr/KD evaluations of the winner's and the baseline's tuning: `tuning_trials`, else the trained families."""
     return config.tuning_trials or max(1, min(config.trials, report["search"]["trained"]))
@@ -507,6 +540,8 @@ def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool
         tuning = open_tuning_store(run_dir / "baseline.sqlite",
                                    {"fingerprint": store.get_meta("fingerprint"),
                                     "started_at": store.get_meta("started_at")})
+        if tuning.get_meta("width") is None and store.get_meta("plain_width") is not None:
+            tuning.set_meta("width", store.get_meta("plain_width"))  # the search's plain warm start: one session
         try:
             found = json_safe(hand_designed_baseline(
                 dataset, target, config, logits, store=tuning, reference=reference,

@@ -135,6 +135,8 @@ class WarmStart:
     group: str
     arch: dict[str, Any]
     kd: dict[str, Any]
+    # Its size was measured within the budget (the plain CNN at the baseline's width): fit-to-budget keeps it.
+    measured: bool = False
 
     def params(self, space) -> dict[str, Any]:
         return {"arch": space.group_params(self.group, dict(self.arch)), **self.kd}

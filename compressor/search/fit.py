@@ -179,6 +179,10 @@ def fit_to_budget(space, arch: dict[str, Any], predict: Callable[[dict[str, Any]
                predicted_ms=at(chosen), skip=at(chosen) > far_over * budget_ms, predictions=len(predicted))
 
 
+def _arch_key(space, arch: dict[str, Any]) -> str:
+    return json.dumps(space.validate_params(arch), sort_keys=True)
+
+
 def sample_family(space, record: TrialRecord) -> list:
     """The ArchSpecs of `record`'s members (`space.sample` of its arch for each member seed), noted in `record.archs`."""
     specs = [space.sample(record.params["arch"], seed) for seed in record.seeds]
@@ -204,13 +208,19 @@ class BudgetFit:
     fill_fraction: float | None
     input_shape: tuple[int, ...]
     num_classes: int
+    # Archs measured within the budget already (`WarmStart.measured`): predicted, never resized.
+    keep: frozenset[str] = frozenset()
 
     @classmethod
-    def open(cls, config, space, target, dataset, cache_dir=None) -> "BudgetFit":
-        """The run's: `target`'s stored calibration under `cache_dir`, its budget and `config.fill_fraction`."""
+    def open(cls, config, space, target, dataset, cache_dir=None, warm_starts=()) -> "BudgetFit":
+        """The run's: `target`'s stored calibration under `cache_dir`, its budget and `config.fill_fraction`.
+
+        `warm_starts`: the search's first points; those `measured` within the budget are kept as they are.
+        """
+        keep = frozenset(_arch_key(space, w.params(space)["arch"]) for w in warm_starts if w.measured)
         return cls(space=space, model=LatencyModel.open(target, cache_dir), budget_ms=target.budgets.latency_ms,
                    fill_fraction=config.fill_fraction, input_shape=tuple(dataset.input_shape),
-                   num_classes=dataset.num_classes)
+                   num_classes=dataset.num_classes, keep=keep)
 
     def needs_calibration(self, record: TrialRecord) -> bool:
         """Whether a new proposal should wait for `calibration_points` to be measured: the model is cold and would fit it."""
@@ -227,7 +237,7 @@ class BudgetFit:
         if budget is None or not model.calibrated or record.misc is None:
             return
         fit, far_over = None, model.skip_factor(budget)
-        if self.fill_fraction is not None:
+        if self.fill_fraction is not None and _arch_key(self.space, record.params["arch"]) not in self.keep:
             fit = fit_to_budget(self.space, record.params["arch"], lambda arch: self.predict(arch, record.seeds),
                                 budget_ms=budget, fraction=self.fill_fraction, far_over=far_over)
         if fit is not None:

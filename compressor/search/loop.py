@@ -10,9 +10,9 @@ machine has stored for the target under `cache_dir`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from compressor.search.config import SearchConfig, kd_hyperopt_space
+from compressor.search.config import SearchConfig, WarmStart, kd_hyperopt_space, warm_start_points
 from compressor.search.evaluate import FamilyEvaluator
 from compressor.search.fit import BudgetFit
 from compressor.search.schedule import Schedule
@@ -25,12 +25,16 @@ class Search(Schedule):
     """The search over `config.space` on `target`, distilling from `teacher_logits` (see the package docstring)."""
 
     def __init__(self, *, config: SearchConfig, target, dataset, teacher_logits: dict[str, Any], store: TrialStore,
-                 progress: Callable[[str, dict], None] | None = None, reference=None, cache_dir=None) -> None:
+                 progress: Callable[[str, dict], None] | None = None, reference=None, cache_dir=None,
+                 warm_starts: Sequence[WarmStart] | None = None) -> None:
+        """`warm_starts`: the first points (default: the space's, `config.warm_start_points`)."""
         from compressor.spaces import get_space
 
         space = get_space(config.space)
+        warm_starts = warm_start_points(space) if warm_starts is None else warm_starts
         evaluate = FamilyEvaluator(config=config, space=space, target=target, dataset=dataset,
                                    teacher_logits=teacher_logits, reference=reference,
-                                   budget=BudgetFit.open(config, space, target, dataset, cache_dir))
+                                   budget=BudgetFit.open(config, space, target, dataset, cache_dir, warm_starts))
         super().__init__(config=config, store=store, evaluate=evaluate,
-                         space={"arch": space.hyperopt_space(), **kd_hyperopt_space()}, progress=progress)
+                         space={"arch": space.hyperopt_space(), **kd_hyperopt_space()}, progress=progress,
+                         warm_starts=warm_starts)

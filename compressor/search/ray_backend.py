@@ -297,15 +297,16 @@ def _driver_off_the_target(reserved: tuple[int, ...]) -> Iterator[None]:
 @contextlib.contextmanager
 def parallel_search(*, config: SearchConfig, target, dataset, teacher_logits: dict[str, Any], store: TrialStore,
                     log_path: Path, progress: Callable[[str, dict], None] | None = None,
-                    reference=None, cache_dir=None) -> Iterator[ParallelSchedule]:
+                    reference=None, cache_dir=None, warm_starts=None) -> Iterator[ParallelSchedule]:
     """The search on Ray for `compressor.pipeline.compress`: Ray up, the measuring actor, the pool, the schedule.
 
-    `cache_dir`: where the target's latency calibration is stored (`compressor.search.fit.BudgetFit.open`).
+    `cache_dir`: where the target's latency calibration is stored (`compressor.search.fit.BudgetFit.open`);
+    `warm_starts`: the first points (default: the space's).
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from compressor.search.config import kd_hyperopt_space
+    from compressor.search.config import kd_hyperopt_space, warm_start_points
     from compressor.search.fit import BudgetFit
     from compressor.spaces import get_space
     from profilers.host import current_affinity
@@ -320,11 +321,12 @@ def parallel_search(*, config: SearchConfig, target, dataset, teacher_logits: di
                                 checker=MeasuringChecker(measurer), driver_node=driver_node,
                                 reserved=reserved_cpus(target))
         space = get_space(config.space)
+        warm_starts = warm_start_points(space) if warm_starts is None else warm_starts
         try:
             with _driver_off_the_target(context.reserved):
                 yield ParallelSchedule(config=config, store=store, pool=RayPool(context, config.workers),
                                        space={"arch": space.hyperopt_space(), **kd_hyperopt_space()},
-                                       progress=progress,
-                                       budget=BudgetFit.open(config, space, target, dataset, cache_dir))
+                                       progress=progress, warm_starts=warm_starts,
+                                       budget=BudgetFit.open(config, space, target, dataset, cache_dir, warm_starts))
         finally:
             ray.kill(measurer)
