@@ -96,3 +96,15 @@ def test_the_plain_warm_start_is_the_baselines_measured_width_and_is_not_resized
     widths = "-".join(str(arch[f"width_{i}"]) for i in (1, 2, 3))
     assert baseline["width"]["within"] and widths == baseline["width"]["widths"]
     assert "fit" not in (plain.misc or {})  # measured within the budget: kept, only predicted
+
+
+def test_a_first_point_equal_to_the_default_is_evaluated_once(tmp_path):
+    from compressor.pipeline.baselines import knob_point, tune
+    from compressor.search.store import TrialStore
+
+    calls = []
+    store = TrialStore(tmp_path / "t.sqlite")
+    tune(SearchConfig(trials=3, fidelities=(1,)), store, lambda knobs, epochs: calls.append(dict(knobs)) or 0.5,
+         first=[knob_point()])
+    store.close()
+    assert len(calls) == 3 and calls[1] != calls[0]

@@ -141,13 +141,15 @@ def tune(config: SearchConfig, store, train: Trainer, progress: Callable[[str, d
          evaluations: int | None = None, first: Sequence[dict[str, Any]] = ()):
     """Run (or resume) a tuning in `store`: `evaluations` (default `config.trials`); returns its records.
 
-    `first`: points (`knob_point`) evaluated before the default one (the winner's own searched knobs).
+    `first`: points (`knob_point`) evaluated before the default one (the winner's own searched knobs); a point
+    given twice is evaluated once.
     """
     from compressor.search.schedule import Schedule
     from compressor.search.strategies import HyperoptStrategy
 
     tuning = tuning_config(config, evaluations)
-    strategy = HyperoptStrategy(tuning, tuning_space(), [*first, knob_point()])
+    points = [*first, knob_point()]
+    strategy = HyperoptStrategy(tuning, tuning_space(), [p for i, p in enumerate(points) if p not in points[:i]])
     return Schedule(config=tuning, store=store, evaluate=_TuningEvaluator(train), space=tuning_space(),
                     progress=progress, strategy=strategy).run()
 
