@@ -59,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
         _warn(f"{args.host} is not a loopback address: the agent is reachable from the network over plain "
               "HTTP. Prefer the default 127.0.0.1 with an SSH tunnel, or put a TLS reverse proxy in front.")
     _info(f"max model {config.max_model_mb:g} MiB, queue {config.queue}; Ctrl-C stops")
-    # SIGTERM (systemd, docker stop) stops as cleanly as Ctrl-C.
+    # SIGTERM (systemd, docker stop) stops as cleanly as Ctrl-C; SIGINT is set too, because an agent started
+    # in the background by a script (`compressor agent &`) inherits SIGINT ignored and would not stop on it.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
