@@ -186,7 +186,7 @@ def test_compress_trains_the_baseline_on_the_students_terms_and_keeps_it_on_resu
 
     monkeypatch.setattr(distill, "train_student", recording)
     options = dict(target="cpu-1t", data="digits", cache_dir=tmp_path / "cache", latency_ms=50.0, trials=3,
-                   family_size=1, fidelities=(1, 2), eta=3, final_epochs=2, profile_seconds=0.1, export=False,
+                   family_size=1, fidelities=(1, 2), eta=3, final_epochs=2, finalists=1, profile_seconds=0.1, export=False,
                    baseline=True, data_options=DataOptions(image_size=16, channels=1))
     run = tmp_path / "run"
     report = compress(tiny_teacher, out=run, **options).report

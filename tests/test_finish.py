@@ -56,7 +56,7 @@ def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teac
     run = tmp_path / "run"
     result = compress(tiny_teacher, out=run, data="digits", target="cpu-1t", latency_ms=0.5,
                       cache_dir=str(tmp_path / "cache"), quiet=True, trials=2, family_size=1, fidelities=(1,),
-                      final_epochs=1, tuning_trials=3, export=False,
+                      final_epochs=1, tuning_trials=3, finalists=1, export=False,
                       data_options=_options())
     student = result.report["student"]
     fill, tuning = student["fill"], student["tuning"]
@@ -70,7 +70,7 @@ def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teac
     assert all(student["arch"]["params"][k] == fill["arch"][k] for k in sizes)  # the filled network was trained
     # The tuning: as many evaluations as asked, the final training used its best knobs.
     assert tuning["evaluations"] == 3 and student["lr"] == pytest.approx(tuning["best"]["lr"])
-    assert (run / "winner.sqlite").is_file()
+    assert (run / "finalists" / f"p{student['proposal']}-f1.sqlite").is_file()
 
 
 def _options():
@@ -86,7 +86,8 @@ def test_the_plain_warm_start_is_the_baselines_measured_width_and_is_not_resized
     run = tmp_path / "run"
     result = compress(tiny_teacher, out=run, data="digits", target="cpu-1t", latency_ms=0.5, space="all",
                       cache_dir=str(tmp_path / "cache"), quiet=True, trials=3, family_size=1, fidelities=(1,),
-                      final_epochs=1, tuning_trials=2, export=False, baseline=True, data_options=_options())
+                      final_epochs=1, tuning_trials=2, finalists=1, export=False, baseline=True,
+                      data_options=_options())
     from compressor.spaces import get_space
 
     space = get_space("all")

@@ -285,7 +285,7 @@ def test_a_search_with_fit_to_budget_reports_its_model(tiny_teacher, tmp_path):
     floor = check_floor(load_target("cpu-1t"), (1, 16, 16))
     options = dict(data="digits", target="cpu-1t", cache_dir=tmp_path / "cache", latency_ms=8 * floor,
                    data_options=DataOptions(image_size=16, channels=1), trials=3, family_size=2, fidelities=(1,),
-                   final_epochs=1, profile_seconds=0.2, export=False, seed=0)
+                   final_epochs=1, finalists=1, profile_seconds=0.2, export=False, seed=0)
     searches = {}
     for name, fill in (("on", 0.8), ("off", None)):
         try:

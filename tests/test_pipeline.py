@@ -11,7 +11,7 @@ import pytest
 
 from compressor.errors import UserError
 
-FAST = dict(trials=2, family_size=1, fidelities=(1,), final_epochs=1, profile_seconds=0.2,
+FAST = dict(trials=2, family_size=1, fidelities=(1,), final_epochs=1, finalists=1, profile_seconds=0.2,
             export_formats=("onnx",))
 
 
@@ -51,7 +51,7 @@ def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teac
     # trials in which another family won.
     store = TrialStore(run / "trials.sqlite")
     final = store.get_meta("final")
-    store.set_meta("final", {**final, "proposal": winner + 100})
+    store.set_meta("final", {**final, "proposal": winner + 100, "identity": ["search", winner + 100, 1]})
     store.close()
     (run / "artifacts" / "artifacts.json").write_text("{}")  # a bundle that would be kept if not invalidated
     again = _compress(tiny_teacher, run, cache, latency_ms=50.0, resume=True)

@@ -364,7 +364,7 @@ def test_end_to_end_onnx_teacher_trained_on_raw_pixels(tmp_path, capfd):
         assert low < trained.val_accuracy - 0.3
 
     code = cli.main(["compress", *common, "--teacher-preprocess", "none", "--target", str(tmp_path / "t.toml"),
-                     "--space", "zoo", "--trials", "1", "--family-size", "1", "--fidelities", "1",
+                     "--space", "zoo", "--trials", "1", "--family-size", "1", "--fidelities", "1", "--finalists", "1",
                      "--final-epochs", "10", "--formats", "onnx", "--profile-seconds", "0.2",
                      "--out", str(tmp_path / "run")])
     err = capfd.readouterr().err

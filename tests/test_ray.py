@@ -202,7 +202,7 @@ def test_cli_joins_a_running_cluster_with_ray_address(ray_cluster, tiny_teacher,
     run = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "compressor", "compress", "--teacher", tiny_teacher, "--data", "digits",
-         "--image-size", "16", "--channels", "1", "--target", "cpu-1t", "--trials", "2", "--family-size", "1",
+         "--image-size", "16", "--channels", "1", "--target", "cpu-1t", "--trials", "2", "--finalists", "1", "--family-size", "1",
          "--fidelities", "1", "--final-epochs", "1", "--profile-seconds", "0.2", "--no-export", "--workers", "2",
          "--ray-address", ray_cluster, "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=500,

@@ -19,7 +19,7 @@ from compressor.search.store import RunLock, TrialRecord, TrialStore
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small and quick: one-epoch fidelities, one member per family, FP32 ONNX export only.
-FAST = dict(trials=3, family_size=1, fidelities=(1,), final_epochs=1, profile_seconds=0.2,
+FAST = dict(trials=3, family_size=1, fidelities=(1,), final_epochs=1, finalists=1, profile_seconds=0.2,
             export_formats=("onnx",))
 
 

@@ -188,7 +188,7 @@ def real_trainer(config: SearchConfig, spec, dataset, teacher_logits: dict) -> T
 
 def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits: dict, *, store,
                            reference=None, say: Callable[[str], None] = lambda text: None,
-                           evaluations: int | None = None) -> dict[str, Any]:
+                           evaluations: int | None = None, checkpoint: Path | None = None) -> dict[str, Any]:
     """Choose the width, tune lr/KD, train with the student's recipe: the fair baseline (module docstring).
 
     Args:
@@ -200,6 +200,7 @@ def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits
         evaluations: the tuning's evaluations (default `config.trials`).
         reference: the run's drift reference (compressor.models.on_target.DriftReference), or None.
         say: one line of progress for a person.
+        checkpoint: where the trained baseline is saved (state dict + ArchSpec), or None.
 
     Returns:
         {"name", "arch", "status", "meets_budget", "epochs", "width", "recipe", "tuning", ...}: with status
@@ -224,7 +225,7 @@ def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits
             rec = info["record"]
             outcome = f"val {100 * rec.val_accuracy:.2f}%" if rec.status == "ok" else f"{rec.status}: {rec.reason}"
             say(f"baseline tuning {rec.proposal + 1}/{evaluations or config.trials} at {rec.fidelity} ep: "
-                f"{_knobs_text(knobs_of(rec.params))}: {outcome}")
+                f"{knobs_text(knobs_of(rec.params))}: {outcome}")
 
     records = tune(config, store, real_trainer(config, spec, dataset, teacher_logits), heard, evaluations=evaluations)
     best = best_record(records)
@@ -238,15 +239,25 @@ def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits
     if best is None:
         return {**described, "status": "failed", "reason": f"tuning: {failure_summary(records)}"}
     knobs = knobs_of(best.params)
-    say(f"baseline: {_knobs_text(knobs)} for {config.final_epochs} epochs")
-    _, result = train_spec(spec, dataset, train_config(config, knobs), teacher_logits, evaluate_test=True)
+    say(f"baseline: {knobs_text(knobs)} for {config.final_epochs} epochs")
+    model, result = train_spec(spec, dataset, train_config(config, knobs), teacher_logits, evaluate_test=True)
     if result.status != "ok":
         return {**described, "status": "failed", "reason": f"final training: {result.reason}"}
-    return {**described, "status": "ok", "kd": knobs["kd"], "kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"],
-            "lr": knobs["lr"], "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-            "seconds": result.seconds, "params": width["params"], "macs": width["macs"], "profile": width["profile"]}
+    trained = {**described, "status": "ok", "kd": knobs["kd"], "kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"],
+               "lr": knobs["lr"], "val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+               "seconds": result.seconds, "params": width["params"], "macs": width["macs"], "profile": width["profile"],
+               "loss_curve": result.loss_curve}
+    if checkpoint is not None:
+        from compressor.models.checkpoint import Checkpoint, save_checkpoint
+
+        meta = {k: trained[k] for k in ("name", "val_accuracy", "test_accuracy", "epochs", "kd_alpha", "kd_tau", "lr")}
+        save_checkpoint(checkpoint, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
+                                               num_classes=dataset.num_classes, input_shape=dataset.input_shape,
+                                               meta={**meta, "baseline": True}, preprocessing=dataset.preprocessing))
+    return trained
 
 
-def _knobs_text(knobs: Mapping[str, Any]) -> str:
+def knobs_text(knobs: Mapping[str, Any]) -> str:
+    """lr and KD for a progress line: "lr 0.1, KD α 0.50 τ 4.0" or "lr 0.1, no KD"."""
     kd = f"KD α {knobs['kd_alpha']:.2f} τ {knobs['kd_tau']:.1f}" if knobs["kd"] else "no KD"
     return f"lr {knobs['lr']:.3g}, {kd}"

@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import UserError
-from compressor.search.analysis import best_record, failure_summary, json_safe, pareto_front
+from compressor.pipeline.finalists import choice_text, choose, finalist_records, summary
+from compressor.search.analysis import failure_summary, json_safe, pareto_front
 from compressor.search.config import SearchConfig
 from compressor.search.loop import Search
 from compressor.search.store import RunLock, TrialRecord, TrialStore
@@ -265,12 +266,13 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         records = search.run()
     seconds = sum(r.total_s for r in records)
     # Families within one validation image of the best are a tie, which goes to the faster.
-    best = best_record(records, tolerance=1.0 / len(dataset.val_y))
+    tolerance = 1.0 / len(dataset.val_y)
+    finalists = finalist_records(records, config.finalists, tolerance=tolerance)
     report = _base_report(config, target, teacher_info, records, seconds)
     report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
                                "drift_reference": None if reference is None else reference.to_dict()}
     report["warnings"] += [w for w in (split_warning, accuracy_hint) if w]
-    if best is None:
+    if not finalists:
         report["failure"] = failure_summary(records)
         from compressor.pipeline.report import write_report
 
@@ -278,23 +280,19 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         raise UserError(f"no feasible student in {len(records)} evaluations: {report['failure']}; loosen the budgets, "
                         "raise --trials, or try another --space")
 
-    final = store.get_meta("final")
+    evaluations = _tuning_evaluations(config, report)
+    candidates = [_finalist(config, rank, rec, len(finalists), store, run_dir, dataset, logits, target, reference,
+                            cache_dir, evaluations, quiet) for rank, rec in enumerate(finalists)]
+    if baseline:
+        report["baselines"] = [_baseline(config, store, run_dir, dataset, logits, target, quiet, reference,
+                                         evaluations)]
+        if report["baselines"][0]["status"] == "ok":
+            candidates.append(_baseline_candidate(report["baselines"][0], config, dataset, run_dir))
     checkpoint = run_dir / "best.pt"
-    if final is None or not checkpoint.is_file() or _identity(final) != _identity(best):
-        # The winner changed (a resume with more trials) or was never trained: what was exported
-        # for the previous winner no longer describes the student.
-        store.set_meta("artifacts", None)
-        finished = _finish_winner(config, best, store, run_dir, dataset, logits, target, reference, cache_dir,
-                                  _tuning_evaluations(config, report), quiet)
-        final = _final_training(config, best, finished, dataset, logits, target, checkpoint, quiet)
-        final["preprocessing"] = dataset.preprocessing.to_dict()
-        store.set_meta("final", final)
+    final = _choose_student(candidates, tolerance, store, checkpoint, config, quiet)
     model = _load_student(checkpoint)
     report["student"] = final
     report["param_reduction"] = teacher_info["params"] / max(1, final["params"])
-    if baseline:
-        report["baselines"] = [_baseline(config, store, run_dir, dataset, logits, target, quiet, reference,
-                                         _tuning_evaluations(config, report))]
     _apply_final_session(report, _final_session(config, store, teacher, tuple(teacher_info["input_shape"]), dataset,
                                                 target, model, final, report.get("baselines", []), reference,
                                                 quiet))
@@ -346,13 +344,6 @@ def _fingerprint(config: SearchConfig, teacher, inputs: _Inputs, target) -> dict
     return json_safe({"search": config.fingerprint(), "space_knobs": space_knobs, "teacher": teacher.content_hash,
                       "teacher_inputs": inputs.teacher.dataset.identity, "dataset": inputs.dataset.identity,
                       "label_fraction": inputs.dataset.label_fraction, "target": _target_key(target)})
-
-
-def _identity(evaluation) -> tuple[int, int]:
-    """(proposal, fidelity) of the search's best evaluation or of the final student trained from one."""
-    if isinstance(evaluation, dict):
-        return evaluation["proposal"], evaluation.get("fidelity", -1)
-    return evaluation.proposal, evaluation.fidelity
 
 
 def _teacher_split_warning(teacher, dataset) -> str | None:
@@ -455,9 +446,33 @@ def _tuning_evaluations(config: SearchConfig, report) -> int:
     return config.tuning_trials or max(1, min(config.trials, report["search"]["trained"]))
 
 
-def _finish_winner(config, best, store, run_dir: Path, dataset, logits, target, reference, cache_dir,
+def _finalist(config, rank: int, best, count: int, store, run_dir: Path, dataset, logits, target, reference,
+              cache_dir, evaluations: int, quiet: bool) -> dict[str, Any]:
+    """Finalist `rank` of `count` (compressor.pipeline.finalists): finished, trained for `final_epochs`, once per run.
+
+    Kept in meta `finalists` by (proposal, fidelity) with its checkpoint under `RUN_DIR/finalists/`, so a resume
+    whose finalists changed trains only the new ones.
+    """
+    key = f"p{best.proposal}-f{best.fidelity}"
+    path = run_dir / "finalists" / f"{key}.pt"
+    found = (store.get_meta("finalists") or {}).get(key)
+    if found is not None and path.is_file():
+        return found
+    finished = _finish_winner(config, best, store, run_dir / "finalists" / f"{key}.sqlite", dataset, logits, target,
+                              reference, cache_dir, evaluations, quiet)
+    final = _final_training(config, best, finished, dataset, logits, target, path, quiet,
+                            f"finalist {rank + 1}/{count}")
+    found = json_safe({**final, "preprocessing": dataset.preprocessing.to_dict(), "source": "search",
+                       "name": f"searched proposal {best.proposal}", "search_val_accuracy": best.val_accuracy,
+                       "latency_ms": _fill_latency(finished["fill"], best.latency_ms), "checkpoint": str(path),
+                       "identity": ["search", best.proposal, best.fidelity]})
+    store.set_meta("finalists", {**(store.get_meta("finalists") or {}), key: found})
+    return found
+
+
+def _finish_winner(config, best, store, path: Path, dataset, logits, target, reference, cache_dir,
                    evaluations: int, quiet: bool) -> dict[str, Any]:
-    """The winner's best member, its width filled and its lr/KD tuned (compressor.pipeline.finish), once per winner."""
+    """A finalist's best member, its width filled and its lr/KD tuned (compressor.pipeline.finish), resumable in `path`."""
     from compressor.cli.console import err_console
     from compressor.pipeline.baselines import open_tuning_store
     from compressor.pipeline.finish import fill_winner, tune_winner
@@ -467,9 +482,10 @@ def _finish_winner(config, best, store, run_dir: Path, dataset, logits, target, 
     say = (lambda text: None) if quiet else (lambda text: err_console.print(text, markup=False))
     member = max(range(len(best.member_accuracies)), key=lambda i: best.member_accuracies[i])
     seed, space = best.seeds[member], get_space(config.space)
-    winner = open_tuning_store(run_dir / "winner.sqlite",
-                               {"fingerprint": store.get_meta("fingerprint"), "started_at": store.get_meta("started_at"),
-                                "winner": [best.proposal, best.fidelity, member]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    winner = open_tuning_store(path, {"fingerprint": store.get_meta("fingerprint"),
+                                      "started_at": store.get_meta("started_at"),
+                                      "winner": [best.proposal, best.fidelity, member]})
     try:
         fill = winner.get_meta("fill")
         if fill is None:
@@ -478,23 +494,34 @@ def _finish_winner(config, best, store, run_dir: Path, dataset, logits, target, 
                                          seconds_each=config.profile_seconds, reference=reference))
             winner.set_meta("fill", fill)
         if fill["grew"]:
-            say(f"winner: grown to {_sizes(fill)}, the widest of "
+            say(f"proposal {best.proposal}: grown to {_sizes(fill)}, the widest of "
                 f"{len(fill['candidates'])} sizes within the budget")
         spec = space.sample(fill["arch"], seed)
         tuning = tune_winner(config, spec, best.params, dataset, logits, store=winner, evaluations=evaluations,
-                             say=say)
+                             say=say, label=f"proposal {best.proposal}")
     finally:
         winner.close()
     return {"member": member, "spec": spec, "fill": fill, "tuning": tuning}
 
 
+def _chosen_rung(fill: dict[str, Any]) -> dict[str, Any] | None:
+    """The fill session's candidate at the size the fill kept."""
+    return next((c for c in fill["candidates"] if all(fill["arch"].get(k) == v for k, v in c["sizes"].items())), None)
+
+
 def _sizes(fill: dict[str, Any]) -> str:
     """The chosen size of a fill, e.g. "base_width=24"."""
-    chosen = next(c for c in fill["candidates"] if all(fill["arch"].get(k) == v for k, v in c["sizes"].items()))
-    return ", ".join(f"{k}={v:g}" for k, v in chosen["sizes"].items())
+    return ", ".join(f"{k}={v:g}" for k, v in _chosen_rung(fill)["sizes"].items())
 
 
-def _final_training(config, best, finished, dataset, logits, target, checkpoint: Path, quiet: bool) -> dict[str, Any]:
+def _fill_latency(fill: dict[str, Any], screened_ms: float | None) -> float | None:
+    """The latency measured at the size the fill kept (drift-corrected), else the search's screening figure."""
+    rung = _chosen_rung(fill)
+    return screened_ms if rung is None or rung.get("latency_ms") is None else rung["latency_ms"]
+
+
+def _final_training(config, best, finished, dataset, logits, target, checkpoint: Path, quiet: bool,
+                    label: str) -> dict[str, Any]:
     import json
 
     from compressor.cli.console import err_console
@@ -504,11 +531,12 @@ def _final_training(config, best, finished, dataset, logits, target, checkpoint:
 
     member, spec, knobs = finished["member"], finished["spec"], finished["tuning"]["best"]
     if not quiet:
-        err_console.print(f"final training: proposal {best.proposal} member {member} for {config.final_epochs} epochs")
+        err_console.print(f"{label}: proposal {best.proposal} member {member} (val {100 * best.val_accuracy:.2f}% at "
+                          f"{best.fidelity} ep), final training for {config.final_epochs} epochs")
     train_config = recipe.train_config(config, knobs)
     model, result = recipe.train_spec(spec, dataset, train_config, logits, evaluate_test=True)
     if result.status != "ok":
-        raise UserError(f"final training of the best student failed: {result.reason}")
+        raise UserError(f"final training of proposal {best.proposal} failed: {result.reason}")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
             "epochs": config.final_epochs, "kd_alpha": train_config.alpha, "kd_tau": train_config.tau,
             "lr": train_config.lr, "proposal": best.proposal, "fidelity": best.fidelity, "member": member,
@@ -521,18 +549,58 @@ def _final_training(config, best, finished, dataset, logits, target, checkpoint:
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
 
 
+def _baseline_candidate(entry: dict[str, Any], config, dataset, run_dir: Path) -> dict[str, Any]:
+    """The trained baseline as a finalist: the fields of a student, its checkpoint and its measured latency."""
+    import json
+
+    from compressor.spaces import spec_from_ref
+
+    width = next(c for c in entry["width"]["candidates"] if c["arch"] == entry["arch"])
+    return {**{k: entry[k] for k in ("val_accuracy", "test_accuracy", "epochs", "kd_alpha", "kd_tau", "lr", "seconds",
+                                     "params", "macs", "profile")},
+            "proposal": None, "fidelity": None, "member": None, "loss_curve": entry.get("loss_curve", []),
+            "arch": json.loads(spec_from_ref(entry["arch"], seed=config.seed).to_json()),
+            "preprocessing": dataset.preprocessing.to_dict(), "source": "baseline",
+            "name": f"baseline {entry['name']}", "search_val_accuracy": None, "latency_ms": width["latency_ms"],
+            "checkpoint": str(run_dir / "baseline.pt"), "identity": ["baseline", entry["arch"]]}
+
+
+def _choose_student(candidates: list[dict[str, Any]], tolerance: float, store, checkpoint: Path, config,
+                    quiet: bool) -> dict[str, Any]:
+    """The finalist with the best validation accuracy (compressor.pipeline.finalists.choose), copied to `checkpoint`."""
+    from compressor.cli.console import err_console
+    from compressor.models.checkpoint import load_checkpoint, save_checkpoint
+
+    index = choose(candidates, tolerance)
+    chosen = candidates[index]
+    previous = store.get_meta("final")
+    if previous is None or not checkpoint.is_file() or previous.get("identity") != chosen["identity"]:
+        # The student changed (a resume with more trials, another finalist ahead) or was never saved:
+        # what was exported for the previous one no longer describes it.
+        store.set_meta("artifacts", None)
+        save_checkpoint(checkpoint, load_checkpoint(chosen["checkpoint"]))
+    final = {**{k: v for k, v in chosen.items() if k != "checkpoint"},
+             "finalists": [summary(c, i == index) for i, c in enumerate(candidates)]}
+    store.set_meta("final", final)
+    if not quiet:
+        err_console.print(choice_text(final["finalists"], config.final_epochs), markup=False)
+    return final
+
+
 def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool, reference,
               evaluations: int) -> dict[str, Any]:
     """The fair hand-designed baseline (compressor.pipeline.baselines), once per run.
 
     Its tuning is resumable in its own store (`RUN_DIR/baseline.sqlite`, tied to this run by the fingerprint
-    and start time); the finished result is kept in meta `baseline`, so a resume reads it from there.
+    and start time); the finished result is kept in meta `baseline` and its weights in `RUN_DIR/baseline.pt` (it
+    is a finalist: it may become the student), so a resume reads them from there.
     """
     from compressor.pipeline.baselines import hand_designed_baseline, open_tuning_store
     from compressor.cli.console import err_console
 
     found = store.get_meta("baseline")
-    if found is None:
+    weights = run_dir / "baseline.pt"
+    if found is None or (found["status"] == "ok" and not weights.is_file()):
         if not quiet:
             err_console.print(f"baseline: the widest plain CNN within the budget, lr/KD tuned in {evaluations} "
                               f"evaluations at {config.fidelities[0]} epoch(s), then the student's recipe for "
@@ -546,7 +614,7 @@ def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool
             found = json_safe(hand_designed_baseline(
                 dataset, target, config, logits, store=tuning, reference=reference,
                 say=(lambda text: None) if quiet else (lambda text: err_console.print(text, markup=False)),
-                evaluations=evaluations))
+                evaluations=evaluations, checkpoint=weights))
         finally:
             tuning.close()
         store.set_meta("baseline", found)
@@ -566,7 +634,7 @@ def _final_session(config, store, teacher, teacher_shape: tuple[int, ...], datas
     from compressor.spaces import build_model, spec_from_ref
 
     trained = trained_baselines({"baselines": baselines})
-    identity = [final["proposal"], final["fidelity"], [b["arch"] for b in trained]]
+    identity = [final["identity"], [b["arch"] for b in trained]]
     found = store.get_meta("final_session")
     if found is not None and found.get("identity") == identity:
         return found

@@ -108,21 +108,23 @@ def fill_winner(space, arch: dict[str, Any], seed: int, target, dataset, *, budg
 
 
 def tune_winner(config: SearchConfig, spec, knobs: Mapping[str, float], dataset, teacher_logits: dict, *, store,
-                evaluations: int, say: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+                evaluations: int, say: Callable[[str], None] = lambda text: None,
+                label: str = "winner") -> dict[str, Any]:
     """The baseline's lr/KD tuning for the winner's `spec`, from its searched `knobs` first; the best knobs.
 
     Returns:
         {"evaluations", "fidelity", "strategy", "failed", "best": {lr, kd_alpha, kd_tau, kd}, "val_accuracy"};
         "best" is the searched knobs when every evaluation failed.
     """
-    from compressor.pipeline.baselines import knobs_of, knob_point, real_trainer, tune
+    from compressor.pipeline.baselines import knob_point, knobs_of, knobs_text, real_trainer, tune
     from compressor.search.analysis import best_record
 
     def heard(event: str, info: dict) -> None:
         if event == "end":
             rec = info["record"]
             outcome = f"val {100 * rec.val_accuracy:.2f}%" if rec.status == "ok" else f"{rec.status}: {rec.reason}"
-            say(f"winner tuning {rec.proposal + 1}/{evaluations} at {rec.fidelity} ep: {outcome}")
+            say(f"{label} tuning {rec.proposal + 1}/{evaluations} at {rec.fidelity} ep: "
+                f"{knobs_text(knobs_of(rec.params))}: {outcome}")
 
     searched = {"lr": knobs["lr"], "kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"]}
     records = tune(config, store, real_trainer(config, spec, dataset, teacher_logits), heard,

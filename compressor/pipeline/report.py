@@ -95,7 +95,7 @@ class TeacherReport(_TeacherRequired, Verdict, total=False):
 
 
 class _StudentRequired(TypedDict):
-    """The final student: the best evaluation's best member, trained for `epochs` and profiled."""
+    """The final student: the finalist with the best validation accuracy after `epochs` (compressor.pipeline.finalists)."""
 
     val_accuracy: float
     test_accuracy: float
@@ -103,9 +103,11 @@ class _StudentRequired(TypedDict):
     kd_alpha: float
     kd_tau: float
     lr: float
-    proposal: int
-    fidelity: int
-    member: int
+    source: str  # "search", or "baseline" when no searched finalist beat the baseline on validation
+    name: str
+    proposal: int | None  # the search's proposal, fidelity and member; None for the baseline's network
+    fidelity: int | None
+    member: int | None
     seconds: float
     params: int
     macs: int
@@ -113,11 +115,12 @@ class _StudentRequired(TypedDict):
     arch: dict[str, Any]
     loss_curve: list[float]
     preprocessing: dict[str, Any]
+    identity: list[Any]
+    finalists: list[dict[str, Any]]  # every finalist: source, name, val/test accuracy, latency, chosen
 
 
 class StudentReport(_StudentRequired, Verdict, total=False):
-    """The final student: the best evaluation's best member, trained for `epochs`; profile and verdict
-    from the final session."""
+    """The final student; profile and verdict from the final session."""
 
 
 class _BaselineRequired(TypedDict):
@@ -319,6 +322,7 @@ def markdown_report(report: Report) -> str:
             f"{'-' if not prof else format(prof['model_size_mb'], '.3f')} | {verdict_text(entry)} |"
         )
     lines += [f"Baseline {b['name']} failed: {b['reason']}" for b in failed_baselines(report)]
+    lines += [text[0].upper() + text[1:] + "." for text in [finalists_text(report)] if text]
     lines += [baseline_terms(b) for b in report.get("baselines", []) if b.get("tuning")]
     lines += [f"Baseline {b['name']} is not within the budget ({verdict_text(b)}): it is not a baseline at the "
               "same budget." for b in trained_baselines(report) if b.get("at_same_budget") is False]
@@ -388,11 +392,24 @@ def model_rows(report: Report) -> list[tuple[str, dict[str, Any]]]:
     """(name, entry) for the teacher, the student and each trained baseline, as tables show them."""
     rows: list[tuple[str, dict[str, Any]]] = [("teacher", report["teacher"])]
     if report.get("student"):
-        rows.append(("student (searched)", report["student"]))
+        rows.append((student_label(report["student"]), report["student"]))
     for b in trained_baselines(report):
         budget = "" if b.get("at_same_budget", True) else " (over budget: not at the same budget)"
         rows.append((f"hand-designed: {b['name']}{budget}", b))
     return rows
+
+
+def student_label(student: StudentReport) -> str:
+    """The student's row name: searched, or the baseline's network when no searched finalist beat it."""
+    return "student (the baseline's network)" if student.get("source") == "baseline" else "student (searched)"
+
+
+def finalists_text(report: Report) -> str | None:
+    """The final choice in one line (compressor.pipeline.finalists.choice_text), or None for older reports."""
+    from compressor.pipeline.finalists import choice_text
+
+    student = report.get("student") or {}
+    return choice_text(student["finalists"], student["epochs"]) if student.get("finalists") else None
 
 
 def trained_baselines(report: Report) -> list[BaselineReport]:

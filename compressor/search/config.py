@@ -37,6 +37,9 @@ class SearchConfig:
     # lr/KD evaluations of the winner's tuning and of the baseline's (compressor.pipeline.finish, .baselines);
     # None: as many as the search trained families.
     tuning_trials: int | None = None
+    # Families trained for final_epochs before the student is chosen on validation (compressor.pipeline.finalists);
+    # with --baseline the baseline is one more.
+    finalists: int = 2
     seed: int = 0
     trial_timeout_s: float | None = None
     # Over-budget proposals cost one screening, no training, and do not count as trials; at most
@@ -82,6 +85,8 @@ class SearchConfig:
             raise UserError(f"--fill-fraction must be in (0, 1] (a share of the latency budget), got {self.fill_fraction}")
         if self.tuning_trials is not None and self.tuning_trials <= 0:
             raise UserError(f"--tuning-trials must be >= 1, got {self.tuning_trials}")
+        if self.finalists <= 0:
+            raise UserError(f"--finalists must be >= 1, got {self.finalists}")
         if self.final_epochs <= 0:
             raise UserError(f"--final-epochs must be >= 1, got {self.final_epochs}")
         return self

@@ -43,6 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--tuning-trials", type=positive_int, metavar="N",
                         help="lr/KD evaluations (at the first fidelity) of the winner's tuning before its final "
                         "training, and of the baseline's (default: as many as the search trained families)")
+    parser.add_argument("--finalists", type=positive_int, default=defaults.finalists, metavar="K",
+                        help="the search's best K families are each finished and trained for --final-epochs, and the "
+                        "best on validation is the student; with --baseline the baseline competes too, so the "
+                        f"student is never below it on validation (default {defaults.finalists})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="search seed (default 0)")
     parser.add_argument("--trial-timeout", type=positive_float, metavar="S", help="seconds after which a trial fails")
     parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds, help="time cap of each screening profile (default %(default)s)")
@@ -52,7 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "proposals as asked (default %(default)s)")
     parser.add_argument("--formats", help="export formats, e.g. onnx,ort,int8 (default: by target)")
     parser.add_argument("--no-export", action="store_true", help="skip the export bundle")
-    parser.add_argument("--baseline", action="store_true", help="also train a hand-designed student on equal terms: the widest plain CNN within the budget, lr/KD tuned in --trials short trainings, trained with the student's recipe, judged side by side with the student")
+    parser.add_argument("--baseline", action="store_true", help="also train a hand-designed student on equal terms: the widest plain CNN within the budget, lr/KD tuned "
+                        "as the winner is (--tuning-trials), trained with the student's recipe, judged side by side "
+                        "with the student; it is a finalist, so when no searched family beats it on validation the "
+                        "student is the baseline's network")
     parser.add_argument("--workers", type=positive_int, default=defaults.workers, metavar="N",
                         help="trainings run at once on Ray (a local instance; needs pip install 'compressor[ray]'); "
                         "every measurement still runs one at a time on the target's reserved core (default 1: in "
@@ -110,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, baseline=args.baseline, trials=args.trials,
         search_minutes=args.search_minutes, strategy=args.strategy, space=args.space,
         family_size=args.family_size, fidelities=parse_fidelities(args.fidelities), eta=args.eta,
-        final_epochs=args.final_epochs, tuning_trials=args.tuning_trials, seed=args.seed, trial_timeout_s=args.trial_timeout,
+        final_epochs=args.final_epochs, tuning_trials=args.tuning_trials, finalists=args.finalists, seed=args.seed, trial_timeout_s=args.trial_timeout,
         profile_seconds=args.profile_seconds, fill_fraction=args.fill_fraction, export=not args.no_export,
         workers=args.workers, ray_address=args.ray_address,
         export_formats=tuple(args.formats.split(",")) if args.formats else None,
@@ -127,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
 def print_summary(report: dict, run_dir) -> None:
     """Teacher vs student (and baselines) side by side with their budget verdicts, then where the files are."""
     from compressor.cli.console import console, print_table
-    from compressor.pipeline.report import (TEACHER_MEETS_BUDGET, baseline_terms, failed_baselines, model_rows,
-                                            trained_baselines, verdict_text)
+    from compressor.pipeline.report import (TEACHER_MEETS_BUDGET, baseline_terms, failed_baselines, finalists_text,
+                                            model_rows, trained_baselines, verdict_text)
 
     if report.get("teacher_meets_budget"):
         console.print(f"[bold]{TEACHER_MEETS_BUDGET}[/]")
@@ -161,6 +168,9 @@ def print_summary(report: dict, run_dir) -> None:
             for name, e in rows
         ],
     )
+    choice = finalists_text(report)
+    if choice:
+        console.print(choice, markup=False)
     for baseline in report.get("baselines", []):
         if baseline.get("tuning"):
             console.print(baseline_terms(baseline), markup=False)
