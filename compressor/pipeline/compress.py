@@ -11,16 +11,19 @@ start latency) -> teacher accuracy (one console line, with a hint to check
 --teacher-preprocess when it is far too low) and profile (kept in the run's
 store, so a resume does not measure again) -> screen the space's smallest
 network against the budgets (an unreachable budget is reported in seconds,
-not after an hour) -> the search (compressor.search.loop) -> the best
-family's best member finished on the baseline's terms (compressor.pipeline.finish:
-its width filled to the widest within the budget in one side-by-side
-session, its lr/KD tuned; resumable in `RUN_DIR/winner.sqlite`) -> its final
-training with the student's recipe (compressor.search.recipe) -> `best.pt`
--> optionally the hand-designed baseline (compressor.pipeline.baselines: the
-widest plain CNN within the budget, lr/KD tuned, then the same recipe;
-resumable in `RUN_DIR/baseline.sqlite`, kept in the store) -> the final
-session -> export bundle (compressor.export) -> report. The winner's and the
-baseline's tunings have the same number of evaluations: `tuning_trials`, by
+not after an hour) -> the search (compressor.search.loop) -> the
+finalists (compressor.pipeline.finalists): the search's best `finalists`
+families, each one's best member finished on the baseline's terms
+(compressor.pipeline.finish: its width filled to the widest within the budget
+in one side-by-side session, its lr/KD tuned; resumable in
+`RUN_DIR/finalists/`) and trained for `final_epochs` with the student's
+recipe (compressor.search.recipe) -> optionally the hand-designed baseline
+(compressor.pipeline.baselines: the widest plain CNN within the budget, lr/KD
+tuned, then the same recipe; resumable in `RUN_DIR/baseline.sqlite`, kept in
+the store, its weights in `RUN_DIR/baseline.pt`), which is a finalist too ->
+the student: the finalist with the best validation accuracy, copied to
+`best.pt` -> the final session -> export bundle (compressor.export) ->
+report. Every tuning has the same number of evaluations: `tuning_trials`, by
 default as many as the search trained families.
 
 Every budget verdict comes from `compressor.models.on_target` (drift-corrected,
@@ -34,9 +37,10 @@ budget is reported as such, not as "at the same budget". When that session
 finds the teacher itself within the budgets, `teacher_meets_budget` is true
 and the summaries say so first.
 
-The student trained last is the search's best family at its highest fidelity
-(`search.analysis.best_record`): families within one validation image of the
-best accuracy are a tie, and the tie goes to the faster.
+The finalists are ranked as `search.analysis.best_record` ranks families
+(highest fidelity, then validation accuracy; within one validation image a
+tie, which goes to the faster), and the student is chosen among them after
+their final training by the same rule (`finalists.choose`).
 
 Every stage that has finished is on disk before the next begins; a resumed
 run skips them. A finished run resumed again does nothing more.

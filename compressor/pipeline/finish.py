@@ -26,10 +26,11 @@ before its final training the winner gets what the baseline gets:
    the defaults.
 
 The final training (`compress._final_training`) then trains the filled
-network with the tuned knobs. Both steps live in `RUN_DIR/winner.sqlite`,
-tied to the winner (its proposal, member and arch): a resume redoes at most
-the evaluation in flight, and a new winner (a resume with more trials)
-starts afresh.
+network with the tuned knobs. Every finalist of compressor.pipeline.finalists
+is finished this way. Both steps live in `RUN_DIR/finalists/pP-fF.sqlite`,
+tied to the finalist (its proposal, fidelity and member): a resume redoes at
+most the evaluation in flight, and a new finalist (a resume with more
+trials) starts afresh.
 """
 
 from __future__ import annotations
