@@ -291,7 +291,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         report["baselines"] = [_baseline(config, store, run_dir, dataset, logits, target, quiet, reference,
                                          evaluations)]
         if report["baselines"][0]["status"] == "ok":
-            candidates.append(_baseline_candidate(report["baselines"][0], config, dataset, run_dir))
+            candidates.append(_baseline_candidate(report["baselines"][0], config, dataset))
     checkpoint = run_dir / "best.pt"
     final = _choose_student(candidates, tolerance, store, checkpoint, config, quiet)
     model = _load_student(checkpoint)
@@ -468,7 +468,8 @@ def _finalist(config, rank: int, best, count: int, store, run_dir: Path, dataset
                             f"finalist {rank + 1}/{count}")
     found = json_safe({**final, "preprocessing": dataset.preprocessing.to_dict(), "source": "search",
                        "name": f"searched proposal {best.proposal}", "search_val_accuracy": best.val_accuracy,
-                       "latency_ms": _fill_latency(finished["fill"], best.latency_ms), "checkpoint": str(path),
+                       "latency_ms": _fill_latency(finished["fill"], best.latency_ms),
+                       "checkpoint": str(path.relative_to(run_dir)),
                        "identity": ["search", best.proposal, best.fidelity]})
     store.set_meta("finalists", {**(store.get_meta("finalists") or {}), key: found})
     return found
@@ -553,8 +554,8 @@ def _final_training(config, best, finished, dataset, logits, target, checkpoint:
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
 
 
-def _baseline_candidate(entry: dict[str, Any], config, dataset, run_dir: Path) -> dict[str, Any]:
-    """The trained baseline as a finalist: the fields of a student, its checkpoint and its measured latency."""
+def _baseline_candidate(entry: dict[str, Any], config, dataset) -> dict[str, Any]:
+    """The trained baseline as a finalist: the fields of a student, its checkpoint (relative to the run) and latency."""
     import json
 
     from compressor.spaces import spec_from_ref
@@ -566,7 +567,7 @@ def _baseline_candidate(entry: dict[str, Any], config, dataset, run_dir: Path) -
             "arch": json.loads(spec_from_ref(entry["arch"], seed=config.seed).to_json()),
             "preprocessing": dataset.preprocessing.to_dict(), "source": "baseline",
             "name": f"baseline {entry['name']}", "search_val_accuracy": None, "latency_ms": width["latency_ms"],
-            "checkpoint": str(run_dir / "baseline.pt"), "identity": ["baseline", entry["arch"]]}
+            "checkpoint": "baseline.pt", "identity": ["baseline", entry["arch"]]}
 
 
 def _choose_student(candidates: list[dict[str, Any]], tolerance: float, store, checkpoint: Path, config,
@@ -582,7 +583,7 @@ def _choose_student(candidates: list[dict[str, Any]], tolerance: float, store, c
         # The student changed (a resume with more trials, another finalist ahead) or was never saved:
         # what was exported for the previous one no longer describes it.
         store.set_meta("artifacts", None)
-        save_checkpoint(checkpoint, load_checkpoint(chosen["checkpoint"]))
+        save_checkpoint(checkpoint, load_checkpoint(checkpoint.parent / chosen["checkpoint"]))
     final = {**{k: v for k, v in chosen.items() if k != "checkpoint"},
              "finalists": [summary(c, i == index) for i, c in enumerate(candidates)]}
     store.set_meta("final", final)
