@@ -290,7 +290,8 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     if baseline:
         report["baselines"] = [_baseline(config, store, run_dir, dataset, logits, target, quiet, reference,
                                          evaluations)]
-        if report["baselines"][0]["status"] == "ok":
+        # A baseline of which no width fits is no student to ship: it competes only within the budget.
+        if report["baselines"][0]["status"] == "ok" and report["baselines"][0]["meets_budget"] is not False:
             candidates.append(_baseline_candidate(report["baselines"][0], config, dataset))
     checkpoint = run_dir / "best.pt"
     final = _choose_student(candidates, tolerance, store, checkpoint, config, quiet)

@@ -18,7 +18,9 @@ trained as the student is trained:
    with the student's recipe, its checkpoint kept under `RUN_DIR/finalists/`.
 3. **With `--baseline`, the hand-designed baseline is a finalist too**: it
    is trained for `final_epochs` with the same recipe anyway, so comparing
-   it costs nothing more. The student is then by construction at least the
+   it costs nothing more. It competes only when its width was measured
+   within the budget (a baseline of which no width fits is trained and
+   reported, never shipped). The student is then by construction at least the
    baseline's validation accuracy; when no searched finalist is ahead of it,
    the student *is* the baseline's network and the run says so rather than
    ship the weaker searched one.
