@@ -248,12 +248,10 @@ def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits
                "seconds": result.seconds, "params": width["params"], "macs": width["macs"], "profile": width["profile"],
                "loss_curve": result.loss_curve}
     if checkpoint is not None:
-        from compressor.models.checkpoint import Checkpoint, save_checkpoint
+        from compressor.search.recipe import save_trained
 
         meta = {k: trained[k] for k in ("name", "val_accuracy", "test_accuracy", "epochs", "kd_alpha", "kd_tau", "lr")}
-        save_checkpoint(checkpoint, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
-                                               num_classes=dataset.num_classes, input_shape=dataset.input_shape,
-                                               meta={**meta, "baseline": True}, preprocessing=dataset.preprocessing))
+        save_trained(checkpoint, model, spec, dataset, {**meta, "baseline": True})
     return trained
 
 

@@ -531,7 +531,6 @@ def _final_training(config, best, finished, dataset, logits, target, checkpoint:
     import json
 
     from compressor.cli.console import err_console
-    from compressor.models.checkpoint import Checkpoint, save_checkpoint
     from compressor.models.on_target import check_on_target
     from compressor.search import recipe
 
@@ -547,9 +546,7 @@ def _final_training(config, best, finished, dataset, logits, target, checkpoint:
             "epochs": config.final_epochs, "kd_alpha": train_config.alpha, "kd_tau": train_config.tau,
             "lr": train_config.lr, "proposal": best.proposal, "fidelity": best.fidelity, "member": member,
             "seconds": result.seconds, "fill": finished["fill"], "tuning": finished["tuning"]}
-    save_checkpoint(checkpoint, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
-                                           num_classes=dataset.num_classes, input_shape=dataset.input_shape,
-                                           meta=meta, preprocessing=dataset.preprocessing))
+    recipe.save_trained(checkpoint, model, spec, dataset, meta)
     profile = check_on_target(model, target, dataset.input_shape, memory=True).profile
     return {**meta, "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}

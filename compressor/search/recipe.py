@@ -57,6 +57,15 @@ def recipe_fields(config: SearchConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(train).items() if k not in skip}
 
 
+def save_trained(path, model, spec, dataset, meta: dict[str, Any]) -> None:
+    """Save a network trained by `train_spec` as a compressor checkpoint: weights, ArchSpec, input contract, `meta`."""
+    from compressor.models.checkpoint import Checkpoint, save_checkpoint
+
+    save_checkpoint(path, Checkpoint(state_dict=model.state_dict(), arch=spec.to_json(),
+                                     num_classes=dataset.num_classes, input_shape=dataset.input_shape,
+                                     meta=meta, preprocessing=dataset.preprocessing))
+
+
 def train_spec(spec, dataset, train, teacher_logits: dict | None, *, evaluate_test: bool):
     """Build `spec` (weights seeded with `spec.seed`) and train it with `train`; returns (model, TrainResult)."""
     import torch
