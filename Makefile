@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test processes (pytest-xdist): a test trains or measures on one thread, so a second process uses the
+# second core of a 2-core machine; `--dist loadgroup` keeps the Ray tests, which share one local Ray, in one.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo test test-fast venv clean
 
@@ -18,11 +22,11 @@ demo: $(STAMP)
 	$(BIN)/compressor demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 # The fast layer alone (no training, each test under a second): the loop while developing.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -82,3 +82,44 @@ def tiny_teacher(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     save_checkpoint(path, Checkpoint(model.state_dict(), spec.to_json(), data.num_classes, data.input_shape))
     return str(path)
+
+
+# Ten times the runtime's per-call floor: room for the space's small networks on any CPU, and none of
+# the wide ones a loose budget lets fit-to-budget, the baseline's width choice and the winner's fill
+# grow to (their trainings, not the search, were most of the slow layer's time).
+TIGHT_FLOOR_MULTIPLE = 10
+
+
+@pytest.fixture(scope="session")
+def tight_latency_ms(quick_target) -> float:
+    """A latency budget (ms p50, 16x16 grey input) of `TIGHT_FLOOR_MULTIPLE` x this machine's floor."""
+    from compressor.models.on_target import check_floor
+    from targets import load_target
+
+    return TIGHT_FLOOR_MULTIPLE * check_floor(load_target(quick_target), (1, 16, 16))
+
+
+# cpu-1t's runtime and threads, measuring a few hundredths of a second per model and on any core (two
+# test processes would otherwise measure on the same one): a side-by-side session of a test takes a
+# fraction of a second, and a pipeline test runs dozens.
+QUICK_TARGET = """name = "cpu-1t-quick"
+kind = "edge"
+runtime = "onnxruntime"
+providers = ["CPUExecutionProvider"]
+threads = 1
+batch_size = 1
+
+[measure]
+warmup_runs = 3
+min_runs = 10
+min_seconds = 0.05
+max_seconds = 0.3
+"""
+
+
+@pytest.fixture(scope="session")
+def quick_target(tmp_path_factory) -> str:
+    """The path of `QUICK_TARGET` as a TOML file."""
+    path = tmp_path_factory.mktemp("targets") / "cpu-1t-quick.toml"
+    path.write_text(QUICK_TARGET)
+    return str(path)

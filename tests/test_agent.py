@@ -550,6 +550,21 @@ def test_loopback_detection():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.20") and not is_loopback("pi.local")
 
 
+def _stored_meta(path: Path, key: str) -> bool:
+    """Whether the run store at `path` holds meta `key` yet (read while another thread writes it)."""
+    import sqlite3
+
+    if not path.is_file():
+        return False
+    db = sqlite3.connect(path, timeout=1)
+    try:
+        return db.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone() is not None
+    except sqlite3.OperationalError:  # the table is not created yet
+        return False
+    finally:
+        db.close()
+
+
 @pytest.mark.slow
 def test_search_on_a_remote_target_survives_losing_the_device_and_resumes(tiny_teacher, tmp_path, token):
     """A device that goes away mid-search gives failed trials with the reason; --resume finishes the run."""
@@ -582,8 +597,10 @@ def test_search_on_a_remote_target_survives_losing_the_device_and_resumes(tiny_t
 
     search = threading.Thread(target=first_run)
     search.start()
-    for _ in range(3000):  # the teacher is profiled on the device first; then the device goes away
-        if not search.is_alive() or call(device.url, "/v1/health")[1]["measured"] >= 1:
+    # The device goes away once the measurements before the search (floor, teacher, smallest network)
+    # are done, so that it is the trials that lose it; any earlier, the run fails before its first trial.
+    for _ in range(6000):
+        if not search.is_alive() or _stored_meta(tmp_path / "run" / "trials.sqlite", "smallest_network"):
             break
         time.sleep(0.05)
     assert device.stop() == 0

@@ -172,7 +172,8 @@ def test_a_baseline_whose_trainings_all_fail_is_a_failed_baseline_with_its_reaso
 
 
 @pytest.mark.slow
-def test_compress_trains_the_baseline_on_the_students_terms_and_keeps_it_on_resume(tiny_teacher, tmp_path,
+def test_compress_trains_the_baseline_on_the_students_terms_and_keeps_it_on_resume(tiny_teacher, tight_latency_ms,
+                                                                                  quick_target, tmp_path,
                                                                                   monkeypatch):
     import compressor.train.distill as distill
     from compressor.pipeline.compress import DataOptions, compress
@@ -185,7 +186,7 @@ def test_compress_trains_the_baseline_on_the_students_terms_and_keeps_it_on_resu
         return real(model, dataset, config, **kw)
 
     monkeypatch.setattr(distill, "train_student", recording)
-    options = dict(target="cpu-1t", data="digits", cache_dir=tmp_path / "cache", latency_ms=50.0, trials=3,
+    options = dict(target=quick_target, data="digits", cache_dir=tmp_path / "cache", latency_ms=tight_latency_ms, trials=3,
                    family_size=1, fidelities=(1, 2), eta=3, final_epochs=2, finalists=1, profile_seconds=0.1, export=False,
                    baseline=True, data_options=DataOptions(image_size=16, channels=1))
     run = tmp_path / "run"

@@ -16,15 +16,15 @@ SMALLEST = ["--image-size", "16", "--teacher-epochs", "1", "--trials", "2", "--f
             "--fidelities", "1", "--final-epochs", "1", "--latency-fraction", "0.5", "--quiet"]
 
 
-def _demo(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+def _demo(out: Path, cache: Path, target: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "compressor", "demo", "--out", str(out), "--cache-dir", str(cache),
-                           *SMALLEST, *extra], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--target", target, *SMALLEST], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
-def test_demo_smallest_setting_satisfies_the_run_directory_contract(tmp_path):
+def test_demo_smallest_setting_satisfies_the_run_directory_contract(tmp_path, quick_target):
     run, cache = tmp_path / "run", tmp_path / "cache"
-    proc = _demo(run, cache)
+    proc = _demo(run, cache, quick_target)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((run / "report.json").read_text())
     for key in ("target", "budgets", "teacher", "student", "search", "artifacts"):
@@ -54,7 +54,7 @@ def test_demo_smallest_setting_satisfies_the_run_directory_contract(tmp_path):
     stamp = teachers[0].stat().st_mtime_ns
 
     # running it again reuses the cached teacher and continues (here: finishes) the same run
-    again = _demo(run, cache)
+    again = _demo(run, cache, quick_target)
     assert again.returncode == 0, again.stderr[-2000:]
     assert teachers[0].stat().st_mtime_ns == stamp  # not retrained
     assert list((cache / "demo").glob("teacher-*.pt")) == teachers

@@ -37,19 +37,6 @@ from compressor.export import FORMATS, ExportConfig, builders, default_formats, 
 from compressor.export import parity as parity_mod
 from compressor.export.bundle import library_log
 
-QUICK_TARGET = """
-name = "cpu-1t-quick"
-kind = "edge"
-runtime = "onnxruntime"
-providers = ["CPUExecutionProvider"]
-threads = 1
-batch_size = 1
-[measure]
-warmup_runs = 3
-min_runs = 10
-min_seconds = 0.05
-max_seconds = 0.3
-"""
 FAST = ExportConfig(formats=("onnx", "ort", "int8", "fp16"), profile_memory=False)
 
 
@@ -124,10 +111,9 @@ def tiny_net() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def quick_target(tmp_path_factory):
-    path = tmp_path_factory.mktemp("target") / "quick.toml"
-    path.write_text(QUICK_TARGET)
-    return load_target(path)
+def quick_target(quick_target):
+    """conftest's quick target, loaded."""
+    return load_target(quick_target)
 
 
 @pytest.fixture(scope="module")

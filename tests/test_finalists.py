@@ -62,7 +62,8 @@ def test_the_choice_is_said_in_one_line_naming_what_it_beat():
 
 
 @pytest.mark.slow
-def test_compress_trains_the_finalists_and_the_baseline_and_ships_the_best_on_validation(tiny_teacher, tmp_path,
+def test_compress_trains_the_finalists_and_the_baseline_and_ships_the_best_on_validation(tiny_teacher, tight_latency_ms,
+                                                                                       quick_target, tmp_path,
                                                                                        monkeypatch):
     import torch
 
@@ -79,7 +80,7 @@ def test_compress_trains_the_finalists_and_the_baseline_and_ships_the_best_on_va
         return real(model, dataset, config, **kw)
 
     monkeypatch.setattr(distill, "train_student", counting)
-    options = dict(data="digits", target="cpu-1t", cache_dir=tmp_path / "cache", latency_ms=50.0, trials=3,
+    options = dict(data="digits", target=quick_target, cache_dir=tmp_path / "cache", latency_ms=tight_latency_ms, trials=3,
                    family_size=1, fidelities=(1,), final_epochs=2, tuning_trials=1, finalists=2, profile_seconds=0.1,
                    export=False, baseline=True, data_options=DataOptions(image_size=16, channels=1))
     run = tmp_path / "run"

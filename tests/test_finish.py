@@ -50,11 +50,11 @@ def test_a_tuning_evaluates_the_given_points_first_then_the_defaults(tmp_path):
 
 
 @pytest.mark.slow
-def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teacher, tmp_path):
+def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teacher, tight_latency_ms, quick_target, tmp_path):
     from compressor.pipeline.compress import compress
 
     run = tmp_path / "run"
-    result = compress(tiny_teacher, out=run, data="digits", target="cpu-1t", latency_ms=0.5,
+    result = compress(tiny_teacher, out=run, data="digits", target=quick_target, latency_ms=tight_latency_ms,
                       cache_dir=str(tmp_path / "cache"), quiet=True, trials=2, family_size=1, fidelities=(1,),
                       final_epochs=1, tuning_trials=3, finalists=1, export=False,
                       data_options=_options())
@@ -80,11 +80,11 @@ def _options():
 
 
 @pytest.mark.slow
-def test_the_plain_warm_start_is_the_baselines_measured_width_and_is_not_resized(tiny_teacher, tmp_path):
+def test_the_plain_warm_start_is_the_baselines_measured_width_and_is_not_resized(tiny_teacher, tight_latency_ms, quick_target, tmp_path):
     from compressor.pipeline.compress import compress
 
     run = tmp_path / "run"
-    result = compress(tiny_teacher, out=run, data="digits", target="cpu-1t", latency_ms=0.5, space="all",
+    result = compress(tiny_teacher, out=run, data="digits", target=quick_target, latency_ms=tight_latency_ms, space="all",
                       cache_dir=str(tmp_path / "cache"), quiet=True, trials=3, family_size=1, fidelities=(1,),
                       final_epochs=1, tuning_trials=2, finalists=1, export=False, baseline=True,
                       data_options=_options())

@@ -275,15 +275,12 @@ def test_fit_to_budget_lands_near_the_fraction_on_a_real_target(fast_target):
 
 
 @pytest.mark.slow
-def test_a_search_with_fit_to_budget_reports_its_model(tiny_teacher, tmp_path):
+def test_a_search_with_fit_to_budget_reports_its_model(tiny_teacher, tight_latency_ms, quick_target, tmp_path):
     """Fit on (from an empty calibration), then off (warm): both report the model; the figures are for a person."""
     from compressor.errors import UserError
-    from compressor.models.on_target import check_floor
     from compressor.pipeline.compress import DataOptions, compress
-    from targets import load_target
 
-    floor = check_floor(load_target("cpu-1t"), (1, 16, 16))
-    options = dict(data="digits", target="cpu-1t", cache_dir=tmp_path / "cache", latency_ms=8 * floor,
+    options = dict(data="digits", target=quick_target, cache_dir=tmp_path / "cache", latency_ms=tight_latency_ms,
                    data_options=DataOptions(image_size=16, channels=1), trials=3, family_size=2, fidelities=(1,),
                    final_epochs=1, finalists=1, profile_seconds=0.2, export=False, seed=0)
     searches = {}

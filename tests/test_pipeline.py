@@ -30,22 +30,25 @@ def test_bad_formats_fail_before_data_teacher_or_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_unreachable_budget_leaves_the_directory_reusable(tiny_teacher, tmp_path):
+def test_unreachable_budget_leaves_the_directory_reusable(tiny_teacher, tight_latency_ms, quick_target, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(UserError, match="budgets unreachable"):
-        _compress(tiny_teacher, run, tmp_path / "cache", size_mb=1e-6)
+        _compress(tiny_teacher, run, tmp_path / "cache", size_mb=1e-6, target=quick_target)
     # the same command with a looser budget just works: no --resume, no "different configuration"
-    result = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=50.0, size_mb=100.0, trials=1)
+    result = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=tight_latency_ms, size_mb=100.0, trials=1,
+                       target=quick_target)
     assert result.report["student"] is not None
-    assert json.loads((run / "report.json").read_text())["budgets"]["latency_ms"] == 50.0
+    assert json.loads((run / "report.json").read_text())["budgets"]["latency_ms"] == tight_latency_ms
 
 
 @pytest.mark.slow
-def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teacher, tmp_path):
+def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teacher, tight_latency_ms, quick_target,
+                                                                       tmp_path):
     from compressor.search.store import TrialStore
 
     run, cache = tmp_path / "run", tmp_path / "cache"
-    first = _compress(tiny_teacher, run, cache, latency_ms=50.0)
+    budget = dict(latency_ms=tight_latency_ms, target=quick_target)
+    first = _compress(tiny_teacher, run, cache, **budget)
     winner = first.report["student"]["proposal"]
     # The stored winner no longer matches the search's best evaluation: as after a resume with more
     # trials in which another family won.
@@ -54,12 +57,12 @@ def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teac
     store.set_meta("final", {**final, "proposal": winner + 100, "identity": ["search", winner + 100, 1]})
     store.close()
     (run / "artifacts" / "artifacts.json").write_text("{}")  # a bundle that would be kept if not invalidated
-    again = _compress(tiny_teacher, run, cache, latency_ms=50.0, resume=True)
+    again = _compress(tiny_teacher, run, cache, resume=True, **budget)
     assert again.report["student"]["proposal"] == winner
     assert again.report["artifacts"] and again.report["artifacts"][0]["format"] == "onnx"
     assert json.loads((run / "artifacts" / "artifacts.json").read_text())["artifacts"]
     with pytest.raises(UserError, match="final_epochs differs"):
-        _compress(tiny_teacher, run, cache, latency_ms=50.0, resume=True, final_epochs=2)
+        _compress(tiny_teacher, run, cache, resume=True, final_epochs=2, **budget)
 
 
 def test_teacher_trained_on_another_split_is_flagged():
@@ -110,10 +113,11 @@ def test_a_memory_budget_on_a_runtime_that_measures_no_memory_is_refused_up_fron
 
 
 @pytest.mark.slow
-def test_final_verdicts_and_speedup_come_from_one_side_by_side_session(tiny_teacher, tmp_path):
+def test_final_verdicts_and_speedup_come_from_one_side_by_side_session(tiny_teacher, tight_latency_ms, quick_target,
+                                                                       tmp_path):
     run = tmp_path / "run"
-    report = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=50.0, trials=1, baseline=True,
-                       export=False).report
+    budget = dict(latency_ms=tight_latency_ms, target=quick_target)
+    report = _compress(tiny_teacher, run, tmp_path / "cache", trials=1, baseline=True, export=False, **budget).report
     session = report["final_session"]
     assert session["mode"] == "interleaved" and set(session["models"]) >= {"teacher", "student"}
     assert session["reference"]["arch"] == "zoo:plain:widths=8-16-32" and session["drift"] > 0
@@ -131,6 +135,6 @@ def test_final_verdicts_and_speedup_come_from_one_side_by_side_session(tiny_teac
     assert on_disk["student"]["within_budget"] == report["student"]["within_budget"]
     assert "side-by-side session" in (run / "report.md").read_text()
     # A finished run resumed reports the stored session instead of measuring again.
-    again = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=50.0, trials=1, baseline=True,
-                      export=False, resume=True).report
+    again = _compress(tiny_teacher, run, tmp_path / "cache", trials=1, baseline=True, export=False, resume=True,
+                      **budget).report
     assert again["final_session"]["id"] == session["id"] and again["speedup_p50"] == report["speedup_p50"]

@@ -36,21 +36,6 @@ from compressor.models.preprocessing import (
 )
 from compressor.models.teachers import alternative_accuracies, check_teacher_accuracy, load_teacher, teacher_inputs
 
-QUICK_TARGET = """
-name = "cpu-1t-quick"
-kind = "cpu"
-runtime = "onnxruntime"
-providers = ["CPUExecutionProvider"]
-threads = 1
-batch_size = 1
-[measure]
-warmup_runs = 2
-min_runs = 10
-min_seconds = 0.05
-max_seconds = 0.2
-"""
-
-
 def write_digit_folder(root: Path, *, per_class: int, size: int = 16, classes: int = 10) -> Path:
     """sklearn's digits as grayscale PNG files, one folder per class (`digit0`...)."""
     from sklearn.datasets import load_digits
@@ -303,7 +288,7 @@ def _run_snippet(bundle: Path, image: Path) -> str:
 
 
 @pytest.mark.slow
-def test_deploy_snippet_runs_as_written_on_a_png_and_prints_the_models_class(tmp_path):
+def test_deploy_snippet_runs_as_written_on_a_png_and_prints_the_models_class(tmp_path, quick_target):
     from targets import load_target
 
     from compressor.export import ExportConfig, export_bundle
@@ -317,8 +302,7 @@ def test_deploy_snippet_runs_as_written_on_a_png_and_prints_the_models_class(tmp
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                               torch.nn.Linear(6 * 8 * 8, 3)).eval()
     pre = raw.student_preprocessing()
-    (tmp_path / "t.toml").write_text(QUICK_TARGET)
-    manifest = export_bundle(net, "test", raw, load_target(tmp_path / "t.toml"), tmp_path / "bundle",
+    manifest = export_bundle(net, "test", raw, load_target(quick_target), tmp_path / "bundle",
                              ExportConfig(formats=("onnx",), profile_memory=False), preprocessing=pre)
     assert manifest["preprocessing"]["name"] == "none" and manifest["normalisation_in_graph"]["mean"] == list(pre.mean)
     assert manifest["class_names"] == ["apple", "pear", "plum"]
@@ -335,7 +319,7 @@ def test_deploy_snippet_runs_as_written_on_a_png_and_prints_the_models_class(tmp
 
 
 @pytest.mark.slow
-def test_end_to_end_onnx_teacher_trained_on_raw_pixels(tmp_path, capfd):
+def test_end_to_end_onnx_teacher_trained_on_raw_pixels(tmp_path, capfd, quick_target):
     """An ImageFolder of PNGs, an ONNX teacher trained on raw [0, 1] pixels (no metadata), compress with
     --teacher-preprocess none; the wrong preprocessing is reported low with the hint."""
     from compressor.models.onnx_export import export_onnx
@@ -350,7 +334,6 @@ def test_end_to_end_onnx_teacher_trained_on_raw_pixels(tmp_path, capfd):
     trained = train_student(teacher_net, raw, TrainConfig(epochs=10, seed=0, alpha=0.0, lr=0.05), evaluate_test=True)
     assert trained.val_accuracy > 0.6
     export_onnx(teacher_net, (1, *raw.input_shape), tmp_path / "teacher.onnx")
-    (tmp_path / "t.toml").write_text(QUICK_TARGET)
     common = ["--teacher", str(tmp_path / "teacher.onnx"), "--data", f"imagefolder:{folder}", "--image-size", "16",
               "--channels", "1", "--cache-dir", str(tmp_path / "cache")]
 
@@ -363,7 +346,7 @@ def test_end_to_end_onnx_teacher_trained_on_raw_pixels(tmp_path, capfd):
         low = json.loads((tmp_path / f"distill-{wrong}" / "result.json").read_text())["teacher_val_accuracy"]
         assert low < trained.val_accuracy - 0.3
 
-    code = cli.main(["compress", *common, "--teacher-preprocess", "none", "--target", str(tmp_path / "t.toml"),
+    code = cli.main(["compress", *common, "--teacher-preprocess", "none", "--target", quick_target,
                      "--space", "zoo", "--trials", "1", "--family-size", "1", "--fidelities", "1", "--finalists", "1",
                      "--final-epochs", "10", "--formats", "onnx", "--profile-seconds", "0.2",
                      "--out", str(tmp_path / "run")])

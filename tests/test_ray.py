@@ -23,7 +23,9 @@ psutil = pytest.importorskip("psutil")
 
 from tests.test_search import ROOT, _compress, wait_for_trials  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# One worker runs this module (pytest-xdist --dist loadgroup): its tests share one local Ray, and a
+# second Ray on a 2-core machine would make every training here wait for the other.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 PARALLEL = dict(workers=2, export=False, fidelities=(1, 2), eta=2)
 
@@ -42,23 +44,26 @@ def _measurements(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "measurements.jsonl").read_text().splitlines()]
 
 
-def test_parallel_search_end_to_end_measures_one_model_at_a_time(local_ray, tiny_teacher, tmp_path):
+def test_parallel_search_end_to_end_measures_one_model_at_a_time(local_ray, tiny_teacher, tight_latency_ms, quick_target,
+                                                                  tmp_path):
     run = tmp_path / "run"
-    result = _compress(tiny_teacher, run, tmp_path / "cache", trials=4, latency_ms=5.0, **PARALLEL)
+    budget = dict(latency_ms=tight_latency_ms, target=quick_target)
+    result = _compress(tiny_teacher, run, tmp_path / "cache", trials=4, **budget, **PARALLEL)
     report = result.report
-    assert report["search"]["trials"] == 4 and report["student"] is not None
+    # `trials` families trained; proposals screened over the budget (or skipped unmeasured) do not count
+    assert report["search"]["trained"] == 4 and report["student"] is not None
     first = [r for r in result.records if r.fidelity == 1]
-    assert len(first) == 4 and any(r.fidelity == 2 for r in result.records)
-    assert all(r.latency_ms <= 5.0 for r in result.records if r.status == "ok")
+    assert len(first) == report["search"]["trials"] >= 4 and any(r.fidelity == 2 for r in result.records)
+    assert all(r.latency_ms <= tight_latency_ms for r in result.records if r.status == "ok")
     # two trainings were in flight at once
     spans = sorted((r.ended_at - r.total_s, r.ended_at) for r in result.records)
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))
     # every screening went through the one measuring actor, and no two measurements overlapped
     log = sorted(_measurements(run), key=lambda m: m["start"])
-    assert len(log) == len(first) and len({m["pid"] for m in log}) == 1
+    assert len(log) == sum(len(r.profiles) for r in first) and len({m["pid"] for m in log}) == 1
     assert all(a["end"] <= b["start"] for a, b in zip(log, log[1:]))
     # the stored rows are what the driver committed: resumed, nothing is evaluated again
-    again = _compress(tiny_teacher, run, tmp_path / "cache", trials=4, latency_ms=5.0, resume=True, **PARALLEL)
+    again = _compress(tiny_teacher, run, tmp_path / "cache", trials=4, resume=True, **budget, **PARALLEL)
     assert [r.id for r in again.records] == [r.id for r in result.records]
 
 
@@ -113,22 +118,27 @@ def _kill_first_training(killed: list, stop: threading.Event) -> None:
         time.sleep(0.05)
 
 
-def test_a_worker_killed_mid_trial_is_a_retryable_failure_redone_on_resume(local_ray, tiny_teacher, tmp_path):
+def test_a_worker_killed_mid_trial_is_a_retryable_failure_redone_on_resume(local_ray, tiny_teacher, tight_latency_ms,
+                                                                            quick_target, tmp_path):
+    budget = dict(latency_ms=tight_latency_ms, target=quick_target)
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(target=_kill_first_training, args=(killed, stop))
     killer.start()
     try:
-        result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", trials=3, **PARALLEL)
+        result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", trials=3, **budget, **PARALLEL)
     finally:
         stop.set()
         killer.join()
     assert killed
     [failed] = [r for r in result.records if r.status == "failed"]
     assert failed.retryable and "WorkerCrashedError" in failed.reason
-    again = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", trials=3, resume=True, **PARALLEL)
+    again = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", trials=3, resume=True, **budget, **PARALLEL)
     redone = [r for r in again.records if (r.proposal, r.fidelity) == (failed.proposal, failed.fidelity)]
-    assert redone[0].status != "failed" and redone[0].params == failed.params
+    # the same proposal with the same KD knobs; its network is fitted to the budget again, by a latency
+    # model that has learned from more measurements since, so its sizes may differ
+    knobs = [{k: v for k, v in r.params.items() if k != "arch"} for r in (redone[0], failed)]
+    assert redone[0].status != "failed" and knobs[0] == knobs[1]
 
 
 def _kill_tree(procs: list) -> None:
@@ -139,11 +149,13 @@ def _kill_tree(procs: list) -> None:
             continue
 
 
-def test_driver_killed_then_resumed_loses_only_the_trials_in_flight(local_ray, tiny_teacher, tmp_path):
+def test_driver_killed_then_resumed_loses_only_the_trials_in_flight(local_ray, tiny_teacher, tight_latency_ms,
+                                                                     quick_target, tmp_path):
     run = tmp_path / "run"
+    budget = dict(latency_ms=tight_latency_ms, target=quick_target)
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_search import _compress; "
             f"_compress({tiny_teacher!r}, {str(run)!r}, {str(tmp_path / 'cache')!r}, trials=5, workers=2, "
-            "export=False, fidelities=(1, 2), eta=2)")
+            f"export=False, fidelities=(1, 2), eta=2, **{budget!r})")
     driver = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     db = run / "trials.sqlite"
@@ -154,11 +166,14 @@ def test_driver_killed_then_resumed_loses_only_the_trials_in_flight(local_ray, t
     _kill_tree(tree)
     with sqlite3.connect(db) as conn:
         before = conn.execute("SELECT id, proposal, fidelity, status, params FROM trials ORDER BY id").fetchall()
-    result = _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True, **PARALLEL)
+    result = _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True, **budget, **PARALLEL)
     with sqlite3.connect(db) as conn:
         after = conn.execute("SELECT id, proposal, fidelity, status, params FROM trials ORDER BY id").fetchall()
     assert after[:len(before)] == before
-    assert sum(r.status != "infeasible" for r in result.records if r.fidelity == 1) == 5
+    # every proposal has its screening, `trials` families trained, and no failure is left from the killed driver
+    screened = sorted(r.proposal for r in result.records if r.fidelity == 1)
+    assert screened == list(range(len(screened))) and result.report["search"]["trained"] == 5
+    assert not any(r.status == "failed" for r in result.records)
 
 
 def _free_port() -> int:
@@ -198,11 +213,13 @@ def _children(proc) -> list:
         return []
 
 
-def test_cli_joins_a_running_cluster_with_ray_address(ray_cluster, tiny_teacher, tmp_path):
+def test_cli_joins_a_running_cluster_with_ray_address(ray_cluster, tiny_teacher, tight_latency_ms, quick_target,
+                                                     tmp_path):
     run = tmp_path / "run"
     done = subprocess.run(
         [sys.executable, "-m", "compressor", "compress", "--teacher", tiny_teacher, "--data", "digits",
-         "--image-size", "16", "--channels", "1", "--target", "cpu-1t", "--trials", "2", "--finalists", "1", "--family-size", "1",
+         "--image-size", "16", "--channels", "1", "--target", quick_target, "--latency-ms", str(tight_latency_ms),
+         "--trials", "2", "--finalists", "1", "--family-size", "1",
          "--fidelities", "1", "--final-epochs", "1", "--profile-seconds", "0.2", "--no-export", "--workers", "2",
          "--ray-address", ray_cluster, "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=500,

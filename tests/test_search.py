@@ -26,8 +26,8 @@ FAST = dict(trials=3, family_size=1, fidelities=(1,), final_epochs=1, finalists=
 def _compress(teacher, out, cache, **kw):
     from compressor.pipeline.compress import DataOptions, compress
 
-    options = {**FAST, **kw}
-    return compress(teacher, out=out, data="digits", target="cpu-1t", cache_dir=cache,
+    options = {"target": "cpu-1t", **FAST, **kw}
+    return compress(teacher, out=out, data="digits", cache_dir=cache,
                     data_options=DataOptions(image_size=16, channels=1), **options)
 
 
@@ -78,9 +78,10 @@ def test_run_lock_refuses_second_owner(tmp_path):
 
 
 @pytest.mark.slow
-def test_short_search_end_to_end(tiny_teacher, tmp_path):
-    result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", latency_ms=5.0, trials=4,
-                       fidelities=(1, 2), eta=2, baseline=True)
+def test_short_search_end_to_end(tiny_teacher, tight_latency_ms, quick_target, tmp_path):
+    budget = dict(latency_ms=tight_latency_ms, target=quick_target)
+    result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", trials=4, fidelities=(1, 2), eta=2,
+                       baseline=True, **budget)
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
     for key in ("target", "budgets", "teacher", "student", "search", "artifacts"):
@@ -96,7 +97,7 @@ def test_short_search_end_to_end(tiny_teacher, tmp_path):
     assert sorted(r.fidelity for r in records).count(2) == 2
     for rec in records:
         if rec.status == "ok":
-            assert rec.latency_ms <= 5.0
+            assert rec.latency_ms <= tight_latency_ms
     assert (run / "pareto.png").stat().st_size > 1000
     assert (run / "report.md").read_text().startswith("# Compression report")
     assert (run / "best.pt").is_file()
@@ -109,8 +110,8 @@ def test_short_search_end_to_end(tiny_teacher, tmp_path):
     assert 0.0 <= baseline["test_accuracy"] <= 1.0
     assert f"hand-designed: {baseline['name']}" in (run / "report.md").read_text()
     # a finished run resumed does nothing more: same trials, and the stored baseline, not a retrained one
-    again = _compress(tiny_teacher, run, tmp_path / "cache", latency_ms=5.0, trials=4, fidelities=(1, 2), eta=2,
-                      resume=True, baseline=True)
+    again = _compress(tiny_teacher, run, tmp_path / "cache", trials=4, fidelities=(1, 2), eta=2, resume=True,
+                      baseline=True, **budget)
     assert len(again.records) == len(records)
     assert again.report["baselines"] == report["baselines"]
 
@@ -134,7 +135,8 @@ def test_every_trial_failing_says_why(tiny_teacher, tmp_path):
 
 
 @pytest.mark.slow
-def test_injected_failing_candidate_is_a_failed_trial(tiny_teacher, tmp_path, monkeypatch):
+def test_injected_failing_candidate_is_a_failed_trial(tiny_teacher, tight_latency_ms, quick_target, tmp_path,
+                                                     monkeypatch):
     from compressor.spaces import SPACES, get_space
 
     nago = get_space("nago")
@@ -154,7 +156,8 @@ def test_injected_failing_candidate_is_a_failed_trial(tiny_teacher, tmp_path, mo
 
     # registered for this test only (other tests sweep every registered space)
     monkeypatch.setitem(SPACES._items, "broken-for-test", Broken())
-    result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", space="broken-for-test", trials=4)
+    result = _compress(tiny_teacher, tmp_path / "run", tmp_path / "cache", space="broken-for-test", trials=4,
+                       latency_ms=tight_latency_ms, target=quick_target)
     statuses = {r.seeds[0] % 2: r.status for r in result.records}
     assert statuses.get(1) == "failed"
     failed = [r for r in result.records if r.status == "failed"]
@@ -178,12 +181,13 @@ def wait_for_trials(proc: subprocess.Popen, db_path: Path, count: int, timeout: 
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_keeps_finished_trials(tiny_teacher, tmp_path):
+def test_resume_after_sigkill_keeps_finished_trials(tiny_teacher, tight_latency_ms, quick_target, tmp_path):
     run = tmp_path / "run"
+    budget = dict(latency_ms=tight_latency_ms, target=quick_target)
     code = (
         "import sys, torch; torch.set_num_threads(1); sys.path.insert(0, %r);"
-        "from tests.test_search import _compress; _compress(%r, %r, %r, trials=5)"
-        % (str(ROOT), tiny_teacher, str(run), str(tmp_path / "cache"))
+        "from tests.test_search import _compress; _compress(%r, %r, %r, trials=5, **%r)"
+        % (str(ROOT), tiny_teacher, str(run), str(tmp_path / "cache"), budget)
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -194,11 +198,11 @@ def test_resume_after_sigkill_keeps_finished_trials(tiny_teacher, tmp_path):
     with sqlite3.connect(db_path) as db:
         before = db.execute("SELECT id, proposal, status, params FROM trials ORDER BY id").fetchall()
     assert len(before) >= 1
-    result = _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True)
+    result = _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True, **budget)
     with sqlite3.connect(db_path) as db:
         after = db.execute("SELECT id, proposal, status, params FROM trials ORDER BY id").fetchall()
     assert after[: len(before)] == before
     assert sorted(r.proposal for r in result.records) == list(range(5))
     # a different configuration on --resume is refused
     with pytest.raises(UserError, match="different configuration"):
-        _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True, strategy="random")
+        _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True, strategy="random", **budget)
