@@ -161,7 +161,9 @@ def run_cells(args) -> None:
 
 def own_baseline(report: dict) -> dict | None:
     """The fair baseline a `compress --baseline` run trained beside its search, if it trained."""
-    return next((b for b in report.get("baselines", []) if b.get("status", "ok") == "ok"), None)
+    from compressor.pipeline.report import trained_baselines
+
+    return next(iter(trained_baselines(report)), None)
 
 
 def collect(out: Path) -> dict:
