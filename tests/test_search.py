@@ -90,8 +90,10 @@ def test_short_search_end_to_end(tiny_teacher, tight_latency_ms, quick_target, t
         assert key in report["teacher"] and key in report["student"]
     assert 0.0 <= report["student"]["test_accuracy"] <= 1.0
     assert report["student"]["profile"]["latency_ms"]["p50"] > 0
-    assert report["search"]["trials"] == 4
-    assert report["search"]["feasible"] + report["search"]["infeasible"] + report["search"]["failed"] == 4
+    # `trials` families trained; proposals screened over the budget do not count towards it
+    assert report["search"]["trained"] == 4
+    assert (report["search"]["feasible"] + report["search"]["infeasible"] + report["search"]["failed"]
+            == report["search"]["trials"] >= 4)
     # successive halving with eta=2 over a round of 2: one proposal per round promoted to 2 epochs
     records = result.records
     assert sorted(r.fidelity for r in records).count(2) == 2
