@@ -99,6 +99,15 @@ def tight_latency_ms(quick_target) -> float:
     return TIGHT_FLOOR_MULTIPLE * check_floor(load_target(quick_target), (1, 16, 16))
 
 
+@pytest.fixture(scope="session")
+def tight_latency_x_ref(quick_target, tight_latency_ms) -> float:
+    """`tight_latency_ms` as a multiple of the drift reference (16x16 grey input, 10 classes), measured now."""
+    from compressor.models.on_target import DriftReference
+    from targets import load_target
+
+    return tight_latency_ms / DriftReference.start(load_target(quick_target), (1, 16, 16), 10).start_ms
+
+
 # cpu-1t's runtime and threads, measuring a few hundredths of a second per model and on any core (two
 # test processes would otherwise measure on the same one): a side-by-side session of a test takes a
 # fraction of a second, and a pipeline test runs dozens.

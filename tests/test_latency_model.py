@@ -54,7 +54,7 @@ def test_calibration_persists_per_target_key_and_not_across_cpus(tmp_path, monke
         model.add(features, ms)
     again = LatencyModel.open(target.with_budgets(latency_ms=0.3), tmp_path)  # budgets do not change speed
     assert again.samples == model.samples and again.calibrated
-    assert json.loads(again.path.read_text())["format"] == "compressor-latency-samples/1"
+    assert json.loads(again.path.read_text())["format"] == "compressor-latency-samples/2"
     two_threads = dataclasses.replace(target, threads=2)
     assert LatencyModel.open(two_threads, tmp_path).samples == []
     monkeypatch.setattr(profilers.host, "cpu_model", lambda: "Another CPU 9000")
@@ -63,6 +63,34 @@ def test_calibration_persists_per_target_key_and_not_across_cpus(tmp_path, monke
     # A file whose key does not match (edited, or a hash collision) is not reused.
     other.path.write_text(again.path.read_text())
     assert LatencyModel.open(target, tmp_path).samples == []
+
+
+def test_calibration_in_reference_units_carries_across_machine_speeds(tmp_path):
+    """Samples kept in units of the drift reference: a run started at half the speed (its reference twice as
+    slow) predicts every network twice as slow, from the same stored calibration; a run without a reference
+    (milliseconds) does not share it."""
+    from targets import load_target
+
+    from compressor.models.on_target import DriftReference
+
+    target, shape = load_target("cpu-1t"), (1, 16, 16)
+
+    def reference(start_ms: float) -> DriftReference:
+        return DriftReference(onnx=b"", label="zoo:plain:widths=8-16-32", percentile="p50", start_ms=start_ms)
+
+    fast = LatencyModel.open(target, tmp_path, reference=reference(0.01), input_shape=shape, num_classes=10)
+    train = _synthetic(MIN_SAMPLES, 6)
+    for features, ms in train:
+        fast.add(features, ms)
+    probe = [f for f, _ in _synthetic(4, 7)]
+    slow = LatencyModel.open(target, tmp_path, reference=reference(0.02), input_shape=shape, num_classes=10)
+    assert slow.path == fast.path and slow.calibrated
+    np.testing.assert_allclose(slow.predict(probe), 2 * fast.predict(probe), rtol=1e-9)
+    assert slow.skip_factor(0.2) == pytest.approx(fast.skip_factor(0.1))
+    assert LatencyModel.open(target, tmp_path).samples == []
+    other_input = LatencyModel.open(target, tmp_path, reference=reference(0.01), input_shape=(3, 32, 32),
+                                    num_classes=10)
+    assert other_input.samples == []
 
 
 def test_fit_takes_the_largest_size_predicted_under_the_fraction():
@@ -249,17 +277,19 @@ def test_a_cold_model_is_calibrated_on_the_first_proposal_then_fits_it():
 
 @pytest.mark.slow
 def test_fit_to_budget_lands_near_the_fraction_on_a_real_target(fast_target):
-    """Calibrate on real measurements of nago widths, fit a proposal, measure what was fitted."""
-    from compressor.models.on_target import check_on_target
+    """Calibrate on real measurements of nago widths, fit a proposal, measure what was fitted (each beside the
+    drift reference, as a run measures: the machine's drift between measurements is not the model's error)."""
+    from compressor.models.on_target import DriftReference, check_on_target
     from compressor.search.latency_model import network_features
 
     space, shape = get_space("nago"), (1, 16, 16)
-    model = LatencyModel({"k": 1}, None)
+    reference = DriftReference.start(fast_target, shape, 10)
+    model = LatencyModel({"k": 1}, None, unit_ms=reference.start_ms)
     measured = {}
     for width in (8, 16, 24, 32, 40, 48, 56, 64):
         for top in (3, 5):
             net = space.build(space.sample({"base_width": width, "top_nodes": top}, 0), shape, 10)
-            ms = check_on_target(net, fast_target, shape, max_seconds=0.3).latency_ms
+            ms = check_on_target(net, fast_target, shape, max_seconds=0.3, reference=reference).latency_ms
             model.add(network_features(net, shape), ms)
             measured[width, top] = ms
     budget = measured[40, 5]
@@ -270,7 +300,7 @@ def test_fit_to_budget_lands_near_the_fraction_on_a_real_target(fast_target):
     fit = fit_to_budget(space, {"base_width": 8, "top_nodes": 5}, predict, budget_ms=budget, fraction=0.8,
                         far_over=FAR_OVER)
     net = space.build(space.sample(fit.arch, 0), shape, 10)
-    ms = check_on_target(net, fast_target, shape, max_seconds=0.3).latency_ms
+    ms = check_on_target(net, fast_target, shape, max_seconds=0.3, reference=reference).latency_ms
     assert 0.4 * budget <= ms <= 1.25 * budget, (fit, ms, budget)
 
 

@@ -41,14 +41,31 @@ def test_unreachable_budget_leaves_the_directory_reusable(tiny_teacher, tight_la
     assert json.loads((run / "report.json").read_text())["budgets"]["latency_ms"] == tight_latency_ms
 
 
+def test_a_relative_budget_is_given_once_and_needs_a_runtime_that_interleaves(tmp_path):
+    from targets import load_target
+
+    with pytest.raises(UserError, match="give the latency budget once"):
+        _compress("no-such-teacher.pt", tmp_path / "run", tmp_path / "cache", latency_ms=1.0, latency_x_reference=3.0)
+    eager_cpu = dataclasses.replace(load_target("cpu-1t"), runtime="torch")
+    with pytest.raises(UserError, match="needs a drift reference"):
+        _compress("no-such-teacher.pt", tmp_path / "run", tmp_path / "cache", latency_x_reference=3.0,
+                  target=eager_cpu)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
-def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teacher, tight_latency_ms, quick_target,
-                                                                       tmp_path):
+def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teacher, tight_latency_x_ref,
+                                                                       quick_target, tmp_path):
+    """Also: a budget relative to the drift reference is that multiple of the reference's start figure, and a
+    resume keeps it (the stored start), whatever the machine's speed now."""
     from compressor.search.store import TrialStore
 
     run, cache = tmp_path / "run", tmp_path / "cache"
-    budget = dict(latency_ms=tight_latency_ms, target=quick_target)
+    budget = dict(latency_x_reference=tight_latency_x_ref, target=quick_target)
     first = _compress(tiny_teacher, run, cache, **budget)
+    budgets, start_ms = first.report["budgets"], first.report["latency_floor"]["drift_reference"]["start_ms"]
+    assert budgets["latency_x_reference"] == tight_latency_x_ref
+    assert budgets["latency_ms"] == pytest.approx(tight_latency_x_ref * start_ms)
     winner = first.report["student"]["proposal"]
     # The stored winner no longer matches the search's best evaluation: as after a resume with more
     # trials in which another family won.
@@ -59,10 +76,13 @@ def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teac
     (run / "artifacts" / "artifacts.json").write_text("{}")  # a bundle that would be kept if not invalidated
     again = _compress(tiny_teacher, run, cache, resume=True, **budget)
     assert again.report["student"]["proposal"] == winner
+    assert again.report["budgets"]["latency_ms"] == budgets["latency_ms"]
     assert again.report["artifacts"] and again.report["artifacts"][0]["format"] == "onnx"
     assert json.loads((run / "artifacts" / "artifacts.json").read_text())["artifacts"]
     with pytest.raises(UserError, match="final_epochs differs"):
         _compress(tiny_teacher, run, cache, resume=True, final_epochs=2, **budget)
+    with pytest.raises(UserError, match="latency_x_reference differs"):
+        _compress(tiny_teacher, run, cache, resume=True, latency_ms=budgets["latency_ms"], target=quick_target)
 
 
 def test_teacher_trained_on_another_split_is_flagged():

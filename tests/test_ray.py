@@ -72,21 +72,24 @@ def test_the_driver_fits_proposals_with_the_one_latency_model_and_learns_every_m
     """Calibrated before the run (real measurements of nago widths), the driver fits every proposal; the
     calibration stored for the target then holds one more sample per measurement the actor logged."""
     from compressor.errors import UserError
-    from compressor.models.on_target import check_on_target
+    from compressor.models.on_target import DriftReference, check_on_target
     from compressor.search.latency_model import MIN_SAMPLES, LatencyModel, network_features
     from compressor.search.store import TrialStore
     from compressor.spaces import get_space
 
     space, shape, cache = get_space("nago"), (1, 16, 16), tmp_path / "cache"
-    model = LatencyModel.open(fast_target, cache)  # the run's target is cpu-1t: same speed settings, same key
+    # The run's target is cpu-1t (same speed settings) with a drift reference at the same input: same key. The
+    # samples are in units of this reference's latency, as the run's will be in units of its own.
+    unit = {"reference": DriftReference.start(fast_target, shape, 10), "input_shape": shape, "num_classes": 10}
+    model = LatencyModel.open(fast_target, cache, **unit)
     for width in range(8, 8 + 8 * MIN_SAMPLES, 8):
         net = space.build(space.sample({"base_width": width}, 0), shape, 10)
         model.add(network_features(net, shape), check_on_target(net, fast_target, shape, max_seconds=0.2).latency_ms)
     seeded = len(model.samples)
     run = tmp_path / "run"
+    middle_ms = sorted(units for _, units in model.samples)[seeded // 2] * model.unit_ms
     try:
-        _compress(tiny_teacher, run, cache, trials=2, latency_ms=sorted(ms for _, ms in model.samples)[seeded // 2],
-                  workers=2, export=False)
+        _compress(tiny_teacher, run, cache, trials=2, latency_ms=middle_ms, workers=2, export=False)
     except UserError:
         pass  # nothing feasible is a possible outcome on a busy machine; the store is what is checked
     store = TrialStore(run / "trials.sqlite")
@@ -97,7 +100,7 @@ def test_the_driver_fits_proposals_with_the_one_latency_model_and_learns_every_m
     assert all(r.profiles == [] for r in skipped)
     log = _measurements(run)
     assert len(log) == sum(len(r.profiles) for r in records) == len(records) - len(skipped)
-    assert len(LatencyModel.open(fast_target, cache).samples) == seeded + len(log)
+    assert len(LatencyModel.open(fast_target, cache, **unit).samples) == seeded + len(log)
 
 
 def _descendants() -> list:

@@ -5,15 +5,20 @@ For each split seed, dataset and label regime (a *cell*):
 * a teacher (a plain 32-64-128 CNN trained with cross-entropy on every label
   of the split, cached by dataset identity, so each split seed has its own and
   every regime and strategy share it);
-* one latency budget per run, measured just before it: `--floor-multiple`
-  (2.5, the demo's floor rule) x the p50 of the space's smallest network on
-  cpu-1t, measured side by side with a one-op model (the runtime's per-call
-  floor). A budget measured once per cell hours before its runs is another
-  budget by the time they run (a machine 1.14x slower made one such cell's
-  budget unreachable); one measured in the run's minute is as tight as asked.
-  At 2x, on a CPU without AVX-512, the smallest plain CNN of the baseline's
-  ladder (8-16-32) sat at 0.92-1.06x the budget, so whether there was a
-  baseline at all was the machine's drift's call; at 2.5x it sits near 0.85x;
+* one latency budget per cell, relative to the run's drift reference
+  (`compress --latency-x-ref`): `--floor-multiple` (2.5, the demo's floor
+  rule) x the p50 of the space's smallest network on cpu-1t, as a multiple of
+  the drift reference (zoo:plain 8-16-32) measured side by side with it and a
+  one-op model (the runtime's floor) when the cell starts. Every run then
+  judges each candidate by its ratio to the reference measured beside it, so
+  the strategies of a cell face the same budget whatever the machine's speed
+  when each runs. Budgets in milliseconds did not: on the 2-core dev VM the
+  one-op floor read 0.0085-0.0180 ms within one day, and budgets measured
+  minutes before each run of one cell came out 0.0623-0.1366 ms. At 2x the
+  smallest network, on a CPU without AVX-512, the smallest plain CNN of the
+  baseline's ladder (8-16-32) sat at 0.92-1.06x the budget, so whether there
+  was a baseline at all was the machine's drift's call; at 2.5x it sits near
+  0.85x;
 * one `compress --baseline` run per strategy with the same wall-clock
   (`--search-minutes`), the same teacher, data, space, fidelities and final
   epochs, its `--finalists` searched families and its own fair baseline
@@ -88,13 +93,16 @@ def teacher_checkpoint(data_ref: str, split_seed: int, epochs: int, cache: Path)
     return Path(teacher.ref), logits_accuracy(logits["test"], data.test_y)
 
 
-def run_budget(path: Path, data_ref: str, split_seed: int, space_name: str, multiple: float) -> dict:
-    """A run's latency budget: `multiple` x the space's smallest network, measured beside the floor, now."""
+def cell_budget(path: Path, data_ref: str, split_seed: int, space_name: str, multiple: float) -> dict:
+    """A cell's latency budget: `multiple` x the space's smallest network, as a multiple of the drift reference.
+
+    Measured once (side by side: the smallest network, the reference and the one-op floor) and stored.
+    """
     found = read_json(path)
     if found is not None:
         return found
     from compressor.data.datasets import load_dataset
-    from compressor.models.on_target import check_side_by_side
+    from compressor.models.on_target import DriftReference, check_side_by_side
     from compressor.spaces import get_space
     from profilers.side_by_side import floor_model
     from targets import load_target
@@ -104,20 +112,23 @@ def run_budget(path: Path, data_ref: str, split_seed: int, space_name: str, mult
     smallest = space.build(space.sample(space.smallest_params(), 0), raw.input_shape, raw.num_classes)
     target = load_target("cpu-1t")
     floor = floor_model((1, *raw.input_shape)).SerializeToString()
-    session = check_side_by_side({"smallest": smallest, "floor": floor}, target, raw.input_shape, memory=False,
-                                 name="bench-budget")
-    smallest_ms = session.checked["smallest"].profile["latency_ms"]["p50"]
-    floor_ms = session.checked["floor"].profile["latency_ms"]["p50"]
-    budget = {"latency_ms": multiple * smallest_ms, "smallest_ms": smallest_ms, "floor_ms": floor_ms,
-              "multiple": multiple, "space": space_name, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    reference = DriftReference.model_bytes(target, raw.input_shape, raw.num_classes)
+    session = check_side_by_side({"smallest": smallest, "reference": reference, "floor": floor}, target,
+                                 raw.input_shape, memory=False, name="bench-budget")
+    smallest_x_ref, _ = session.ratio("smallest", "reference")
+    floor_x_ref, _ = session.ratio("floor", "reference")
+    reference_ms = session.checked["reference"].profile["latency_ms"]["p50"]
+    budget = {"latency_x_reference": multiple * smallest_x_ref, "smallest_x_reference": smallest_x_ref,
+              "floor_x_reference": floor_x_ref, "reference_ms": reference_ms, "multiple": multiple,
+              "space": space_name, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_json(path, budget)
-    log(f"  smallest {space_name} network {smallest_ms:.4f} ms, runtime floor {floor_ms:.4f} ms -> budget "
-        f"{budget['latency_ms']:.4f} ms p50 on cpu-1t")
+    log(f"  smallest {space_name} network {smallest_x_ref:.3f}x the drift reference ({reference_ms:.4f} ms now), "
+        f"runtime floor {floor_x_ref:.3f}x -> budget {budget['latency_x_reference']:.3f}x the reference")
     return budget
 
 
-def cell_search(run_dir: Path, teacher: Path, data_ref: str, split_seed: int, fraction: float, latency_ms: float,
-                strategy: str, args, cache: Path) -> dict:
+def cell_search(run_dir: Path, teacher: Path, data_ref: str, split_seed: int, fraction: float,
+                latency_x_reference: float, strategy: str, args, cache: Path) -> dict:
     """One strategy's `compress` run in a cell (resumed if stored): its report."""
     done = read_json(run_dir / "report.json")
     if done is not None and done.get("student") is not None:
@@ -126,7 +137,8 @@ def cell_search(run_dir: Path, teacher: Path, data_ref: str, split_seed: int, fr
 
     strategy, _, space = strategy.partition("@")
     started = time.time()
-    result = compress(str(teacher), out=run_dir, data=data_ref, target="cpu-1t", latency_ms=latency_ms,
+    result = compress(str(teacher), out=run_dir, data=data_ref, target="cpu-1t",
+                      latency_x_reference=latency_x_reference,
                       data_options=DataOptions(image_size=IMAGE_SIZE, channels=CHANNELS, seed=split_seed,
                                                label_fraction=fraction),
                       trials=args.max_trials, search_minutes=args.search_minutes, strategy=strategy,
@@ -148,11 +160,10 @@ def run_cells(args) -> None:
                 log(f"cell {data_ref} split {split_seed} labels {fraction:g}")
                 # The order rotates with the split seed so no strategy always runs first (on the coldest cache).
                 order = args.strategies[split_seed % len(args.strategies):] + args.strategies[:split_seed % len(args.strategies)]
+                budget = cell_budget(cell / "budget.json", data_ref, split_seed, args.space, args.floor_multiple)
                 for strategy in order:
-                    budget = run_budget(cell / f"{strategy}.budget.json", data_ref, split_seed, args.space,
-                                        args.floor_multiple)
                     report = cell_search(cell / strategy, teacher, data_ref, split_seed, fraction,
-                                         budget["latency_ms"], strategy, args, cache)
+                                         budget["latency_x_reference"], strategy, args, cache)
                     student, baseline = report.get("student") or {}, own_baseline(report) or {}
                     log(f"  {strategy}: {arch_name(student.get('arch', 'no student'))} test "
                         f"{100 * (student.get('test_accuracy') or 0):.2f}%, its baseline {baseline.get('arch')} "
@@ -173,9 +184,9 @@ def collect(out: Path) -> dict:
         run_dir = report_path.parent
         cell, strategy = run_dir.parent, run_dir.name
         data_ref, split_seed = cell.parent.parent.name, int(cell.parent.name[len("split"):])
-        report, budget = read_json(report_path), read_json(cell / f"{strategy}.budget.json")
+        report = read_json(report_path)
         baseline = own_baseline(report)
-        if report.get("student") is None or baseline is None or budget is None:
+        if report.get("student") is None or baseline is None:
             continue
         search, student = report["search"], report["student"]
         hours = search["seconds"] / 3600
@@ -183,7 +194,8 @@ def collect(out: Path) -> dict:
         searched = [f for f in student.get("finalists", []) if f["source"] == "search"]
         alone = max(searched, key=lambda f: f["val_accuracy"]) if searched else student
         table.setdefault((data_ref, cell.name[len("labels"):]), {}).setdefault(strategy, []).append({
-            "split": split_seed, "budget_ms": budget["latency_ms"], "test": student["test_accuracy"],
+            "split": split_seed, "budget_ms": report["budgets"]["latency_ms"],
+            "budget_x_ref": report["budgets"].get("latency_x_reference"), "test": student["test_accuracy"],
             "val": student["val_accuracy"], "baseline_test": baseline["test_accuracy"],
             "baseline_val": baseline["val_accuracy"], "baseline_arch": baseline["arch"],
             "baseline_fits": baseline.get("at_same_budget"),
@@ -236,7 +248,8 @@ def print_summary(table: dict) -> None:
             runs = sorted(runs, key=lambda r: r["split"])
             paired = [r["test"] - r["baseline_test"] for r in runs]
             alone = [r["alone_test"] - r["baseline_test"] for r in runs]
-            budgets = ", ".join(f"{r['budget_ms']:.4f}" for r in runs)
+            budgets = ", ".join(f"{r['budget_ms']:.4f}" + (f" ({r['budget_x_ref']:.2f}x ref)" if r["budget_x_ref"] else "")
+                                for r in runs)
             print(f"| {strategy} | {', '.join(str(r['split']) for r in runs)} | "
                   f"{budgets} | "
                   f"{_mean_std([r['baseline_test'] for r in runs])} | {_mean_std([r['test'] for r in runs])} | "
@@ -274,7 +287,8 @@ def main() -> int:
     parser.add_argument("--finalists", type=int, default=2, help="searched families trained in full per run")
     parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--floor-multiple", type=float, default=2.5,
-                        help="the budget: this x the space's smallest network's p50, measured before each run")
+                        help="the budget: this x the space's smallest network's p50, as a multiple of the drift "
+                        "reference measured beside it when a cell starts")
     parser.add_argument("--seed", type=int, default=0, help="the training and search seed of every run")
     parser.add_argument("--out", default="runs/bench_search")
     parser.add_argument("--summary", action="store_true", help="only print the tables of what is finished")

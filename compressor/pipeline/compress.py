@@ -96,6 +96,7 @@ def compress(
     teacher_image_size: int | None = None,
     teacher_min_accuracy: float | None = None,
     latency_ms: float | None = None,
+    latency_x_reference: float | None = None,
     memory_mb: float | None = None,
     size_mb: float | None = None,
     data_options: DataOptions = DataOptions(),
@@ -119,6 +120,9 @@ def compress(
         data: `digits`, `imagefolder:PATH`, `npz:PATH` or a torchvision dataset name.
         target: a preset name, a TOML path or a `targets.Target`.
         latency_ms, memory_mb, size_mb: budgets overriding the target's.
+        latency_x_reference: the latency budget as this multiple of the run's drift reference, measured at its
+            start (`compressor.models.on_target.DriftReference`; instead of `latency_ms`): every verdict is
+            then a ratio measured side by side with the reference, the same on a fast or a slow machine.
         data_options: image size, channels, split seed, label fraction...
         resume: continue the run in `out` up to the requested number of trials.
         quiet: no live progress display.
@@ -150,6 +154,16 @@ def compress(
     ok, why = availability(target)
     if not ok:
         raise UserError(f"target {target.name!r} cannot run here: {why}")
+    if latency_x_reference is not None:
+        if latency_ms is not None:
+            raise UserError("give the latency budget once: in milliseconds (--latency-ms) or as a multiple of the "
+                            "drift reference (--latency-x-ref)")
+        if not latency_x_reference > 0:
+            raise UserError(f"--latency-x-ref must be a positive multiple, got {latency_x_reference:g}")
+        if not profilers.interleaves(target):
+            raise UserError(f"--latency-x-ref needs a drift reference, measured side by side with every candidate, "
+                            f"which the {target.runtime} runtime of target {target.name!r} cannot do; give "
+                            "--latency-ms")
     if target.budgets.memory_mb is not None and profilers.memory_meaning(target) is None:
         raise UserError(f"target {target.name!r} has a memory budget, but its runtime ({target.runtime}) does not "
                         "measure peak memory there; drop the memory budget or use an onnxruntime target")
@@ -181,7 +195,7 @@ def compress(
                      teacher=teacher_inputs(teacher_model, raw, teacher_preprocess),
                      teacher_min_accuracy=teacher_min_accuracy)
     floor = None
-    if target.budgets.latency_ms is not None:
+    if target.budgets.latency_ms is not None and latency_x_reference is None:
         from compressor.models.on_target import check_floor
 
         floor = check_floor(target, inputs.dataset.input_shape)  # a budget below the runtime's floor fails here
@@ -190,7 +204,7 @@ def compress(
         store = TrialStore(run_dir / "trials.sqlite")
         try:
             return _compress_locked(config, target, teacher_model, inputs, run_dir, store, resume, quiet,
-                                    cache_dir, baseline, floor)
+                                    cache_dir, baseline, floor, latency_x_reference)
         finally:
             store.close()
 
@@ -206,13 +220,13 @@ class _Inputs:
 
 
 def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, resume, quiet, cache_dir,
-                     baseline, floor) -> CompressResult:
+                     baseline, floor, latency_x_reference) -> CompressResult:
     from compressor.cli.console import err_console
     from compressor.models.teachers import check_teacher_accuracy
     from compressor.train.distill import LogitsCache
 
     dataset = inputs.dataset
-    fingerprint = _fingerprint(config, teacher, inputs, target)
+    fingerprint = _fingerprint(config, teacher, inputs, target, latency_x_reference)
     existing = store.get_meta("fingerprint")
     if existing is None or not store.records():
         # A run is its evaluations: a directory whose run stopped before the first one (budgets
@@ -223,7 +237,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     elif not resume:
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     elif existing != fingerprint:
-        differs = sorted(k for k in fingerprint if fingerprint[k] != existing.get(k))
+        differs = sorted(k for k in {*fingerprint, *existing} if fingerprint.get(k) != existing.get(k))
         detail = differs[0]
         if detail == "search":
             detail = "search option " + ", ".join(k for k in fingerprint["search"]
@@ -239,6 +253,17 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
 
     logits = LogitsCache(cache_dir).get(teacher, inputs.teacher.dataset)
     reference = _drift_reference(store, target, dataset)
+    if latency_x_reference is not None:
+        from compressor.models.on_target import check_floor
+
+        # The budget in this run's milliseconds: the reference's start figure is the yardstick every corrected
+        # latency is expressed in, so a verdict is the candidate/reference ratio against the multiple.
+        target = target.with_budgets(latency_ms=latency_x_reference * reference.start_ms)
+        floor = check_floor(target, dataset.input_shape)
+        if not quiet:
+            err_console.print(f"latency budget: {latency_x_reference:g} x the drift reference "
+                              f"({reference.label}, {reference.start_ms:.4g} ms at the run's start) = "
+                              f"{target.budgets.latency_ms:.4g} ms {target.budgets.latency_percentile}", markup=False)
     teacher_info = store.get_meta("teacher")
     if teacher_info is None:
         teacher_info = _describe_teacher(teacher, inputs.teacher, logits, target, reference)
@@ -273,6 +298,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     tolerance = 1.0 / len(dataset.val_y)
     finalists = finalist_records(records, config.finalists, tolerance=tolerance)
     report = _base_report(config, target, teacher_info, records, seconds)
+    report["budgets"]["latency_x_reference"] = latency_x_reference
     report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
                                "drift_reference": None if reference is None else reference.to_dict()}
     report["warnings"] += [w for w in (split_warning, accuracy_hint) if w]
@@ -338,9 +364,10 @@ def _target_key(target) -> dict[str, Any]:
     return data
 
 
-def _fingerprint(config: SearchConfig, teacher, inputs: _Inputs, target) -> dict[str, Any]:
+def _fingerprint(config: SearchConfig, teacher, inputs: _Inputs, target,
+                 latency_x_reference: float | None = None) -> dict[str, Any]:
     """What a resumed run must share with the original (`SearchConfig.fingerprint`, the teacher and its
-    inputs, the data and the target)."""
+    inputs, the data, the target and a relative latency budget)."""
     from compressor.spaces import get_space
 
     # The space's knob table too: hyperopt stores a choice as its index, so a run made with other choices
@@ -348,7 +375,8 @@ def _fingerprint(config: SearchConfig, teacher, inputs: _Inputs, target) -> dict
     space_knobs = [list(row[:3]) for row in get_space(config.space).describe()]
     return json_safe({"search": config.fingerprint(), "space_knobs": space_knobs, "teacher": teacher.content_hash,
                       "teacher_inputs": inputs.teacher.dataset.identity, "dataset": inputs.dataset.identity,
-                      "label_fraction": inputs.dataset.label_fraction, "target": _target_key(target)})
+                      "label_fraction": inputs.dataset.label_fraction, "target": _target_key(target),
+                      **({} if latency_x_reference is None else {"latency_x_reference": latency_x_reference})})
 
 
 def _teacher_split_warning(teacher, dataset) -> str | None:
@@ -496,7 +524,8 @@ def _finish_winner(config, best, store, path: Path, dataset, logits, target, ref
         fill = winner.get_meta("fill")
         if fill is None:
             fill = json_safe(fill_winner(space, best.params["arch"], seed, target, dataset,
-                                         budget=BudgetFit.open(config, space, target, dataset, cache_dir),
+                                         budget=BudgetFit.open(config, space, target, dataset, cache_dir,
+                                                               reference=reference),
                                          seconds_each=config.profile_seconds, reference=reference))
             winner.set_meta("fill", fill)
         if fill["grew"]:

@@ -212,13 +212,16 @@ class BudgetFit:
     keep: frozenset[str] = frozenset()
 
     @classmethod
-    def open(cls, config, space, target, dataset, cache_dir=None, warm_starts=()) -> "BudgetFit":
+    def open(cls, config, space, target, dataset, cache_dir=None, warm_starts=(), reference=None) -> "BudgetFit":
         """The run's: `target`'s stored calibration under `cache_dir`, its budget and `config.fill_fraction`.
 
         `warm_starts`: the search's first points; those `measured` within the budget are kept as they are.
+        `reference`: the run's drift reference, the calibration's unit (`LatencyModel.open`).
         """
         keep = frozenset(_arch_key(space, w.params(space)["arch"]) for w in warm_starts if w.measured)
-        return cls(space=space, model=LatencyModel.open(target, cache_dir), budget_ms=target.budgets.latency_ms,
+        model = LatencyModel.open(target, cache_dir, reference=reference, input_shape=tuple(dataset.input_shape),
+                                  num_classes=dataset.num_classes)
+        return cls(space=space, model=model, budget_ms=target.budgets.latency_ms,
                    fill_fraction=config.fill_fraction, input_shape=tuple(dataset.input_shape),
                    num_classes=dataset.num_classes, keep=keep)
 

@@ -46,12 +46,24 @@ reports how good it was: Kendall's tau between predicted and measured latency
 over its screenings (the ranking claim), the share of families predicted
 feasible that were, and the skips.
 
+**Units.** Where the run has a drift reference (`compressor.models.on_target`;
+runtimes that interleave), the samples are kept in units of the reference's
+latency at the start of the run that measured them (`unit_ms`), not in
+milliseconds: a run's figures are all in its start's machine speed, and runs
+started at different speeds (the dev VM's one-op floor read 0.0085-0.0180 ms
+within one day) would otherwise calibrate each other off by that ratio; the
+last round's shared millisecond calibration ranked with Kendall tau 0.05-0.21
+and only 55-100% of its "predicted feasible" fitted. Predictions come back in
+the asking run's milliseconds (units x its `unit_ms`). Without a reference the
+unit is the millisecond.
+
 **Calibration** persists per target fingerprint: the samples (features and
-measured latency, JSON, never a pickle) under
+measured latency in the unit, JSON, never a pickle) under
 `profilers.host.cache_root()/latency/<key>.json`, where the key hashes the
 target's runtime settings (providers, threads, affinity, precision, batch,
 optimisation level, the budget's percentile; not the budgets themselves, not
-the name), the CPU model (`profilers.host.cpu_model`) and the runtime's own
+the name), the unit (the reference network, its percentile and the input it
+was measured at, or milliseconds), the CPU model (`profilers.host.cpu_model`) and the runtime's own
 description (its version). A later run on the same machine and runtime starts
 calibrated; another CPU or runtime version starts empty, and a run that fits
 to budget then measures `MIN_SAMPLES` sizes of its first proposal before it
@@ -72,9 +84,9 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = ["FAR_OVER", "MIN_SAMPLES", "NEAR_OVER", "Features", "LatencyModel", "kendall_tau", "network_features",
-           "screening_summary", "target_key"]
+           "reference_unit", "screening_summary", "target_key"]
 
-SAMPLES_FORMAT = "compressor-latency-samples/1"
+SAMPLES_FORMAT = "compressor-latency-samples/2"
 # Predictions are acted on (sizes fitted, proposals skipped) from this many screened members on.
 MIN_SAMPLES = 8
 # The most a skip threshold may be, as a factor of the budget (`LatencyModel.skip_factor`): at 1.5 most
@@ -137,14 +149,24 @@ def network_features(model, input_shape: tuple[int, ...]) -> Features:
     return Features(macs=int(macs), params=sum(p.numel() for p in model.parameters()), **counts)
 
 
-def target_key(target) -> dict[str, Any]:
-    """What a calibration is valid for: the target's speed-relevant settings, the CPU and the runtime."""
+def target_key(target, unit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a calibration is valid for: the target's speed-relevant settings, the unit, the CPU and the runtime.
+
+    `unit`: what the samples' latencies are measured in (`reference_unit`); None: milliseconds.
+    """
     import profilers
     from profilers.host import cpu_model
 
     settings = {k: v for k, v in target.to_dict().items() if k not in _NOT_SPEED}
     settings["latency_percentile"] = target.budgets.latency_percentile
-    return {"target": settings, "cpu": cpu_model(), "runtime": profilers.backend(target.runtime).describe()}
+    return {"target": settings, "unit": unit or "ms", "cpu": cpu_model(),
+            "runtime": profilers.backend(target.runtime).describe()}
+
+
+def reference_unit(reference, input_shape: tuple[int, ...], num_classes: int) -> dict[str, Any]:
+    """The unit of a run with `reference` (an `on_target.DriftReference`): which network, percentile and input."""
+    return {"reference": reference.label, "percentile": reference.percentile, "input_shape": list(input_shape),
+            "num_classes": num_classes}
 
 
 def _key_hash(key: dict[str, Any]) -> str:
@@ -152,24 +174,37 @@ def _key_hash(key: dict[str, Any]) -> str:
 
 
 class LatencyModel:
-    """The additive cost model (see the module docstring) over the samples of one target key."""
+    """The additive cost model (see the module docstring) over the samples of one target key.
+
+    `samples` are (features, latency in units); `unit_ms` is this run's unit in milliseconds (1.0: the
+    samples are milliseconds). `add` takes and `predict` returns milliseconds.
+    """
 
     def __init__(self, key: dict[str, Any], path: Path | None = None,
-                 samples: list[tuple[Features, float]] | None = None) -> None:
+                 samples: list[tuple[Features, float]] | None = None, unit_ms: float = 1.0) -> None:
         self.key = key
         self.path = path
         self.samples: list[tuple[Features, float]] = list(samples or [])
+        self.unit_ms = float(unit_ms)
         self._fitted = None
         self._scale = None
         self._fitted_on = -1
 
     @classmethod
-    def open(cls, target, cache_dir: str | os.PathLike | None = None) -> "LatencyModel":
-        """The target's model with the samples this machine has stored for it (none when there are none)."""
+    def open(cls, target, cache_dir: str | os.PathLike | None = None, *, reference=None,
+             input_shape: tuple[int, ...] = (), num_classes: int = 0) -> "LatencyModel":
+        """The target's model with the samples this machine has stored for it (none when there are none).
+
+        With the run's drift `reference` (and the input it is measured at) the samples are in its units.
+        """
         from profilers.host import cache_root
 
-        key = target_key(target)
-        return cls.load(key, cache_root(cache_dir) / "latency" / f"{_key_hash(key)}.json")
+        unit = None if reference is None else reference_unit(reference, input_shape, num_classes)
+        key = target_key(target, unit)
+        model = cls.load(key, cache_root(cache_dir) / "latency" / f"{_key_hash(key)}.json")
+        if reference is not None:
+            model.unit_ms = reference.start_ms
+        return model
 
     @classmethod
     def load(cls, key: dict[str, Any], path: Path) -> "LatencyModel":
@@ -178,7 +213,7 @@ class LatencyModel:
         try:
             data = json.loads(path.read_text())
             if data.get("format") == SAMPLES_FORMAT and data.get("key") == json.loads(json.dumps(key, default=str)):
-                samples = [(Features(**s["features"]), float(s["latency_ms"])) for s in data["samples"]]
+                samples = [(Features(**s["features"]), float(s["latency"])) for s in data["samples"]]
         except (OSError, ValueError, TypeError, KeyError, AttributeError):
             samples = []  # a corrupt cache costs a cold start, never the run
         return cls(key, path, samples)
@@ -188,15 +223,15 @@ class LatencyModel:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": SAMPLES_FORMAT, "key": self.key,
-                "samples": [{"features": asdict(f), "latency_ms": ms} for f, ms in self.samples[-MAX_SAMPLES:]]}
+                "samples": [{"features": asdict(f), "latency": v} for f, v in self.samples[-MAX_SAMPLES:]]}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, default=str))
         os.replace(tmp, self.path)
 
     def add(self, features: Features, latency_ms: float, *, save: bool = True) -> None:
-        """One measured network; the model refits on its next prediction."""
+        """One measured network (milliseconds of this run); the model refits on its next prediction."""
         if latency_ms > 0 and math.isfinite(latency_ms):
-            self.samples.append((features, float(latency_ms)))
+            self.samples.append((features, float(latency_ms) / self.unit_ms))
             if save:
                 self.save()
 
@@ -223,13 +258,13 @@ class LatencyModel:
         """
         recent = self.samples[-MAX_SAMPLES:]
         predicted = self.predict([f for f, _ in recent])
-        measured = np.array([ms for _, ms in recent])
+        measured = np.array([v for _, v in recent]) * self.unit_ms
         near = (predicted >= budget_ms / NEAR_BUDGET) & (predicted <= budget_ms * NEAR_BUDGET)
         ratios = (measured / predicted)[near] if near.sum() >= MIN_SAMPLES else measured / predicted
         return float(np.clip(1.0 / np.quantile(ratios, SKIP_QUANTILE), NEAR_OVER, FAR_OVER))
 
     def predict(self, features: Sequence[Features]) -> np.ndarray:
-        """Predicted latencies (ms) of `features`; needs at least two samples."""
+        """Predicted latencies (ms of this run) of `features`; needs at least two samples."""
         if len(self.samples) < 2:
             raise ValueError("the latency model needs at least two measured networks to predict")
         if self._fitted_on != len(self.samples):
@@ -237,14 +272,14 @@ class LatencyModel:
 
             recent = self.samples[-MAX_SAMPLES:]
             X = np.array([f.costs() for f, _ in recent])
-            y = np.array([ms for _, ms in recent])
+            y = np.array([v for _, v in recent])
             # Columns scaled to [0, 1] keep the non-negative least squares well conditioned.
             self._scale = np.maximum(X.max(axis=0), 1.0)
             self._fitted = LinearRegression(positive=True, fit_intercept=False).fit(X / self._scale, y,
                                                                                     sample_weight=1.0 / y**2)
             self._fitted_on = len(self.samples)
         X = np.array([f.costs() for f in features])
-        return np.maximum(self._fitted.predict(X / self._scale), MIN_PREDICTED_MS)
+        return np.maximum(self._fitted.predict(X / self._scale) * self.unit_ms, MIN_PREDICTED_MS)
 
 
 def kendall_tau(predicted: Sequence[float], measured: Sequence[float]) -> float | None:

@@ -34,7 +34,8 @@ class Search(Schedule):
         warm_starts = warm_start_points(space) if warm_starts is None else warm_starts
         evaluate = FamilyEvaluator(config=config, space=space, target=target, dataset=dataset,
                                    teacher_logits=teacher_logits, reference=reference,
-                                   budget=BudgetFit.open(config, space, target, dataset, cache_dir, warm_starts))
+                                   budget=BudgetFit.open(config, space, target, dataset, cache_dir, warm_starts,
+                                                         reference))
         super().__init__(config=config, store=store, evaluate=evaluate,
                          space={"arch": space.hyperopt_space(), **kd_hyperopt_space()}, progress=progress,
                          warm_starts=warm_starts)

@@ -327,6 +327,7 @@ def parallel_search(*, config: SearchConfig, target, dataset, teacher_logits: di
                 yield ParallelSchedule(config=config, store=store, pool=RayPool(context, config.workers),
                                        space={"arch": space.hyperopt_space(), **kd_hyperopt_space()},
                                        progress=progress, warm_starts=warm_starts,
-                                       budget=BudgetFit.open(config, space, target, dataset, cache_dir, warm_starts))
+                                       budget=BudgetFit.open(config, space, target, dataset, cache_dir,
+                                                             warm_starts, reference))
         finally:
             ray.kill(measurer)

@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_teacher_args(parser)
     _add_data(parser)
     add_target_args(parser)
+    parser.add_argument("--latency-x-ref", type=positive_float, metavar="K",
+                        help="latency budget as K times the run's drift reference (a fixed tiny CNN, "
+                        "zoo:plain:widths=8-16-32, measured at the run's start and beside every candidate), instead "
+                        "of --latency-ms: the same budget on a fast or a slow machine, and at any moment of a "
+                        "drifting one (onnxruntime targets)")
     parser.add_argument("--trials", type=positive_int, default=defaults.trials, help=f"proposals (families) to evaluate (default {defaults.trials})")
     parser.add_argument("--search-minutes", type=positive_float, metavar="M",
                         help="stop proposing after M minutes of search (summed over --resume runs); the families in "
@@ -112,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
         args.teacher, out=args.out, data=args.data, target=args.target, teacher_weights=args.teacher_weights,
         teacher_preprocess=args.teacher_preprocess, teacher_image_size=args.teacher_image_size,
         teacher_min_accuracy=min_accuracy_from_args(args),
-        latency_ms=args.latency_ms, memory_mb=args.memory_mb, size_mb=args.size_mb,
-        data_options=data_options_from_args(args), resume=args.resume, quiet=args.quiet or args.json,
+        latency_ms=args.latency_ms, latency_x_reference=args.latency_x_ref, memory_mb=args.memory_mb,
+        size_mb=args.size_mb, data_options=data_options_from_args(args), resume=args.resume, quiet=args.quiet or args.json,
         cache_dir=args.cache_dir, baseline=args.baseline, trials=args.trials,
         search_minutes=args.search_minutes, strategy=args.strategy, space=args.space,
         family_size=args.family_size, fidelities=parse_fidelities(args.fidelities), eta=args.eta,
@@ -145,7 +150,9 @@ def print_summary(report: dict, run_dir) -> None:
     teacher_p50 = report["teacher"]["profile"]["latency_ms"]["p50"]
     recommended = next((a for a in report.get("artifacts", []) if a.get("recommended")), None)
     budgets = report["budgets"]
-    described = [f"latency {budgets['latency_ms']:.3g} ms {percentile}" if budgets.get("latency_ms") else "",
+    relative = (f" ({budgets['latency_x_reference']:g}x the drift reference)"
+                if budgets.get("latency_x_reference") else "")
+    described = [f"latency {budgets['latency_ms']:.3g} ms {percentile}{relative}" if budgets.get("latency_ms") else "",
                  f"peak memory {budgets['memory_mb']:.3g} MiB" if budgets.get("memory_mb") else "",
                  f"size {budgets['size_mb']:.3g} MiB" if budgets.get("size_mb") else ""]
     print_table(
