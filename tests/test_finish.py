@@ -80,7 +80,7 @@ def _options():
 
 
 @pytest.mark.slow
-def test_the_plain_warm_start_is_the_baselines_measured_width_and_is_not_resized(tiny_teacher, tight_latency_ms, quick_target, tmp_path):
+def test_the_plain_warm_start_is_the_baselines_measured_width_not_resized_nor_measured_again(tiny_teacher, tight_latency_ms, quick_target, tmp_path):
     from compressor.pipeline.compress import compress
 
     run = tmp_path / "run"
@@ -96,7 +96,10 @@ def test_the_plain_warm_start_is_the_baselines_measured_width_and_is_not_resized
     arch = space.validate_params(plain.params["arch"])
     widths = "-".join(str(arch[f"width_{i}"]) for i in (1, 2, 3))
     assert baseline["width"]["within"] and widths == baseline["width"]["widths"]
-    assert "fit" not in (plain.misc or {})  # measured within the budget: kept, only predicted
+    # Screened within the budget in the width session: kept, and that verdict stands (not measured again).
+    assert "fit" not in (plain.misc or {}) and plain.status == "ok"
+    assert plain.misc["screened"]["session"] == baseline["width"]["session"]
+    assert plain.profiles == [baseline["width"]["profile"]]
 
 
 def test_a_first_point_equal_to_the_default_is_evaluated_once(tmp_path):

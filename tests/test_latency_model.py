@@ -194,6 +194,31 @@ def test_a_family_predicted_far_over_is_recorded_without_measuring():
     assert summary["skipped"] == 1 and summary["screenings"] == 0 and summary["fitted"] == 0
 
 
+def test_a_warm_start_screened_within_the_budget_keeps_its_size_and_its_verdict():
+    """The baseline's width, judged within the budget in the run's width session, is neither resized, skipped
+    nor measured again by the search, though the model predicts it far over (one network, one verdict)."""
+    from compressor.search.fit import sample_family
+
+    model = LatencyModel({"k": 1}, None, [(f, ms * 1e4) for f, ms in _synthetic(MIN_SAMPLES, 3)])  # all slow
+    calls = []
+    evaluate = _evaluator(model, budget_ms=0.05, checker=lambda *a, **k: calls.append(a))
+    arch = {"base_width": 40}
+    profile = {"model_size_mb": 0.1, "params": 1234, "macs": 56789, "peak_memory_mb": None}
+    key = json.dumps(evaluate.space.validate_params(arch), sort_keys=True)
+    evaluate.budget.known = {key: {"session": "widths-1", "latency_ms": 0.049, "profile": profile}}
+    record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": arch}, seeds=[1],
+                         misc={"vals": _nago_vals()})
+    evaluate.budget.fit(record)
+    assert record.params == {"arch": arch} and "fit" not in record.misc and record.misc["screened"]
+    evaluate._screen(record, sample_family(evaluate.space, record), measured := [])
+    assert record.status == "ok" and record.latency_ms == 0.049 and record.n_params == 1234
+    assert record.profiles == [profile] and calls == [] and measured == []
+    other = TrialRecord(proposal=1, fidelity=1, status="ok", params={"arch": {"base_width": 48}}, seeds=[1],
+                        misc={"vals": _nago_vals()})
+    evaluate.budget.fit(other)
+    assert "screened" not in other.misc and other.misc["fit"]["skipped"]
+
+
 def test_an_uncalibrated_model_without_fit_changes_nothing_before_the_screening():
     model = LatencyModel({"k": 1}, None, _synthetic(MIN_SAMPLES - 1, 4))
     evaluate = _evaluator(model, budget_ms=0.05, fill_fraction=None)

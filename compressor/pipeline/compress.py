@@ -448,7 +448,8 @@ def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> lis
     "The search starts from the budget-filling plain CNN": where the space holds the zoo's plain
     family (`--space all` or `zoo`) and there is a latency budget, its warm start gets the width the
     baseline gets (`baselines.choose_width`: one side-by-side session, kept in meta `plain_width` and
-    given to the baseline too), and fit-to-budget keeps it (`WarmStart.measured`). A searched student
+    given to the baseline too), and fit-to-budget keeps it and the search's screening reuses that
+    session's verdict (`WarmStart.measured`: one network, one verdict per run). A searched student
     then starts from the baseline's network; with the same finishing (compressor.pipeline.finish) it
     can lose to the baseline only by the noise of training, not by never having met it.
     """
@@ -470,7 +471,9 @@ def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> lis
     if not width["within"]:
         return points
     widths = {f"width_{i + 1}": width["scale"] * w for i, w in enumerate(PLAIN_BASE)}
-    return [dataclasses.replace(p, arch={**p.arch, **widths}, measured=True) if p.group == "plain" else p
+    chosen = next(c for c in width["candidates"] if c["arch"] == width["arch"])
+    measured = {"session": width["session"], "latency_ms": chosen["latency_ms"], "profile": width["profile"]}
+    return [dataclasses.replace(p, arch={**p.arch, **widths}, measured=measured) if p.group == "plain" else p
             for p in points]
 
 

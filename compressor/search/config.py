@@ -140,8 +140,10 @@ class WarmStart:
     group: str
     arch: dict[str, Any]
     kd: dict[str, Any]
-    # Its size was measured within the budget (the plain CNN at the baseline's width): fit-to-budget keeps it.
-    measured: bool = False
+    # The screening this point already had in this run, within the budget (the plain CNN at the baseline's
+    # width, from the width session): {"session", "latency_ms" (judged), "profile"}. Fit-to-budget keeps its
+    # size and the search's screening reuses the verdict (`fit.BudgetFit.fit`, `evaluate.FamilyEvaluator`).
+    measured: dict[str, Any] | None = None
 
     def params(self, space) -> dict[str, Any]:
         return {"arch": space.group_params(self.group, dict(self.arch)), **self.kd}

@@ -65,8 +65,8 @@ the model has `MIN_SAMPLES`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 from compressor.search.latency_model import MIN_SAMPLES, Features, LatencyModel, network_features
 from compressor.search.store import TrialRecord
@@ -208,8 +208,9 @@ class BudgetFit:
     fill_fraction: float | None
     input_shape: tuple[int, ...]
     num_classes: int
-    # Archs measured within the budget already (`WarmStart.measured`): predicted, never resized.
-    keep: frozenset[str] = frozenset()
+    # Archs screened within the budget already in this run (`WarmStart.measured`, by arch key): never
+    # resized, and the search's screening reuses that verdict (`misc["screened"]`).
+    known: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, config, space, target, dataset, cache_dir=None, warm_starts=(), reference=None) -> "BudgetFit":
@@ -218,12 +219,12 @@ class BudgetFit:
         `warm_starts`: the search's first points; those `measured` within the budget are kept as they are.
         `reference`: the run's drift reference, the calibration's unit (`LatencyModel.open`).
         """
-        keep = frozenset(_arch_key(space, w.params(space)["arch"]) for w in warm_starts if w.measured)
+        known = {_arch_key(space, w.params(space)["arch"]): w.measured for w in warm_starts if w.measured}
         model = LatencyModel.open(target, cache_dir, reference=reference, input_shape=tuple(dataset.input_shape),
                                   num_classes=dataset.num_classes)
         return cls(space=space, model=model, budget_ms=target.budgets.latency_ms,
                    fill_fraction=config.fill_fraction, input_shape=tuple(dataset.input_shape),
-                   num_classes=dataset.num_classes, keep=keep)
+                   num_classes=dataset.num_classes, known=known)
 
     def needs_calibration(self, record: TrialRecord) -> bool:
         """Whether a new proposal should wait for `calibration_points` to be measured: the model is cold and would fit it."""
@@ -237,10 +238,18 @@ class BudgetFit:
     def fit(self, record: TrialRecord) -> None:
         """Size a new proposal's record to the budget, or mark it infeasible unmeasured (module docstring)."""
         model, budget = self.model, self.budget_ms
-        if budget is None or not model.calibrated or record.misc is None:
+        if budget is None or record.misc is None:
+            return
+        screened = self.known.get(_arch_key(self.space, record.params["arch"]))
+        if screened is not None:
+            # One network, one verdict per run: measured again, a size judged at 0.97x the budget came out
+            # 1.05x over in a benchmark run, and the search lost the baseline's own network.
+            record.misc = {**record.misc, "screened": screened}
+            return
+        if not model.calibrated:
             return
         fit, far_over = None, model.skip_factor(budget)
-        if self.fill_fraction is not None and _arch_key(self.space, record.params["arch"]) not in self.keep:
+        if self.fill_fraction is not None:
             fit = fit_to_budget(self.space, record.params["arch"], lambda arch: self.predict(arch, record.seeds),
                                 budget_ms=budget, fraction=self.fill_fraction, far_over=far_over)
         if fit is not None:
