@@ -295,7 +295,8 @@ def kendall_tau(predicted: Sequence[float], measured: Sequence[float]) -> float 
 def screening_summary(records, budget_ms: float | None) -> dict[str, Any]:
     """How the latency model did over a run's proposals (records at the smallest fidelity), for report.json.
 
-    `screenings`: proposals measured; `over_budget_share`: the share of them
+    `screenings`: proposals measured (not a warm start that reused the run's earlier verdict,
+    `misc["screened"]`); `over_budget_share`: the share of them
     over a budget; `fitted` / `skipped`: proposals resized / recorded infeasible
     unmeasured (`misc["fit"]`); `calibration`: networks measured to calibrate a
     cold model (`misc["calibration"]`, not screenings); then, over the screenings made with a
@@ -309,7 +310,7 @@ def screening_summary(records, budget_ms: float | None) -> dict[str, Any]:
         return (rec.misc or {}).get(key) or {}
 
     skipped = sum(bool(misc(r, "fit").get("skipped")) for r in records)
-    measured = [r for r in records if r.status != "failed" and r.latency_ms is not None]
+    measured = [r for r in records if r.status != "failed" and r.latency_ms is not None and not misc(r, "screened")]
     judged = [r for r in measured if "latency_ms" in misc(r, "predicted")]
     predicted = [misc(r, "predicted")["latency_ms"] for r in judged]
     feasible = [r for r, p in zip(judged, predicted) if budget_ms is not None and p <= budget_ms]
