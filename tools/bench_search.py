@@ -157,6 +157,9 @@ def run_cells(args) -> None:
             teacher, _ = teacher_checkpoint(data_ref, split_seed, args.teacher_epochs, cache)
             for fraction in args.label_fractions:
                 cell = out / data_ref / f"split{split_seed}" / f"labels{fraction:g}"
+                if any(cell.glob("*.budget.json")):
+                    sys.exit(f"{cell} holds runs at budgets in milliseconds (an earlier version of this tool); "
+                             "give another --out, keeping its cache/ if you like")
                 log(f"cell {data_ref} split {split_seed} labels {fraction:g}")
                 # The order rotates with the split seed so no strategy always runs first (on the coldest cache).
                 order = args.strategies[split_seed % len(args.strategies):] + args.strategies[:split_seed % len(args.strategies)]

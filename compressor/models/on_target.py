@@ -317,8 +317,11 @@ def check_on_target(model, target, input_shape: tuple[int, ...], *, max_seconds:
                               memory=memory).checked[name]
 
 
-def check_floor(target, input_shape: tuple[int, ...]) -> float:
+def check_floor(target, input_shape: tuple[int, ...], *, reference_ms: float | None = None) -> float:
     """The runtime's per-call latency floor on `target` (ms); a latency budget below it is refused.
+
+    `reference_ms`: the drift reference's start figure when the budget was given relative to it
+    (`--latency-x-ref`), so the refusal names the multiple to exceed.
 
     Raises:
         UserError: the latency budget is under the floor, naming both.
@@ -332,7 +335,10 @@ def check_floor(target, input_shape: tuple[int, ...]) -> float:
                                     percentile=percentile).value
     budget = target.budgets.latency_ms
     if budget is not None and budget < floor:
+        advice = (f"set --latency-ms above {floor:.4g} ms" if reference_ms is None else
+                  f"set --latency-x-ref above {floor / reference_ms:.3g} (the drift reference took "
+                  f"{reference_ms:.4g} ms at the run's start)")
         raise UserError(f"latency budget {budget:.4g} ms {percentile} is below the runtime's per-call floor on "
                         f"{target.name}: a one-op model already takes {floor:.4g} ms there, so no network can meet "
-                        f"it; set --latency-ms above {floor:.4g} ms (a few times the floor to leave room for a model)")
+                        f"it; {advice} (a few times the floor to leave room for a model)")
     return floor

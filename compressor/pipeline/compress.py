@@ -7,7 +7,8 @@ student's (the training split's statistics, recorded in best.pt and folded
 into every exported artifact) -> the runtime's latency floor (a latency budget
 below it is refused before anything is written) -> teacher logits (cached on
 disk) -> the run's drift reference, measured once (kept in the store with its
-start latency) -> teacher accuracy (one console line, with a hint to check
+start latency; a budget given relative to it, `latency_x_reference`, is
+resolved and floor-checked here, the directory left reusable) -> teacher accuracy (one console line, with a hint to check
 --teacher-preprocess when it is far too low) and profile (kept in the run's
 store, so a resume does not measure again) -> screen the space's smallest
 network against the budgets (an unreachable budget is reported in seconds,
@@ -259,7 +260,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         # The budget in this run's milliseconds: the reference's start figure is the yardstick every corrected
         # latency is expressed in, so a verdict is the candidate/reference ratio against the multiple.
         target = target.with_budgets(latency_ms=latency_x_reference * reference.start_ms)
-        floor = check_floor(target, dataset.input_shape)
+        floor = check_floor(target, dataset.input_shape, reference_ms=reference.start_ms)
         if not quiet:
             err_console.print(f"latency budget: {latency_x_reference:g} x the drift reference "
                               f"({reference.label}, {reference.start_ms:.4g} ms at the run's start) = "

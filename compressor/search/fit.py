@@ -64,6 +64,7 @@ the model has `MIN_SAMPLES`).
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -244,7 +245,7 @@ class BudgetFit:
         if screened is not None:
             # One network, one verdict per run: measured again, a size judged at 0.97x the budget came out
             # 1.05x over in a benchmark run, and the search lost the baseline's own network.
-            record.misc = {**record.misc, "screened": screened}
+            record.misc = {**record.misc, "screened": copy.deepcopy(screened)}
             return
         if not model.calibrated:
             return
