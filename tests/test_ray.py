@@ -230,5 +230,7 @@ def test_cli_joins_a_running_cluster_with_ray_address(ray_cluster, tiny_teacher,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
-    assert report["search"]["trials"] == 2 and report["student"] is not None
-    assert len(_measurements(run)) == 2
+    # --trials counts trained families; at a tight budget proposals skipped or screened over budget are extra.
+    search = report["search"]
+    assert search["trained"] == 2 and search["trials"] >= 2 and report["student"] is not None
+    assert len(_measurements(run)) == search["latency_model"]["screenings"] + search["latency_model"]["calibration"]

@@ -204,7 +204,8 @@ def test_resume_after_sigkill_keeps_finished_trials(tiny_teacher, tight_latency_
     with sqlite3.connect(db_path) as db:
         after = db.execute("SELECT id, proposal, status, params FROM trials ORDER BY id").fetchall()
     assert after[: len(before)] == before
-    assert sorted(r.proposal for r in result.records) == list(range(5))
+    proposals = sorted({r.proposal for r in result.records})
+    assert proposals == list(range(len(proposals))) and result.report["search"]["trained"] == 5
     # a different configuration on --resume is refused
     with pytest.raises(UserError, match="different configuration"):
         _compress(tiny_teacher, run, tmp_path / "cache", trials=5, resume=True, strategy="random", **budget)
