@@ -8,8 +8,9 @@ into every exported artifact) -> the runtime's latency floor (a latency budget
 below it is refused before anything is written) -> teacher logits (cached on
 disk) -> the run's drift reference, measured once (kept in the store with its
 start latency; a budget given relative to it, `latency_x_reference`, is
-resolved and floor-checked here, the directory left reusable) -> teacher accuracy (one console line, with a hint to check
---teacher-preprocess when it is far too low) and profile (kept in the run's
+resolved and floor-checked here, the directory left reusable) -> teacher
+accuracy (one console line, with a hint to check --teacher-preprocess when it
+is far too low) and profile (kept in the run's
 store, so a resume does not measure again) -> screen the space's smallest
 network against the budgets (an unreachable budget is reported in seconds,
 not after an hour) -> the search (compressor.search.loop) -> the

@@ -53,7 +53,9 @@ milliseconds: a run's figures are all in its start's machine speed, and runs
 started at different speeds (the dev VM's one-op floor read 0.0085-0.0180 ms
 within one day) would otherwise calibrate each other off by that ratio; the
 last round's shared millisecond calibration ranked with Kendall tau 0.05-0.21
-and only 55-100% of its "predicted feasible" fitted. Predictions come back in
+and only 55-100% of its "predicted feasible" fitted (in reference units, the
+next benchmark: 100% fitted, no screening over budget; BENCHMARKS.md,
+"Budgets relative to the drift reference"). Predictions come back in
 the asking run's milliseconds (units x its `unit_ms`). Without a reference the
 unit is the millisecond.
 
