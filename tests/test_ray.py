@@ -67,6 +67,31 @@ def test_parallel_search_end_to_end_measures_one_model_at_a_time(local_ray, tiny
     assert [r.id for r in again.records] == [r.id for r in result.records]
 
 
+def test_on_ray_the_plain_warm_start_keeps_the_width_sessions_verdict(local_ray, tiny_teacher, tight_latency_ms,
+                                                                      quick_target, tmp_path):
+    """The baseline's width, judged in the width session, reaches the Ray task with that verdict: never measured again."""
+    from compressor.pipeline.compress import compress
+    from compressor.spaces import get_space
+    from tests.test_finish import _options
+
+    run = tmp_path / "run"
+    result = compress(tiny_teacher, out=run, data="digits", target=quick_target, latency_ms=tight_latency_ms,
+                      space="all", cache_dir=str(tmp_path / "cache"), quiet=True, trials=3, family_size=1,
+                      final_epochs=1, tuning_trials=2, finalists=1, baseline=True, data_options=_options(),
+                      **PARALLEL)
+    space = get_space("all")
+    baseline = result.report["baselines"][0]
+    plain = next(r for r in result.records
+                 if r.fidelity == 1 and space.validate_params(r.params["arch"]).get("family") == "plain")
+    assert baseline["width"]["within"] and plain.status == "ok"
+    assert plain.misc["screened"]["session"] == baseline["width"]["session"]
+    assert plain.profiles == [baseline["width"]["profile"]]
+    # The measuring actor measured every other screened member and the calibration, and not this one.
+    first = [r for r in result.records if r.fidelity == 1 and r is not plain]
+    calibration = result.report["search"]["latency_model"]["calibration"]
+    assert len(_measurements(run)) == sum(len(r.profiles) for r in first) + calibration
+
+
 def test_the_driver_fits_proposals_with_the_one_latency_model_and_learns_every_measurement(local_ray, tiny_teacher,
                                                                                             fast_target, tmp_path):
     """Calibrated before the run (real measurements of nago widths), the driver fits every proposal; the
@@ -226,7 +251,9 @@ def test_cli_joins_a_running_cluster_with_ray_address(ray_cluster, tiny_teacher,
          "--fidelities", "1", "--final-epochs", "1", "--profile-seconds", "0.2", "--no-export", "--workers", "2",
          "--ray-address", ray_cluster, "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=500,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # A fresh shell's environment: this process's Ray (another test's) sets RAY_AUTH_MODE=token, which
+        # hid that a plain `--ray-address` join sent no token to a `ray start --head` cluster.
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)

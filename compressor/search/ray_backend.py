@@ -9,7 +9,8 @@ How the parts fit:
   it as it arrives, so the object store is never the only copy of a result.
 * **Ray itself.** `ray_session` starts a local instance (`ray.init(num_cpus=
   workers)`, the node on 127.0.0.1, no dashboard) or joins the cluster at
-  `--ray-address`; it reuses an instance that is already initialised in the
+  `--ray-address` (with this machine's Ray token when it has one, as
+  `ray start --head` asks: `join_with_token_if_available`); it reuses an instance that is already initialised in the
   process (its owner shuts it down). The dataset and the teacher's logits are
   put in the object store once per run (`ray.put`); every task carries only
   their references, and a worker process deserialises them once per run.
@@ -105,6 +106,25 @@ def _other_cpus(reserved: tuple[int, ...]) -> list[int]:
     return others if reserved and others else []
 
 
+def join_with_token_if_available() -> None:
+    """Send Ray's authentication token when joining a cluster, if this machine has one and no mode is set.
+
+    `ray start --head` (Ray >= 2.5x) enables token authentication and saves a
+    token to ~/.ray/auth_token, but `ray.init(address=...)` with an explicit
+    address sends no token unless RAY_AUTH_MODE=token is set, so the join
+    failed with InvalidAuthToken on the very machine that started the head.
+    Ray's own `ray.init()` enables token mode when it finds a cluster by
+    itself and a token exists; this does the same for `--ray-address`. An
+    explicit RAY_AUTH_MODE (token or disabled) is left as the user set it.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
+        # Read by this process's Ray when it connects and inherited by the processes it starts.
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 @contextlib.contextmanager
 def ray_session(config: SearchConfig, target) -> Iterator[None]:
     """Ray for the search: joined (`ray_address`), already initialised, or a local instance started here."""
@@ -116,9 +136,10 @@ def ray_session(config: SearchConfig, target) -> Iterator[None]:
         yield
         return
     if config.ray_address:
+        join_with_token_if_available()
         try:
             ray.init(address=config.ray_address, log_to_driver=False, configure_logging=False)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
+        except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as exc:
             raise UserError(f"--ray-address {config.ray_address}: cannot join the Ray cluster ({exc}); "
                             "start it with `ray start --head` or check the address") from None
     else:
