@@ -135,7 +135,9 @@ def fit_to_budget(space, arch: dict[str, Any], predict: Callable[[dict[str, Any]
     Args:
         space: the student space (`Space`).
         arch: the proposal's arch params (any form `space.validate_params` accepts).
-        predict: arch params -> predicted latency of the family (ms); must grow with size and depth.
+        predict: arch params -> predicted latency of the family (ms); it should grow with size and depth
+            (where it dips, at a SIMD-aligned width, the ladder's search still ends at a size predicted
+            under the goal beside one predicted over it).
         budget_ms: the latency budget.
         fraction: the share of the budget to fill (0 < fraction <= 1).
         far_over: skip when the smallest size is predicted over far_over x budget_ms

@@ -6,7 +6,9 @@ used to be over it. This model predicts a candidate's latency from figures
 that cost a few milliseconds, so the search can size a proposal to the budget
 before measuring it (`compressor.search.fit`) and skip one that cannot fit.
 
-**Features** (`network_features`): MACs, parameters, activation elements (the
+**Features** (`network_features`): MACs, split into those of convolutions
+whose channels are multiples of `SIMD_LANES` (16) and the misaligned rest (see
+below), parameters, activation elements (the
 sum of every leaf module's output sizes: the memory traffic a small-image
 CNN is bound by), leaf-module calls (the runtime's per-op overhead, which
 dominates networks of a few hundred microseconds) and conv/linear layers
@@ -16,9 +18,10 @@ rather than the ONNX export: on the 2-core dev VM the hooks took 3-26 ms per
 network and the export 40-380 ms (plus ~25 ms of ONNX static analysis), so a
 fit that predicts a few sizes stays far cheaper than one screening.
 
-**Regressor**: an additive cost model, latency = c0 + c1 x MACs + c2 x
-activations + c3 x ops with every c >= 0 (a per-call overhead, compute,
-memory traffic, a per-op overhead), fitted by scikit-learn's
+**Regressor**: an additive cost model, latency = c0 + c1 x aligned MACs +
+c2 x misaligned MACs + c3 x activations + c4 x ops with every c >= 0 (a
+per-call overhead, compute at two speeds, memory traffic, a per-op overhead),
+fitted by scikit-learn's
 `LinearRegression(positive=True)` on the relative error (weights 1/latency^2).
 Chosen by measurement on 64 screened nago and zoo members on cpu-1t at 32 px
 (`tools/bench_latency_model.py`, BENCHMARKS.md "Latency model"), fitted on the
@@ -29,6 +32,26 @@ regression on log features and 0.75 / 0.76 / 0.82 and 34 / 30 / 19% for a
 gradient-boosted tree on them (adding params and layers to the additive model
 changed nothing: 19 / 11 / 9%). It also extrapolates, which a tree cannot: a
 fit asks about sizes larger than any measured so far.
+
+**Misaligned MACs.** Machines differ in what a MAC costs. On an AVX-512 Intel
+Xeon (Sapphire Rapids), ONNX Runtime's blocked (NCHWc, 16 fp32 lanes)
+convolutions take only channel counts that are multiples of 16; an 8- or
+24-channel conv falls back to slower kernels: plain 24-24-24 ran 2.5x the
+8-16-32 reference and 32-32-32, with 1.7x its MACs, 1.9x. With one MACs column
+a digits-cluttered search there measured 10 of its 21 screenings over the
+budget (48%; on the AVX2 AMD EPYC VM, 0%): the
+model, calibrated on nago's first proposal, predicted plain CNNs with two or
+three 8-channel convs at full resolution at 0.03 ms and they measured 0.05-0.07
+ms. Split into aligned and misaligned MACs, each priced by the machine's own
+screenings, the same run's 32 screenings (0.026-0.070 ms) are ranked with
+Kendall tau 0.59 / 0.76 fitted on the first 8 / 16 (one column: 0.22 / 0.30;
+`tools/bench_latency_model.py --from-run`). Where the two kinds cost the same
+(AVX2 with 8-lane blocks: every width of the spaces is a multiple of 8) the fit
+prices them alike; on random members spanning 0.05-5.6 ms the split changes
+little (tau 0.89 / 0.88 / 0.89 against 0.88 / 0.89 / 0.88). Predictions are no
+longer monotone in width (24 channels may be slower than 32); fit-to-budget's
+search over a size ladder still lands on a size predicted under its goal next
+to one predicted over it.
 
 **Ranking vs absolute.** ReNAS (Xu et al. 2021) and CTNAS (Chen et al. 2021)
 argue that a predictor only needs to *rank* architectures to steer a search.
@@ -88,7 +111,7 @@ import numpy as np
 __all__ = ["FAR_OVER", "MIN_SAMPLES", "NEAR_OVER", "Features", "LatencyModel", "kendall_tau", "network_features",
            "reference_unit", "screening_summary", "target_key"]
 
-SAMPLES_FORMAT = "compressor-latency-samples/2"
+SAMPLES_FORMAT = "compressor-latency-samples/3"
 # Predictions are acted on (sizes fitted, proposals skipped) from this many screened members on.
 MIN_SAMPLES = 8
 # The most a skip threshold may be, as a factor of the budget (`LatencyModel.skip_factor`): at 1.5 most
@@ -109,6 +132,11 @@ MIN_PREDICTED_MS = 1e-6
 _NOT_SPEED = ("name", "description", "source", "budgets", "measure", "token_env", "timeout_s")
 
 
+# The widest SIMD register of common CPUs holds 16 fp32 lanes (AVX-512); a conv whose channels are not a multiple
+# of it cannot use the runtime's blocked kernels there (see the module docstring, "misaligned MACs").
+SIMD_LANES = 16
+
+
 @dataclass(frozen=True)
 class Features:
     """What a network costs, as counted without measuring it (see the module docstring)."""
@@ -118,10 +146,13 @@ class Features:
     activations: int
     ops: int
     layers: int
+    # The share of `macs` in convolutions whose channels are not a multiple of SIMD_LANES.
+    misaligned_macs: int = 0
 
     def costs(self) -> np.ndarray:
-        """The additive model's columns: one (the per-call overhead), MACs, activations, ops."""
-        return np.array([1.0, self.macs, self.activations, self.ops], dtype=float)
+        """The additive model's columns: one (the per-call overhead), aligned and misaligned MACs, activations, ops."""
+        misaligned = min(self.misaligned_macs, self.macs)
+        return np.array([1.0, self.macs - misaligned, misaligned, self.activations, self.ops], dtype=float)
 
 
 def network_features(model, input_shape: tuple[int, ...]) -> Features:
@@ -130,12 +161,15 @@ def network_features(model, input_shape: tuple[int, ...]) -> Features:
 
     from profilers.backends.torch_eager import count_macs
 
-    counts = {"activations": 0, "ops": 0, "layers": 0}
+    counts = {"activations": 0, "ops": 0, "layers": 0, "misaligned_macs": 0}
     layer_types = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
 
     def hook(module, inputs, output) -> None:
         if isinstance(output, torch.Tensor):
             counts["activations"] += output.numel()
+            if isinstance(module, torch.nn.modules.conv._ConvNd) and not _aligned(module):
+                counts["misaligned_macs"] += (output.numel() * (module.in_channels // module.groups)
+                                              * math.prod(module.kernel_size))
         counts["ops"] += 1
         counts["layers"] += isinstance(module, layer_types)
 
@@ -149,6 +183,15 @@ def network_features(model, input_shape: tuple[int, ...]) -> Features:
         for handle in handles:
             handle.remove()
     return Features(macs=int(macs), params=sum(p.numel() for p in model.parameters()), **counts)
+
+
+def _aligned(conv) -> bool:
+    """Whether a conv's channels fill SIMD_LANES-wide blocks: its outputs, and its inputs unless they are an image's.
+
+    A stem reading 1-4 image channels has its own kernels in blocked layouts (ONNX Runtime's NCHWc convolution
+    takes a plain NCHW input there), so only its outputs count.
+    """
+    return conv.out_channels % SIMD_LANES == 0 and (conv.in_channels % SIMD_LANES == 0 or conv.in_channels <= 4)
 
 
 def target_key(target, unit: dict[str, Any] | None = None) -> dict[str, Any]:
