@@ -13,6 +13,8 @@ params and layers added. Printed: Kendall tau and median relative error.
     .venv/bin/python tools/bench_latency_model.py --members 64
     .venv/bin/python tools/bench_latency_model.py --from-run runs/bench_search/digits-cluttered/split0/labels0.1/tpe
 
+    .venv/bin/python tools/bench_latency_model.py --plain-widths 8-8-8 8-16-32 16-16-16 24-24-24 32-32-32
+
 `--from-run` asks the same question of a search's own screenings, which sit
 near its budget: a far narrower range than random members span, where
 ranking is harder.
@@ -73,6 +75,31 @@ def run_screenings(run_dir: Path, shape: tuple[int, ...]) -> list:
     return samples
 
 
+def plain_widths_side_by_side(widths: list[str], seconds: float) -> int:
+    """Plain CNNs (one conv per stage) measured side by side on cpu-1t at 32 px gray: p50 over the drift reference."""
+    import torch
+
+    from compressor.models.on_target import DriftReference, check_side_by_side
+    from compressor.search.latency_model import network_features
+    from compressor.spaces import build_model, spec_from_ref
+    from profilers.host import cpu_model
+    from targets import load_target
+
+    torch.set_num_threads(1)
+    shape, target = (1, 32, 32), load_target("cpu-1t")
+    models = {w: build_model(spec_from_ref(f"zoo:plain:widths={w}", seed=0), shape, 10) for w in widths}
+    models["reference"] = DriftReference.model_bytes(target, shape, 10)
+    session = check_side_by_side(models, target, shape, seconds=seconds, memory=False, name="plain-widths")
+    print(f"{cpu_model()}; {session.comparison.rounds} interleaved rounds")
+    print("| plain widths | MACs | misaligned MACs | p50 / reference (95% interval) |")
+    print("|---|---:|---:|---:|")
+    for w in widths:
+        f = network_features(models[w], shape)
+        ratio, (low, high) = session.ratio(w, "reference")
+        print(f"| {w} | {f.macs:,} | {f.misaligned_macs:,} | {ratio:.2f}x ({low:.2f}-{high:.2f}) |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=64)
@@ -80,7 +107,13 @@ def main() -> int:
                         help="instead of random members, the members a search run screened (near its budget), "
                              "in the order it screened them")
     parser.add_argument("--input-shape", default="1,32,32", help="C,H,W of --from-run's data (bench_search's: 1,32,32)")
+    parser.add_argument("--plain-widths", nargs="+", metavar="W1-W2-W3",
+                        help="instead: these plain CNNs side by side with the drift reference (what a MAC costs "
+                             "at each channel count on this machine)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="--plain-widths: timed seconds of the session")
     args = parser.parse_args()
+    if args.plain_widths:
+        return plain_widths_side_by_side(args.plain_widths, args.seconds)
 
     from scipy.stats import kendalltau
     from sklearn.ensemble import GradientBoostingRegressor
