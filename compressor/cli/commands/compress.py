@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "every measurement still runs one at a time on the target's reserved core (default 1: in "
                         "process, no Ray)")
     parser.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (e.g. 10.0.0.5:6379) instead "
-                        "of starting a local instance; --workers trainings are kept in flight")
+                        "of starting a local instance; --workers trainings are kept in flight; sends this machine's Ray "
+                        "token (~/.ray/auth_token or RAY_AUTH_TOKEN) when RAY_AUTH_MODE is unset")
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR up to --trials "
                         "(and --search-minutes)")
