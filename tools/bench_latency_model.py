@@ -12,7 +12,6 @@ params and layers added. Printed: Kendall tau and median relative error.
 
     .venv/bin/python tools/bench_latency_model.py --members 64
     .venv/bin/python tools/bench_latency_model.py --from-run runs/bench_search/digits-cluttered/split0/labels0.1/tpe
-
     .venv/bin/python tools/bench_latency_model.py --plain-widths 8-8-8 8-16-32 16-16-16 24-24-24 32-32-32
 
 `--from-run` asks the same question of a search's own screenings, which sit

@@ -10,8 +10,9 @@ How the parts fit:
 * **Ray itself.** `ray_session` starts a local instance (`ray.init(num_cpus=
   workers)`, the node on 127.0.0.1, no dashboard) or joins the cluster at
   `--ray-address` (with this machine's Ray token when it has one, as
-  `ray start --head` asks: `join_with_token_if_available`); it reuses an instance that is already initialised in the
-  process (its owner shuts it down). The dataset and the teacher's logits are
+  `ray start --head` asks: `join_with_token_if_available`); it reuses an
+  instance that is already initialised in the process (its owner shuts it
+  down). The dataset and the teacher's logits are
   put in the object store once per run (`ray.put`); every task carries only
   their references, and a worker process deserialises them once per run.
 * **Trainings** are Ray tasks (`evaluate_family`, one CPU each, no Ray
