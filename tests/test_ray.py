@@ -251,9 +251,11 @@ def test_cli_joins_a_running_cluster_with_ray_address(ray_cluster, tiny_teacher,
          "--fidelities", "1", "--final-epochs", "1", "--profile-seconds", "0.2", "--no-export", "--workers", "2",
          "--ray-address", ray_cluster, "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=500,
-        # A fresh shell's environment: this process's Ray (another test's) sets RAY_AUTH_MODE=token, which
-        # hid that a plain `--ray-address` join sent no token to a `ray start --head` cluster.
-        env={**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, "PYTHONPATH": str(ROOT)},
+        # This process's environment. Run alone, this test is a fresh shell's join (no RAY_AUTH_MODE, so
+        # ray_backend.join_with_token_if_available sends the token). After the module's local Ray, which sets
+        # RAY_AUTH_MODE=token here, the join inherits that mode (a shell environment with RAY_* stripped then
+        # failed with InvalidAuthToken after the local Ray, cause not found).
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)

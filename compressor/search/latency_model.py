@@ -18,10 +18,10 @@ rather than the ONNX export: on the 2-core dev VM the hooks took 3-26 ms per
 network and the export 40-380 ms (plus ~25 ms of ONNX static analysis), so a
 fit that predicts a few sizes stays far cheaper than one screening.
 
-**Regressor**: an additive cost model, latency = c0 + c1 x aligned MACs +
-c2 x misaligned MACs + c3 x activations + c4 x ops with every c >= 0 (a
-per-call overhead, compute at two speeds, memory traffic, a per-op overhead),
-fitted by scikit-learn's
+**Regressor**: an additive cost model, latency = c0 + c1 x MACs + c2 x
+misaligned MACs + c3 x activations + c4 x ops with every c >= 0 (a per-call
+overhead, compute, the premium of compute off the SIMD blocks, memory
+traffic, a per-op overhead), fitted by scikit-learn's
 `LinearRegression(positive=True)` on the relative error (weights 1/latency^2).
 Chosen by measurement on 64 screened nago and zoo members on cpu-1t at 32 px
 (`tools/bench_latency_model.py`, BENCHMARKS.md "Latency model"), fitted on the
@@ -42,8 +42,8 @@ a digits-cluttered search there measured 10 of its 21 screenings over the
 budget (48%; on the AVX2 AMD EPYC VM, 0%): the
 model, calibrated on nago's first proposal, predicted plain CNNs with two or
 three 8-channel convs at full resolution at 0.03 ms and they measured 0.05-0.07
-ms. Split into aligned and misaligned MACs, each priced by the machine's own
-screenings, the same run's 32 screenings (0.026-0.070 ms) are ranked with
+ms. With misaligned MACs as a second column, its premium priced by the machine's
+own screenings, the same run's 32 screenings (0.026-0.070 ms) are ranked with
 Kendall tau 0.59 / 0.76 fitted on the first 8 / 16 (one column: 0.22 / 0.30;
 `tools/bench_latency_model.py --from-run`). Where the two kinds cost the same
 (AVX2 with 8-lane blocks: every width of the spaces is a multiple of 8) the fit
@@ -150,9 +150,14 @@ class Features:
     misaligned_macs: int = 0
 
     def costs(self) -> np.ndarray:
-        """The additive model's columns: one (the per-call overhead), aligned and misaligned MACs, activations, ops."""
-        misaligned = min(self.misaligned_macs, self.macs)
-        return np.array([1.0, self.macs - misaligned, misaligned, self.activations, self.ops], dtype=float)
+        """The additive model's columns: one (the per-call overhead), MACs, misaligned MACs, activations, ops.
+
+        Misaligned MACs are a second column on top of all MACs, so their non-negative coefficient is a
+        premium: a misaligned MAC never costs less than an aligned one, and a calibration without any
+        prices them alike (as the model did before it had the column).
+        """
+        return np.array([1.0, self.macs, min(self.misaligned_macs, self.macs), self.activations, self.ops],
+                        dtype=float)
 
 
 def network_features(model, input_shape: tuple[int, ...]) -> Features:
