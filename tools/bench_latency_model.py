@@ -5,7 +5,7 @@ nago and zoo), built for 32 px RGB inputs, featurised with
 `latency_model.network_features` and measured with `check_on_target` (0.6 s,
 beside a drift reference, as screening does). Candidates, each fitted on the
 first k screenings and asked about the others (how a search uses it): the
-additive cost model `LatencyModel` uses (MACs split by SIMD alignment), the same
+additive cost model `LatencyModel` uses (a premium for misaligned MACs), the same
 with one MACs column (the model before that split), ridge regression on log features to
 log latency, a gradient-boosted tree on the same, and the additive model with
 params and layers added. Printed: Kendall tau and median relative error.

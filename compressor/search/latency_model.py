@@ -47,8 +47,8 @@ own screenings, the same run's 32 screenings (0.026-0.070 ms) are ranked with
 Kendall tau 0.59 / 0.76 fitted on the first 8 / 16 (one column: 0.22 / 0.30;
 `tools/bench_latency_model.py --from-run`). Where the two kinds cost the same
 (AVX2 with 8-lane blocks: every width of the spaces is a multiple of 8) the fit
-prices them alike; on random members spanning 0.05-5.6 ms the split changes
-little (tau 0.89 / 0.88 / 0.89 against 0.88 / 0.89 / 0.88). Predictions are no
+prices them alike; on random members spanning 0.05-5.6 ms the split (as two
+columns) changes little (tau 0.89 / 0.88 / 0.89 against 0.88 / 0.89 / 0.88). Predictions are no
 longer monotone in width (24 channels may be slower than 32); fit-to-budget's
 search over a size ladder still lands on a size predicted under its goal next
 to one predicted over it.
