@@ -6,8 +6,8 @@ used to be over it. This model predicts a candidate's latency from figures
 that cost a few milliseconds, so the search can size a proposal to the budget
 before measuring it (`compressor.search.fit`) and skip one that cannot fit.
 
-**Features** (`network_features`): MACs, split into those of convolutions
-whose channels are multiples of `SIMD_LANES` (16) and the misaligned rest (see
+**Features** (`network_features`): MACs, and among them the misaligned ones
+(of convolutions whose channels are not multiples of `SIMD_LANES`, 16; see
 below), parameters, activation elements (the
 sum of every leaf module's output sizes: the memory traffic a small-image
 CNN is bound by), leaf-module calls (the runtime's per-op overhead, which
@@ -156,15 +156,14 @@ class Features:
         premium: a misaligned MAC never costs less than an aligned one, and a calibration without any
         prices them alike (as the model did before it had the column).
         """
-        return np.array([1.0, self.macs, min(self.misaligned_macs, self.macs), self.activations, self.ops],
-                        dtype=float)
+        return np.array([1.0, self.macs, self.misaligned_macs, self.activations, self.ops], dtype=float)
 
 
 def network_features(model, input_shape: tuple[int, ...]) -> Features:
     """The features of a built torch module for one (C, H, W) input: one forward pass with hooks."""
     import torch
 
-    from profilers.backends.torch_eager import count_macs
+    from profilers.backends.torch_eager import count_macs, layer_macs
 
     counts = {"activations": 0, "ops": 0, "layers": 0, "misaligned_macs": 0}
     layer_types = (torch.nn.Linear, torch.nn.modules.conv._ConvNd)
@@ -173,8 +172,7 @@ def network_features(model, input_shape: tuple[int, ...]) -> Features:
         if isinstance(output, torch.Tensor):
             counts["activations"] += output.numel()
             if isinstance(module, torch.nn.modules.conv._ConvNd) and not _aligned(module):
-                counts["misaligned_macs"] += (output.numel() * (module.in_channels // module.groups)
-                                              * math.prod(module.kernel_size))
+                counts["misaligned_macs"] += layer_macs(module, inputs, output)
         counts["ops"] += 1
         counts["layers"] += isinstance(module, layer_types)
 

@@ -146,32 +146,31 @@ def _threads(torch, threads: int, use_cuda: bool):
         torch.set_num_threads(previous)
 
 
+def layer_macs(module, inputs, output) -> int:
+    """MACs of one call of a convolution, transposed convolution or linear layer (0 for any other module)."""
+    import torch
+
+    if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
+        return inputs[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+    if isinstance(module, torch.nn.Linear):
+        return output.numel() * module.in_features
+    return 0
+
+
 def count_macs(model, example) -> int:
     """MACs of one forward pass of `model` on `example` (convolutions, transposed convolutions, linear layers)."""
     import torch
 
     total = 0
 
-    def conv_hook(module, inputs, output):
+    def hook(module, inputs, output):
         nonlocal total
-        total += output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        total += layer_macs(module, inputs, output)
 
-    def conv_transpose_hook(module, inputs, output):
-        nonlocal total
-        total += inputs[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
-
-    def linear_hook(module, inputs, output):
-        nonlocal total
-        total += output.numel() * module.in_features
-
-    handles = []
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
-            handles.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)):
-            handles.append(module.register_forward_hook(conv_transpose_hook))
-        elif isinstance(module, torch.nn.Linear):
-            handles.append(module.register_forward_hook(linear_hook))
+    handles = [module.register_forward_hook(hook) for module in model.modules()
+               if isinstance(module, (torch.nn.modules.conv._ConvNd, torch.nn.Linear))]
     try:
         with torch.inference_mode():
             model(example)
