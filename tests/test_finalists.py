@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from compressor.pipeline.finalists import choice_text, choose, finalist_records, summary
+from compressor.pipeline.finalists import LATENCY_TIE, choice_text, choose, finalist_records, summary
 from compressor.search.store import TrialRecord
 
 
@@ -35,28 +35,54 @@ def test_finalists_tie_within_the_tolerance_goes_to_the_faster():
     assert [r.proposal for r in finalist_records(records, 2)] == [0, 1]
 
 
-def test_the_student_is_the_best_on_validation_and_a_tie_goes_to_the_faster_then_the_search_order():
-    searched = {"val_accuracy": 0.86, "latency_ms": 0.020}
-    runner_up = {"val_accuracy": 0.84, "latency_ms": 0.010}
-    baseline = {"val_accuracy": 0.87, "latency_ms": 0.027}
-    assert choose([searched, runner_up, baseline], tolerance=0.001) == 2  # the baseline is ahead on validation
-    assert choose([searched, runner_up, baseline], tolerance=0.02) == 0  # a tie: the faster of the two tied
-    assert choose([searched, runner_up, baseline], tolerance=0.05) == 1
-    unmeasured = {"val_accuracy": 0.87, "latency_ms": None}
-    assert choose([unmeasured, baseline], tolerance=0.0) == 1  # no latency counts as the slowest
-    same = {"val_accuracy": 0.87, "latency_ms": 0.027}
-    assert choose([same, baseline], tolerance=0.0) == 0  # equal in everything: the search's order, baseline last
+def _wrong(count: int, start: int = 0) -> list[int]:
+    return list(range(start, start + count))
+
+
+def test_the_student_is_the_best_on_validation_unless_another_is_within_one_paired_standard_error():
+    # 1,000 validation images; the leader gets 100 wrong.
+    leader = {"val_accuracy": 0.900, "latency_ms": 0.030, "source": "search", "val_wrong": _wrong(100)}
+    # 4 more wrong, but on 100 other images each: sqrt(200 + 4) ~ 14 images, so a tie, and clearly faster
+    close = {"val_accuracy": 0.896, "latency_ms": 0.020, "source": "search", "val_wrong": _wrong(104, start=100)}
+    assert choose([leader, close], 1000) == 1
+    # the same 4-image deficit where the two disagree on only those 4 images: the leader is ahead beyond the noise
+    apart = {**close, "val_wrong": _wrong(104)}
+    assert choose([leader, apart], 1000) == 0
+    # without predictions only a one-image deficit is a tie
+    assert choose([leader, {k: v for k, v in close.items() if k != "val_wrong"}], 1000) == 0
+    assert choose([leader, {"val_accuracy": 0.899, "latency_ms": 0.020}], 1000) == 1
+
+
+def test_among_tied_finalists_the_faster_wins_then_the_baseline_then_validation():
+    leader = {"val_accuracy": 0.900, "latency_ms": 0.030, "source": "search", "val_wrong": _wrong(100)}
+    baseline = {"val_accuracy": 0.896, "latency_ms": 0.030, "source": "baseline", "val_wrong": _wrong(104, start=100)}
+    # as fast (within LATENCY_TIE) and as accurate within the noise: the baseline stays
+    assert choose([leader, baseline], 1000) == 1
+    assert choose([leader, {**baseline, "latency_ms": 0.030 * (1 + LATENCY_TIE / 2)}], 1000) == 1
+    # clearly slower than the searched leader: the leader
+    assert choose([leader, {**baseline, "latency_ms": 0.030 * (1 + 2 * LATENCY_TIE)}], 1000) == 0
+    # ahead of the baseline beyond the noise: the leader, however slow
+    assert choose([{**leader, "latency_ms": 1.0}, {**baseline, "val_wrong": _wrong(104)}], 1000) == 0
+    # two searched finalists, tied and equally fast: the better on validation, then the search's order
+    second = {**leader, "val_accuracy": 0.898, "val_wrong": _wrong(102, start=50)}
+    assert choose([second, leader], 1000) == 1
+    assert choose([leader, dict(leader)], 1000) == 0
+    unmeasured = {**leader, "latency_ms": None}
+    assert choose([unmeasured, {**second, "latency_ms": 1.0}], 1000) == 1  # no latency counts as the slowest
     with pytest.raises(ValueError):
-        choose([], tolerance=0.0)
+        choose([], 1000)
 
 
 def test_the_choice_is_said_in_one_line_naming_what_it_beat():
-    searched = {"name": "searched proposal 3", "source": "search", "val_accuracy": 0.80}
-    baseline = {"name": "baseline plain CNN 16-32-64", "source": "baseline", "val_accuracy": 0.82}
-    finalists = [summary(searched, False), summary(baseline, True)]
+    searched = {"name": "searched proposal 3", "source": "search", "val_accuracy": 0.80, "val_wrong": _wrong(20)}
+    baseline = {"name": "baseline plain CNN 16-32-64", "source": "baseline", "val_accuracy": 0.82,
+                "val_wrong": _wrong(18, start=5)}
+    finalists = [summary(searched, False, baseline), summary(baseline, True, baseline)]
+    assert finalists[0]["paired"] == {"student_only": 5, "finalist_only": 3} and finalists[1]["paired"] is None
     text = choice_text(finalists, 15)
     assert text.startswith("student: baseline plain CNN 16-32-64, val 82.00% after 15 epochs")
-    assert "searched proposal 3 80.00%" in text and "is the baseline's network" in text
+    assert "searched proposal 3 80.00% (the student right and it wrong on 5 images, the reverse on 3)" in text
+    assert "is the baseline's network" in text
     text = choice_text([summary(searched, True), summary(baseline, False)], 15)
     assert text.startswith("student: searched proposal 3") and "chosen over baseline plain CNN 16-32-64 82.00%" in text
 
@@ -91,9 +117,15 @@ def test_compress_trains_the_finalists_and_the_baseline_and_ships_the_best_on_va
     assert [f["chosen"] for f in finalists].count(True) == 1
     chosen = next(f for f in finalists if f["chosen"])
     assert chosen["source"] == student["source"] and chosen["val_accuracy"] == student["val_accuracy"]
-    # never below any finalist on validation by more than one validation image (a tie goes to the faster)
+    # each finalist that is not the student is compared with it image by image on validation, and none is
+    # ahead of it by more than one standard error of that paired difference (compressor.pipeline.finalists)
     val_images = len(load_dataset("digits", image_size=16, channels=1).val_y)
-    assert all(student["val_accuracy"] >= f["val_accuracy"] - 1.0 / val_images for f in finalists)
+    for entry in finalists:
+        if not entry["chosen"]:
+            only = entry["paired"]
+            ahead = only["finalist_only"] - only["student_only"]
+            assert ahead == round((entry["val_accuracy"] - student["val_accuracy"]) * val_images)
+            assert ahead <= max(1.0, (only["finalist_only"] + only["student_only"]) ** 0.5)
     for entry in finalists:
         assert 0.0 <= entry["test_accuracy"] <= 1.0 and entry["latency_ms"] > 0
     # two searched finalists and the baseline were trained for the final epochs, each once

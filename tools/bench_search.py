@@ -43,6 +43,7 @@ and the share of "predicted feasible" that fit.
     .venv/bin/python tools/bench_search.py --data digits-cluttered --strategies tpe,trade,random --split-seeds 0 1 2
     .venv/bin/python tools/bench_search.py --data digits --strategies tpe --split-seeds 0 1 2 --search-minutes 2
     .venv/bin/python tools/bench_search.py --summary   # the tables of everything finished under --out
+    .venv/bin/python tools/bench_search.py --rechoose  # those runs' finalists chosen again by today's rule
 """
 
 from __future__ import annotations
@@ -272,6 +273,58 @@ def print_summary(table: dict) -> None:
                 for r in sorted(runs, key=lambda r: r["split"])))
 
 
+def rechoose(out: Path) -> None:
+    """Every finished run under `out` with its finalists chosen again by today's `finalists.choose`.
+
+    Each finalist's validation predictions come from its checkpoint (the split rebuilt from the run's place under
+    `out`), so a rule changed after the runs is measured on the same trained networks, at no training cost.
+    """
+    from compressor.data.datasets import load_dataset
+    from compressor.models.build import model_from_checkpoint
+    from compressor.models.checkpoint import load_checkpoint
+    from compressor.pipeline.finalists import choose
+    from compressor.train.distill import predict
+
+    splits: dict = {}
+    table: dict = {}
+    for report_path in sorted(out.glob("*/split*/labels*/*/report.json")):
+        run_dir = report_path.parent
+        cell = run_dir.parent
+        data_ref, split_seed = cell.parent.parent.name, int(cell.parent.name[len("split"):])
+        fraction = float(cell.name[len("labels"):])
+        student = (read_json(report_path) or {}).get("student") or {}
+        finalists = student.get("finalists") or []
+        if not any(f["source"] == "baseline" for f in finalists):
+            continue
+        key = (data_ref, split_seed, fraction)
+        if key not in splits:
+            raw = load_dataset(data_ref, image_size=IMAGE_SIZE, channels=CHANNELS, seed=split_seed,
+                               label_fraction=fraction)
+            splits[key] = raw.normalised(raw.student_preprocessing())
+        data = splits[key]
+        candidates = []
+        for f in finalists:
+            name = "baseline.pt" if f["source"] == "baseline" else f"finalists/p{f['proposal']}-f{f['fidelity']}.pt"
+            wrong = predict(model_from_checkpoint(load_checkpoint(run_dir / name)), data.val_x) != data.val_y
+            candidates.append({**f, "val_wrong": [int(i) for i in wrong.nonzero().flatten()]})
+        now = candidates[choose(candidates, len(data.val_y))]
+        was = next(f for f in finalists if f["chosen"])
+        baseline = next(f for f in finalists if f["source"] == "baseline")
+        table.setdefault((data_ref, cell.name[len("labels"):]), {}).setdefault(run_dir.name, []).append(
+            (split_seed, was, now, baseline))
+    for (data_ref, fraction), row in sorted(table.items()):
+        print(f"\n#### {data_ref}, labels {fraction}: shipped vs its baseline (test points), as chosen then and now\n")
+        print("| strategy | as chosen (mean; per split) | today's rule (mean; per split) | shipped now |")
+        print("|---|---:|---:|---|")
+        for strategy, runs in sorted(row.items()):
+            runs.sort(key=lambda r: r[0])
+            then = [100 * (was["test_accuracy"] - base["test_accuracy"]) for _, was, _, base in runs]
+            now = [100 * (chosen["test_accuracy"] - base["test_accuracy"]) for _, _, chosen, base in runs]
+            print(f"| {strategy} | {statistics.mean(then):+.2f} ({', '.join(f'{d:+.2f}' for d in then)}) | "
+                  f"{statistics.mean(now):+.2f} ({', '.join(f'{d:+.2f}' for d in now)}) | "
+                  f"{', '.join(f'split {seed}: ' + chosen['name'] for seed, _, chosen, _ in runs)} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["digits-cluttered"])
@@ -295,10 +348,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="the training and search seed of every run")
     parser.add_argument("--out", default="runs/bench_search")
     parser.add_argument("--summary", action="store_true", help="only print the tables of what is finished")
+    parser.add_argument("--rechoose", action="store_true",
+                        help="only choose again among the finalists of every finished run, by today's rule, and "
+                        "print what it ships against what was shipped")
     args = parser.parse_args()
     args.strategies = args.strategies.split(",")
     args.fidelities = [int(x) for x in args.fidelities.split(",")]
 
+    if args.rechoose:
+        rechoose(Path(args.out))
+        return 0
     if not args.summary:
         import torch
 

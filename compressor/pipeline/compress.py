@@ -23,8 +23,8 @@ recipe (compressor.search.recipe) -> optionally the hand-designed baseline
 (compressor.pipeline.baselines: the widest plain CNN within the budget, lr/KD
 tuned, then the same recipe; resumable in `RUN_DIR/baseline.sqlite`, kept in
 the store, its weights in `RUN_DIR/baseline.pt`), which is a finalist too ->
-the student: the finalist with the best validation accuracy, copied to
-`best.pt` -> the final session -> export bundle (compressor.export) ->
+the student: the finalist with the best validation accuracy (ties judged
+by the paired rule of compressor.pipeline.finalists), copied to `best.pt` -> the final session -> export bundle (compressor.export) ->
 report. Every tuning has the same number of evaluations: `tuning_trials`, by
 default as many as the search trained families.
 
@@ -41,8 +41,9 @@ and the summaries say so first.
 
 The finalists are ranked as `search.analysis.best_record` ranks families
 (highest fidelity, then validation accuracy; within one validation image a
-tie, which goes to the faster), and the student is chosen among them after
-their final training by the same rule (`finalists.choose`).
+tie, which goes to the faster); after their final training the student is
+the best on validation unless another is within one standard error of it
+(paired, image by image) and faster, or is the baseline (`finalists.choose`).
 
 Every stage that has finished is on disk before the next begins; a resumed
 run skips them. A finished run resumed again does nothing more.
@@ -322,7 +323,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         if report["baselines"][0]["status"] == "ok" and report["baselines"][0]["meets_budget"] is not False:
             candidates.append(_baseline_candidate(report["baselines"][0], config, dataset))
     checkpoint = run_dir / "best.pt"
-    final = _choose_student(candidates, tolerance, store, checkpoint, config, quiet)
+    final = _choose_student(candidates, dataset, store, run_dir, checkpoint, config, quiet)
     model = _load_student(checkpoint)
     report["student"] = final
     report["param_reduction"] = teacher_info["params"] / max(1, final["params"])
@@ -602,22 +603,32 @@ def _baseline_candidate(entry: dict[str, Any], config, dataset) -> dict[str, Any
             "checkpoint": "baseline.pt", "identity": ["baseline", entry["arch"]]}
 
 
-def _choose_student(candidates: list[dict[str, Any]], tolerance: float, store, checkpoint: Path, config,
+def _choose_student(candidates: list[dict[str, Any]], dataset, store, run_dir: Path, checkpoint: Path, config,
                     quiet: bool) -> dict[str, Any]:
-    """The finalist with the best validation accuracy (compressor.pipeline.finalists.choose), copied to `checkpoint`."""
-    from compressor.cli.console import err_console
-    from compressor.models.checkpoint import load_checkpoint, save_checkpoint
+    """The student among the finalists (compressor.pipeline.finalists.choose), copied to `checkpoint`.
 
-    index = choose(candidates, tolerance)
+    Each finalist's validation predictions are read again from its checkpoint, so the paired comparison holds for
+    a resumed run whose finalists were trained before the predictions counted.
+    """
+    from compressor.cli.console import err_console
+    from compressor.models.build import model_from_checkpoint
+    from compressor.models.checkpoint import load_checkpoint, save_checkpoint
+    from compressor.train.distill import predict
+
+    for candidate in candidates:
+        model = model_from_checkpoint(load_checkpoint(run_dir / candidate["checkpoint"]))
+        wrong = predict(model, dataset.val_x) != dataset.val_y
+        candidate["val_wrong"] = [int(i) for i in wrong.nonzero().flatten()]
+    index = choose(candidates, len(dataset.val_y))
     chosen = candidates[index]
     previous = store.get_meta("final")
     if previous is None or not checkpoint.is_file() or previous.get("identity") != chosen["identity"]:
         # The student changed (a resume with more trials, another finalist ahead) or was never saved:
         # what was exported for the previous one no longer describes it.
         store.set_meta("artifacts", None)
-        save_checkpoint(checkpoint, load_checkpoint(checkpoint.parent / chosen["checkpoint"]))
-    final = {**{k: v for k, v in chosen.items() if k != "checkpoint"},
-             "finalists": [summary(c, i == index) for i, c in enumerate(candidates)]}
+        save_checkpoint(checkpoint, load_checkpoint(run_dir / chosen["checkpoint"]))
+    final = {**{k: v for k, v in chosen.items() if k not in ("checkpoint", "val_wrong")},
+             "finalists": [summary(c, i == index, chosen) for i, c in enumerate(candidates)]}
     store.set_meta("final", final)
     if not quiet:
         err_console.print(choice_text(final["finalists"], config.final_epochs), markup=False)

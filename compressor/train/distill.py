@@ -165,18 +165,20 @@ def logits_accuracy(logits, y) -> float:
     return float((logits.argmax(1) == y).float().mean()) if len(y) else 0.0
 
 
-def evaluate(model, x, y, batch_size: int = 512) -> float:
-    """Top-1 accuracy (fraction) of `model` on (x, y), in eval mode."""
+def predict(model, x, batch_size: int = 512):
+    """The top-1 class `model` predicts for each image of `x` (a CPU tensor of N labels), in eval mode."""
     import torch
 
     model.eval()
     device = next(model.parameters()).device
-    correct = 0
     with torch.inference_mode():
-        for start in range(0, len(x), batch_size):
-            pred = model(x[start:start + batch_size].to(device)).argmax(1).cpu()
-            correct += int((pred == y[start:start + batch_size]).sum())
-    return correct / max(1, len(x))
+        parts = [model(x[start:start + batch_size].to(device)).argmax(1).cpu() for start in range(0, len(x), batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
+def evaluate(model, x, y, batch_size: int = 512) -> float:
+    """Top-1 accuracy (fraction) of `model` on (x, y), in eval mode."""
+    return int((predict(model, x, batch_size) == y).sum()) / max(1, len(x))
 
 
 def train_student(model, dataset, config: TrainConfig, *, teacher_logits: dict | None = None, teacher=None,
