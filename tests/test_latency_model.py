@@ -317,6 +317,26 @@ def test_calibration_points_spread_over_widths_and_two_depths():
     assert calibration_points(space, arch, 3) == points[:3]
 
 
+def test_calibration_points_also_spread_over_the_other_families_of_the_search():
+    from compressor.search.config import warm_start_points
+
+    space = get_space("all")
+    starts = [w.params(space)["arch"] for w in warm_start_points(space)]
+    first = starts[0]  # nago's default: the search's first proposal
+    points = calibration_points(space, first, MIN_SAMPLES, others=starts)
+    assert len(points) == MIN_SAMPLES and len({json.dumps(p, sort_keys=True) for p in points}) == MIN_SAMPLES
+    families = [p.get("family", "nago") for p in points]
+    # half the points are other families, each at its smallest size, alternating with the proposal's own
+    assert families[0::2] == ["nago"] * 4 and "nago" not in families[1::2] and len(set(families[1::2])) == 4
+    assert families[1] == "plain" and families[-1] == "shufflenet_v2"  # the first and last other, spread between
+    for point in points[1::2]:
+        assert point == size_ladder(space, point)[0]
+    # the proposal's own points are those it would get alone, fewer of them
+    assert points[0::2] == calibration_points(space, first, 4)
+    # the proposal among the others is not measured twice; no others: as before
+    assert calibration_points(space, first, 3, others=[first]) == calibration_points(space, first, 3)
+
+
 def _synthetic_checker(model, target, input_shape, *, max_seconds, reference):
     """A target whose latency is a known function of the network's costs (the rule under test is the evaluator's)."""
     return SimpleNamespace(latency_ms=_truth(network_features(model, input_shape)))

@@ -114,7 +114,8 @@ class FamilyEvaluator:
         self.budget.fit(record)
 
     def _calibrate(self, record: TrialRecord, measured: list[Sample]) -> None:
-        """Measure sizes of the proposal's first member until the model has `MIN_SAMPLES` (`fit.calibration_points`).
+        """Measure sizes of the proposal's first member, and of the other warm starts' families, until the model
+        has `MIN_SAMPLES` (`fit.calibration_points`).
 
         A cold model used to let the first proposals be screened as asked, and
         under a tight budget most were over. Measuring a spread of sizes
@@ -122,7 +123,8 @@ class FamilyEvaluator:
         machine, and the proposal is then fitted; the measurements are not
         screenings and the record counts them in `misc["calibration"]`.
         """
-        points = calibration_points(self.space, record.params["arch"], self.budget.missing_samples())
+        points = calibration_points(self.space, record.params["arch"], self.budget.missing_samples(),
+                                    others=self.budget.families)
         for arch in points:
             self._measure(self.space.sample(arch, record.seeds[0]), measured)
         record.misc = {**record.misc, "calibration": len(points)}

@@ -67,7 +67,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from compressor.search.latency_model import MIN_SAMPLES, Features, LatencyModel, network_features
 from compressor.search.store import TrialRecord
@@ -214,6 +214,9 @@ class BudgetFit:
     # Archs screened within the budget already in this run (`WarmStart.measured`, by arch key): never
     # resized, and the search's screening reuses that verdict (`misc["screened"]`).
     known: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # The warm starts' archs (one per group of the space): a cold model is calibrated on them too
+    # (`calibration_points`' `others`).
+    families: Sequence[dict[str, Any]] = ()
 
     @classmethod
     def open(cls, config, space, target, dataset, cache_dir=None, warm_starts=(), reference=None) -> "BudgetFit":
@@ -227,7 +230,8 @@ class BudgetFit:
                                   num_classes=dataset.num_classes)
         return cls(space=space, model=model, budget_ms=target.budgets.latency_ms,
                    fill_fraction=config.fill_fraction, input_shape=tuple(dataset.input_shape),
-                   num_classes=dataset.num_classes, known=known)
+                   num_classes=dataset.num_classes, known=known,
+                   families=[w.params(space)["arch"] for w in warm_starts])
 
     def needs_calibration(self, record: TrialRecord) -> bool:
         """Whether a new proposal should wait for `calibration_points` to be measured: the model is cold and would fit it."""
@@ -283,16 +287,38 @@ class BudgetFit:
             self.model.add(features, latency_ms)
 
 
-def calibration_points(space, arch: dict[str, Any], count: int) -> list[dict[str, Any]]:
-    """`count` sizes of `arch` to measure before a cold latency model is trusted, spread over what a fit may ask.
+def calibration_points(space, arch: dict[str, Any], count: int,
+                       others: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """`count` sizes to measure before a cold latency model is trusted, spread over what a fit may ask.
 
     Alternately from two ladders, each at evenly spread rungs (its ends first): the
     proposal's sizes at its own depth, and at every depth knob's smallest. Two
     depths, so the model separates the per-op cost (which depth changes) from the
     per-call one; every width, so it sees the MACs and activations the fit will
     ask about. Without size knobs, the proposal itself.
+
+    `others` are the other families the search will propose (its warm starts, one
+    per group of the space): up to half of the points are their smallest sizes,
+    evenly spread over them and alternating with the proposal's. A model calibrated
+    on one family alone priced the next ones wrong: the first run on an AVX-512 Xeon
+    measured three plain CNNs and three ShuffleNets over the budget after a
+    calibration on nago's first proposal (BENCHMARKS.md, "An AVX-512 Xeon").
     """
     params = space.validate_params(arch)
+    own_key = json.dumps(params, sort_keys=True, default=str)
+    foreign = []
+    for other in others:
+        checked = space.validate_params(other)
+        if json.dumps(checked, sort_keys=True, default=str) != own_key:
+            foreign.append((size_ladder(space, checked) or [checked])[0])
+    take = min(len(foreign), count // 2)
+    foreign = [foreign[round(i * (len(foreign) - 1) / max(take - 1, 1))] for i in range(take)]
+    own = _own_points(space, params, count - take)
+    return _distinct([p for pair in zip(own, foreign) for p in pair] + own[len(foreign):] + foreign[len(own):])[:count]
+
+
+def _own_points(space, params: dict[str, Any], count: int) -> list[dict[str, Any]]:
+    """`count` sizes of the proposal `params`: evenly spread rungs of its ladder and of its shallowest one's."""
     shallowest = {**params, **{k.name: k.values()[0] for k in space.depth_knobs(params)}}
     ladders = [ladder for ladder in (size_ladder(space, params), size_ladder(space, shallowest)) if ladder]
     if not ladders:
@@ -300,10 +326,15 @@ def calibration_points(space, arch: dict[str, Any], count: int) -> list[dict[str
     per_ladder = -(-count // len(ladders))
     spread = [[ladder[round(i * (len(ladder) - 1) / max(per_ladder - 1, 1))] for i in (0, per_ladder - 1,
                *range(1, per_ladder - 1))] for ladder in ladders]
-    points, seen = [], set()
-    for point in (p for rungs in zip(*spread) for p in rungs):
+    return _distinct([p for rungs in zip(*spread) for p in rungs])[:count]
+
+
+def _distinct(points: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`points` in order, each arch once."""
+    kept, seen = [], set()
+    for point in points:
         key = json.dumps(point, sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
-            points.append(point)
-    return points[:count]
+            kept.append(point)
+    return kept
