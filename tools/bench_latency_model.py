@@ -75,7 +75,8 @@ def run_screenings(run_dir: Path, shape: tuple[int, ...]) -> list:
 
 
 def plain_widths_side_by_side(widths: list[str], seconds: float) -> int:
-    """Plain CNNs (one conv per stage) measured side by side on cpu-1t at 32 px gray: p50 over the drift reference."""
+    """Plain CNNs (`W1-W2-W3`, or `W1-W2-W3:C1-C2-C3` with C convs per stage) measured side by side on cpu-1t at
+    32 px gray: p50 over the drift reference."""
     import torch
 
     from compressor.models.on_target import DriftReference, check_side_by_side
@@ -86,11 +87,15 @@ def plain_widths_side_by_side(widths: list[str], seconds: float) -> int:
 
     torch.set_num_threads(1)
     shape, target = (1, 32, 32), load_target("cpu-1t")
-    models = {w: build_model(spec_from_ref(f"zoo:plain:widths={w}", seed=0), shape, 10) for w in widths}
+    def ref(item: str) -> str:
+        width, _, convs = item.partition(":")
+        return f"zoo:plain:widths={width}" + (f",convs={convs}" if convs else "")
+
+    models = {w: build_model(spec_from_ref(ref(w), seed=0), shape, 10) for w in widths}
     models["reference"] = DriftReference.model_bytes(target, shape, 10)
     session = check_side_by_side(models, target, shape, seconds=seconds, memory=False, name="plain-widths")
     print(f"{cpu_model()}; {session.comparison.rounds} interleaved rounds")
-    print("| plain widths | MACs | misaligned MACs | p50 / reference (95% interval) |")
+    print("| plain widths[:convs] | MACs | misaligned MACs | p50 / reference (95% interval) |")
     print("|---|---:|---:|---:|")
     for w in widths:
         f = network_features(models[w], shape)
@@ -106,7 +111,7 @@ def main() -> int:
                         help="instead of random members, the members a search run screened (near its budget), "
                              "in the order it screened them")
     parser.add_argument("--input-shape", default="1,32,32", help="C,H,W of --from-run's data (bench_search's: 1,32,32)")
-    parser.add_argument("--plain-widths", nargs="+", metavar="W1-W2-W3",
+    parser.add_argument("--plain-widths", nargs="+", metavar="W1-W2-W3[:C1-C2-C3]",
                         help="instead: these plain CNNs side by side with the drift reference (what a MAC costs "
                              "at each channel count on this machine)")
     parser.add_argument("--seconds", type=float, default=20.0, help="--plain-widths: timed seconds of the session")

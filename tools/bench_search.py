@@ -145,7 +145,7 @@ def cell_search(run_dir: Path, teacher: Path, data_ref: str, split_seed: int, fr
                       trials=args.max_trials, search_minutes=args.search_minutes, strategy=strategy,
                       space=space or args.space, family_size=args.family_size, fidelities=tuple(args.fidelities),
                       final_epochs=args.final_epochs, tuning_trials=args.tuning, finalists=args.finalists,
-                      seed=args.seed, export=False, quiet=True, baseline=True,
+                      fill_fraction=args.fill_fraction, seed=args.seed, export=False, quiet=True, baseline=True,
                       resume=(run_dir / "trials.sqlite").exists(), cache_dir=str(cache))
     log(f"  {strategy}: {time.time() - started:.0f} s")
     return result.report
@@ -341,6 +341,8 @@ def main() -> int:
     parser.add_argument("--tuning", type=int, default=16,
                         help="lr/KD evaluations at one epoch of the baseline's tuning and of each finalist's")
     parser.add_argument("--finalists", type=int, default=2, help="searched families trained in full per run")
+    parser.add_argument("--fill-fraction", type=float, default=0.8,
+                        help="the share of the budget each proposal is fitted to (compress --fill-fraction)")
     parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--floor-multiple", type=float, default=2.5,
                         help="the budget: this x the space's smallest network's p50, as a multiple of the drift "

@@ -128,8 +128,8 @@ def old_baseline(data, target, logits, epochs: int, seed: int, reference) -> dic
     return {"widths": widths, "kd": best[0], "val": best[1].val_accuracy, "test": best[1].test_accuracy}
 
 
-def bench_teacher(data, epochs: int, cache):
-    """A plain-CNN teacher trained with cross-entropy on `data`, cached by (data, arch, epochs)."""
+def bench_teacher(data, epochs: int, cache, augment: bool = False):
+    """A plain-CNN teacher trained with cross-entropy on `data`, cached by (data, arch, epochs[, augmentation])."""
     import hashlib
 
     import torch
@@ -140,13 +140,14 @@ def bench_teacher(data, epochs: int, cache):
     from compressor.train.distill import TrainConfig, train_student
     from profilers import host
 
-    key = hashlib.sha256(json.dumps([data.identity, TEACHER_ARCH, epochs]).encode()).hexdigest()[:12]
+    identity = [data.identity, TEACHER_ARCH, epochs] + (["shifted"] if augment else [])
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:12]
     path = host.cache_root(cache) / "bench" / f"teacher-{key}.pt"
     if not path.is_file():
         spec = spec_from_ref(TEACHER_ARCH, seed=0)
         torch.manual_seed(0)
         model = build_model(spec, data.input_shape, data.num_classes)
-        result = train_student(model, data, TrainConfig(epochs=epochs, alpha=0.0, lr=0.05, threads=2),
+        result = train_student(model, data, TrainConfig(epochs=epochs, alpha=0.0, lr=0.05, threads=2, augment=augment),
                                evaluate_test=True)
         print(f"teacher {TEACHER_ARCH}: test {100 * result.test_accuracy:.2f}% in {result.seconds:.0f} s",
               file=sys.stderr, flush=True)

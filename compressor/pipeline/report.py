@@ -95,7 +95,7 @@ class TeacherReport(_TeacherRequired, Verdict, total=False):
 
 
 class _StudentRequired(TypedDict):
-    """The final student: the finalist with the best validation accuracy after `epochs` (compressor.pipeline.finalists)."""
+    """The final student: the finalist chosen on validation after `epochs` (compressor.pipeline.finalists.choose)."""
 
     val_accuracy: float
     test_accuracy: float
@@ -103,7 +103,7 @@ class _StudentRequired(TypedDict):
     kd_alpha: float
     kd_tau: float
     lr: float
-    source: str  # "search", or "baseline" when no searched finalist beat the baseline on validation
+    source: str  # "search", or "baseline" when no searched finalist beat the baseline on validation beyond the noise
     name: str
     proposal: int | None  # the search's proposal, fidelity and member; None for the baseline's network
     fidelity: int | None
@@ -116,7 +116,9 @@ class _StudentRequired(TypedDict):
     loss_curve: list[float]
     preprocessing: dict[str, Any]
     identity: list[Any]
-    finalists: list[dict[str, Any]]  # every finalist: source, name, val/test accuracy, latency, chosen
+    # every finalist: source, name, val/test accuracy, latency, chosen, `paired` (validation images only the
+    # student / only this finalist got right; None for the student)
+    finalists: list[dict[str, Any]]
 
 
 class StudentReport(_StudentRequired, Verdict, total=False):
