@@ -139,15 +139,18 @@ def test_the_width_choice_on_cpu_1t_is_the_widest_within_of_one_session(fast_tar
     # A budget between the narrowest and the widest candidate's latency, so the choice is not an end point.
     reference = DriftReference.start(fast_target, data.input_shape, data.num_classes)
     target = fast_target.with_budgets(latency_ms=4 * reference.start_ms)
-    width = choose_width(target, data, seed=0, seconds_each=0.1, reference=reference)
-    verdicts = [c["verdict"] for c in width["candidates"]]
-    assert len(verdicts) == len(PLAIN_SCALES) and width["session"].startswith("baseline-widths")
-    assert width["arch"] == width["candidates"][width["scale"] - 1]["arch"]
-    if width["within"]:
-        assert width["verdict"] == "within" and "within" not in verdicts[width["scale"]:]
-    else:
-        assert width["scale"] == 1 and "within" not in verdicts
-    assert width["params"] > 0 and width["profile"]["latency_ms"]["p50"] > 0
+    width = choose_width(target, data, seed=0, seconds_each=0.1, reference=reference, deeper=True)
+    assert width["session"].startswith("baseline-widths") and width["deeper"]["session"] == width["session"]
+    assert width["deeper"]["convs"] == [1, 2, 2] and width["deeper"]["arch"].endswith(",convs=1-2-2")
+    for ladder in (width, width["deeper"]):
+        verdicts = [c["verdict"] for c in ladder["candidates"]]
+        assert len(verdicts) == len(PLAIN_SCALES)
+        assert ladder["arch"] == ladder["candidates"][ladder["scale"] - 1]["arch"]
+        if ladder["within"]:
+            assert ladder["verdict"] == "within" and "within" not in verdicts[ladder["scale"]:]
+        else:
+            assert ladder["scale"] == 1 and "within" not in verdicts
+        assert ladder["params"] > 0 and ladder["profile"]["latency_ms"]["p50"] > 0
 
 
 @pytest.mark.slow

@@ -100,6 +100,19 @@ def test_the_plain_warm_start_is_the_baselines_measured_width_not_resized_nor_me
     assert "fit" not in (plain.misc or {}) and plain.status == "ok"
     assert plain.misc["screened"]["session"] == baseline["width"]["session"]
     assert plain.profiles == [baseline["width"]["profile"]]
+    # The deeper plain CNN of the same session is the next proposal, kept and not measured again, when within.
+    from compressor.search.store import TrialStore
+
+    store = TrialStore(run / "trials.sqlite")
+    deeper = store.get_meta("plain_width")["deeper"]
+    store.close()
+    assert "deeper" not in baseline["width"] and deeper["session"] == baseline["width"]["session"]
+    after = next((r for r in result.records if r.fidelity == 1 and r.proposal == plain.proposal + 1), None)
+    if deeper["within"]:
+        arch = space.validate_params(after.params["arch"])
+        assert arch["family"] == "plain" and [arch[f"convs_{i}"] for i in (1, 2, 3)] == deeper["convs"]
+        assert "-".join(str(arch[f"width_{i}"]) for i in (1, 2, 3)) == deeper["widths"]
+        assert after.misc["screened"]["session"] == deeper["session"] and after.profiles == [deeper["profile"]]
 
 
 def test_a_first_point_equal_to_the_default_is_evaluated_once(tmp_path):

@@ -160,6 +160,25 @@ def test_the_initial_design_is_each_default_then_sobol_points_round_robin():
     assert params == strategy.params(strategy._by_name[misc["region"]], misc["x"])
 
 
+def test_two_warm_starts_of_one_group_open_its_design_in_order_and_decode_exactly():
+    from compressor.search.config import WarmStart
+
+    kd = {"kd_alpha": 0.5, "kd_tau": 4.0, "lr": 0.1}
+    warm = [WarmStart("a", {"x": 0.3, "n": 16}, kd), WarmStart("a", {"x": 0.7, "n": 24}, dict(kd, lr=0.05))]
+    strategy = _strategy(warm_starts=warm)
+    region = strategy._by_name["a"]
+    assert region.design_size == strategy.n_sobol["a"] + 2
+    records = _run(strategy, 7)
+    a_points = [r for r in records if r.misc["region"] == "a"]
+    assert [r.params["arch"] for r in a_points[:2]] == [{"group": "a", "x": 0.3, "n": 16}, {"group": "a", "x": 0.7, "n": 24}]
+    assert a_points[1].params["lr"] == 0.05  # the warm start's own value, not a decoded neighbour
+    assert [r.misc["how"] for r in a_points] == ["design"] * region.design_size
+    # group b had no warm start: one more Sobol point instead
+    assert strategy._by_name["b"].design_size == strategy.n_sobol["b"] + 1
+    with pytest.raises(ValueError, match="not a group"):
+        _strategy(warm_starts=[WarmStart("c", {}, kd)])
+
+
 def test_length_doubles_after_three_successes_up_to_its_maximum_and_halves_after_tolerance_failures():
     strategy = _strategy(groups=ONE_GROUP)
     [region] = strategy.regions

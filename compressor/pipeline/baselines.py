@@ -49,14 +49,21 @@ from compressor.search.config import SearchConfig
 PLAIN_BASE = (8, 16, 32)
 # 8-16-32 ... 64-128-256: every multiple the plain family's width knobs allow (step 8, stage 3 up to 256).
 PLAIN_SCALES = tuple(range(1, 9))
+# The deeper plain CNN the search also starts from (`compressor.pipeline.compress._warm_starts`), never the
+# baseline: one more conv in stages 2 and 3 at the widths 8-8-16 scaled. On digits-cluttered, plain 16-16-32
+# with more convs in stage 2 (and 3) was what the search shipped in 5 of the 6 runs that beat the baseline,
+# and within the baseline's budget 16-16-32:1-2-2 was 1.1-2.1 test points ahead of its 16-32-64 with 10% of
+# the labels (docs/design.md, "The deeper plain warm start").
+DEEPER_BASE, DEEPER_CONVS = (8, 8, 16), (1, 2, 2)
 
 # A short training of the baseline: (knobs {lr, kd_alpha, kd_tau}, epochs) -> validation accuracy; raises on failure.
 Trainer = Callable[[Mapping[str, float], int], float]
 
 
-def plain_arch(scale: int) -> str:
-    """The plain CNN reference at `scale` times the base widths."""
-    return "zoo:plain:widths=" + "-".join(str(scale * w) for w in PLAIN_BASE)
+def plain_arch(scale: int, base: Sequence[int] = PLAIN_BASE, convs: Sequence[int] | None = None) -> str:
+    """The plain CNN reference at `scale` times the `base` widths, `convs` convs per stage (default one)."""
+    return ("zoo:plain:widths=" + "-".join(str(scale * w) for w in base)
+            + (",convs=" + "-".join(map(str, convs)) if convs else ""))
 
 
 def widest_within(verdicts: Mapping[int, str]) -> tuple[int, bool]:
@@ -65,24 +72,39 @@ def widest_within(verdicts: Mapping[int, str]) -> tuple[int, bool]:
     return (max(within), True) if within else (min(verdicts), False)
 
 
-def choose_width(target, dataset, *, seed: int, seconds_each: float, reference=None) -> dict[str, Any]:
-    """Measure every candidate width side by side and pick the widest within the budget (`widest_within`)."""
+def choose_width(target, dataset, *, seed: int, seconds_each: float, reference=None,
+                 deeper: bool = False) -> dict[str, Any]:
+    """Measure every candidate width side by side and pick the widest within the budget (`widest_within`).
+
+    With `deeper`, the deeper plain CNN's ladder (`DEEPER_BASE` scaled, `DEEPER_CONVS`) is measured in
+    the same session and its widest within is under key "deeper" (the search's second plain warm start).
+    """
     from compressor.models.on_target import check_side_by_side
     from compressor.spaces import build_model, spec_from_ref
 
-    archs = {scale: plain_arch(scale) for scale in PLAIN_SCALES}
+    ladders = {"plain": {scale: plain_arch(scale) for scale in PLAIN_SCALES}}
+    if deeper:
+        ladders["deeper"] = {scale: plain_arch(scale, DEEPER_BASE, DEEPER_CONVS) for scale in PLAIN_SCALES}
     models = {arch: build_model(spec_from_ref(arch, seed=seed), dataset.input_shape, dataset.num_classes)
-              for arch in archs.values()}
+              for archs in ladders.values() for arch in archs.values()}
     session = check_side_by_side(models, target, dataset.input_shape, reference=reference,
                                  seconds=seconds_each * len(models), name="baseline-widths")
-    checked = {scale: session.checked[arch] for scale, arch in archs.items()}
-    scale, within = widest_within({s: c.verdict for s, c in checked.items()})
-    chosen = checked[scale]
-    return {"arch": archs[scale], "widths": "-".join(str(scale * w) for w in PLAIN_BASE), "scale": scale,
-            "within": within, "verdict": chosen.verdict, "session": session.id,
-            "params": int(chosen.profile["params"]), "macs": int(chosen.profile["macs"]), "profile": chosen.profile,
-            "candidates": [{"arch": archs[s], "verdict": c.verdict, "latency_ms": c.latency_ms,
-                            "budget_ratio": c.budget_ratio, "reasons": c.reasons} for s, c in checked.items()]}
+
+    def widest(archs: dict[int, str], base: Sequence[int]) -> dict[str, Any]:
+        checked = {scale: session.checked[arch] for scale, arch in archs.items()}
+        scale, within = widest_within({s: c.verdict for s, c in checked.items()})
+        chosen = checked[scale]
+        return {"arch": archs[scale], "widths": "-".join(str(scale * w) for w in base), "scale": scale,
+                "within": within, "verdict": chosen.verdict, "session": session.id,
+                "params": int(chosen.profile["params"]), "macs": int(chosen.profile["macs"]),
+                "profile": chosen.profile, "latency_ms": chosen.latency_ms,
+                "candidates": [{"arch": archs[s], "verdict": c.verdict, "latency_ms": c.latency_ms,
+                                "budget_ratio": c.budget_ratio, "reasons": c.reasons} for s, c in checked.items()]}
+
+    width = widest(ladders["plain"], PLAIN_BASE)
+    if deeper:
+        width["deeper"] = {**widest(ladders["deeper"], DEEPER_BASE), "convs": list(DEEPER_CONVS)}
+    return width
 
 
 def tuning_config(config: SearchConfig, evaluations: int | None = None) -> SearchConfig:

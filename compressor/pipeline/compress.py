@@ -454,11 +454,14 @@ def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> lis
     given to the baseline too), and fit-to-budget keeps it and the search's screening reuses that
     session's verdict (`WarmStart.measured`: one network, one verdict per run). A searched student
     then starts from the baseline's network; with the same finishing (compressor.pipeline.finish) it
-    can lose to the baseline only by the noise of training, not by never having met it.
+    can lose to the baseline only by the noise of training, not by never having met it. The same
+    session measures the deeper plain CNN's ladder (`baselines.DEEPER_BASE` with `DEEPER_CONVS`), and
+    its widest within the budget is a second plain warm start, right after the first: a known-good
+    network the baseline's ladder does not hold (docs/design.md, "The deeper plain warm start").
     """
     import dataclasses
 
-    from compressor.pipeline.baselines import PLAIN_BASE, choose_width
+    from compressor.pipeline.baselines import DEEPER_BASE, PLAIN_BASE, choose_width
     from compressor.search.config import warm_start_points
     from compressor.spaces import get_space
 
@@ -467,17 +470,22 @@ def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> lis
     if "plain" not in space.search_groups() or target.budgets.latency_ms is None:
         return points
     width = store.get_meta("plain_width")
-    if width is None:
+    if width is None or "deeper" not in width:
         width = json_safe(choose_width(target, dataset, seed=config.seed, seconds_each=config.profile_seconds,
-                                       reference=reference))
+                                       reference=reference, deeper=True))
         store.set_meta("plain_width", width)
-    if not width["within"]:
-        return points
-    widths = {f"width_{i + 1}": width["scale"] * w for i, w in enumerate(PLAIN_BASE)}
-    chosen = next(c for c in width["candidates"] if c["arch"] == width["arch"])
-    measured = {"session": width["session"], "latency_ms": chosen["latency_ms"], "profile": width["profile"]}
-    return [dataclasses.replace(p, arch={**p.arch, **widths}, measured=measured) if p.group == "plain" else p
-            for p in points]
+
+    def at_width(point, chosen: dict, base) -> list:
+        if not chosen["within"]:
+            return []
+        knobs = {f"width_{i + 1}": chosen["scale"] * w for i, w in enumerate(base)}
+        knobs.update({f"convs_{i + 1}": c for i, c in enumerate(chosen.get("convs", ()))})
+        measured = {"session": chosen["session"], "latency_ms": chosen["latency_ms"], "profile": chosen["profile"]}
+        return [dataclasses.replace(point, arch={**point.arch, **knobs}, measured=measured)]
+
+    return [q for p in points
+            for q in ([*at_width(p, width, PLAIN_BASE), *at_width(p, width["deeper"], DEEPER_BASE)] or [p]
+                      if p.group == "plain" else [p])]
 
 
 def _tuning_evaluations(config: SearchConfig, report) -> int:
@@ -657,7 +665,8 @@ def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool
                                    {"fingerprint": store.get_meta("fingerprint"),
                                     "started_at": store.get_meta("started_at")})
         if tuning.get_meta("width") is None and store.get_meta("plain_width") is not None:
-            tuning.set_meta("width", store.get_meta("plain_width"))  # the search's plain warm start: one session
+            # The search's plain warm start: one session (its deeper ladder is the search's, not the baseline's).
+            tuning.set_meta("width", {k: v for k, v in store.get_meta("plain_width").items() if k != "deeper"})
         try:
             found = json_safe(hand_designed_baseline(
                 dataset, target, config, logits, store=tuning, reference=reference,

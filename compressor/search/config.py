@@ -166,7 +166,7 @@ def warm_start_points(space) -> list[WarmStart]:
     asks them first (`strategies.HyperoptStrategy`, fmin's points_to_evaluate)
     and `--strategy trade` starts each trust region's design with its group's
     (`trust_region`); a caller may pass others (scaled to a budget, say) to
-    `Schedule`, one per group at most.
+    `Schedule`, several per group if it likes (`compress` gives the plain group two).
     """
     kd = {k.name: k.default for k in kd_knobs()}
     return [WarmStart(group, {k.name: k.default for k in knobs}, dict(kd))

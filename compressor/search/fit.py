@@ -214,7 +214,7 @@ class BudgetFit:
     # Archs screened within the budget already in this run (`WarmStart.measured`, by arch key): never
     # resized, and the search's screening reuses that verdict (`misc["screened"]`).
     known: Mapping[str, dict[str, Any]] = field(default_factory=dict)
-    # The warm starts' archs (one per group of the space): a cold model is calibrated on them too
+    # The warm starts' archs (one or more per group of the space): a cold model is calibrated on them too
     # (`calibration_points`' `others`).
     families: Sequence[dict[str, Any]] = ()
 

@@ -45,9 +45,10 @@ TuRBO does: its points leave its GP, L is 0.8 again, the counters are zero
 and it is seeded with a fresh Sobol design.
 
 **Across regions.** First an initial design, round robin over the regions:
-each region's warm start (`config.warm_start_points`, the same points the
+each region's warm starts (`config.warm_start_points`, the same points the
 hyperopt bridge asks first: the family's declared defaults and
-`TrainConfig`'s KD settings; a region without one starts with one more Sobol
+`TrainConfig`'s KD settings, or the caller's, such as `compress`'s two plain
+CNNs that fill the budget; a region without one starts with one more Sobol
 point), then `n_sobol` scrambled-Sobol points per
 region (6 // regions, at least 1 and at most d // 2: one per zoo family,
 6 for nago; it does not depend on `--trials`, which a resume may raise).
@@ -169,7 +170,8 @@ class Region:
     index: int
     arch_knobs: tuple[Knob, ...]
     knob_map: KnobMap
-    warm: dict[str, Any] | None = None  # the warm start's knob values (arch and KD), evaluated first
+    warm: tuple[dict[str, Any], ...] = ()  # the warm starts' knob values (arch and KD), evaluated first
+    n_sobol: int = 1  # Sobol points of the region's (re)start design, beside its warm starts
     length: float = INITIAL_LENGTH
     successes: int = 0
     failures: int = 0
@@ -186,6 +188,11 @@ class Region:
     @property
     def failure_tolerance(self) -> int:
         return max(4, self.dim)
+
+    @property
+    def design_size(self) -> int:
+        """Points of the (re)start design: `n_sobol` plus the warm starts (one Sobol point after a restart)."""
+        return self.n_sobol + max(1, len(self.warm) if self.restarts == 0 else 0)
 
     def incumbent(self) -> int | None:
         """Index of the best feasible point, or of the smallest penalty while none is feasible."""
@@ -233,20 +240,25 @@ class TrustRegionStrategy:
 
     def __init__(self, config: SearchConfig, space: Space, candidate_filter: CandidateFilter | None = None,
                  warm_starts: Sequence[WarmStart] | None = None) -> None:
-        """`warm_starts`: at most one per group (default: `warm_start_points(space)`)."""
+        """`warm_starts`: each in its group's region, in order (default: `warm_start_points(space)`)."""
         self.config = config
         self.space = space
         self.candidate_filter = candidate_filter
         kd = kd_knobs()
-        warm = {w.group: {**w.arch, **w.kd} for w in (warm_start_points(space) if warm_starts is None else warm_starts)}
+        groups = space.search_groups()
+        warm: dict[str, list[dict[str, Any]]] = {}
+        for w in warm_start_points(space) if warm_starts is None else warm_starts:
+            if w.group not in groups:
+                raise ValueError(f"warm start for {w.group!r}, not a group of space {space.name!r}")
+            warm.setdefault(w.group, []).append({**w.arch, **w.kd})
+        n_sobol = max(1, INIT_SOBOL_BUDGET // len(groups))
         self.regions = [
-            Region(name, i, tuple(knobs), KnobMap((*knobs, *kd)), warm.pop(name, None))
-            for i, (name, knobs) in enumerate(space.search_groups().items())
+            Region(name, i, tuple(knobs), KnobMap((*knobs, *kd)), tuple(warm.get(name, ())),
+                   n_sobol=max(1, min(n_sobol, (len(knobs) + len(kd)) // 2)))
+            for i, (name, knobs) in enumerate(groups.items())
         ]
-        if warm:
-            raise ValueError(f"warm start for {sorted(warm)[0]!r}, not a group of space {space.name!r} (or twice)")
         self._by_name = {r.name: r for r in self.regions}
-        self.n_sobol = {r.name: max(1, min(INIT_SOBOL_BUDGET // len(self.regions), r.dim // 2)) for r in self.regions}
+        self.n_sobol = {r.name: r.n_sobol for r in self.regions}
 
     def params(self, region: Region, x: Sequence[float]) -> dict[str, Any]:
         """The proposal's params (the shape `FamilyEvaluator` reads) at the point x of `region`.
@@ -255,15 +267,16 @@ class TrustRegionStrategy:
         could move a float by one ulp: lr 0.10000000000000002).
         """
         values = region.knob_map.decode(x)
-        if region.warm is not None and np.array_equal(x, region.knob_map.snap(region.knob_map.encode(region.warm))):
-            values = dict(region.warm)
+        for warm in region.warm:
+            if np.array_equal(x, region.knob_map.snap(region.knob_map.encode(warm))):
+                values = dict(warm)
+                break
         arch = {k.name: values.pop(k.name) for k in region.arch_knobs}
         return {"arch": self.space.group_params(region.name, arch), **values}
 
     def ask(self, proposal: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """The params of proposal number `proposal` and its `misc` (kept in the store, replayed by `tell`)."""
-        # Every (re)start design has n_sobol + 1 points: the warm start first, or one more Sobol point after a restart.
-        pending = [r for r in self.regions if r.told < self.n_sobol[r.name] + 1]
+        pending = [r for r in self.regions if r.told < r.design_size]
         if pending:
             region = min(pending, key=lambda r: (r.told, r.index))
             x, how = self._design(region)[region.told], "design"
@@ -287,16 +300,13 @@ class TrustRegionStrategy:
         return int(np.random.SeedSequence([self.config.seed, *path]).generate_state(1)[0])
 
     def _design(self, region: Region) -> list[np.ndarray]:
-        """The region's (re)start design: its warm start first (only before any restart), then Sobol points."""
+        """The region's (re)start design: its warm starts first (only before any restart), then Sobol points."""
         from scipy.stats import qmc
 
-        warm = region.warm is not None and region.restarts == 0
-        count = self.n_sobol[region.name] + (0 if warm else 1)
+        warm = [region.knob_map.encode(w) for w in region.warm] if region.restarts == 0 else []
+        count = region.design_size - len(warm)
         sobol = qmc.Sobol(region.dim, scramble=True, seed=self._seed(0, region.index, region.restarts))
-        points = list(sobol.random_base2(max(0, math.ceil(math.log2(count))))[:count])
-        if warm:
-            points.insert(0, region.knob_map.encode(region.warm))
-        return points
+        return [*warm, *sobol.random_base2(max(0, math.ceil(math.log2(count))))[:count]]
 
     def _thompson(self, proposal: int) -> tuple[Region, np.ndarray]:
         """The region whose Thompson sample is lowest, and that sample's argmin."""
