@@ -230,6 +230,11 @@ def test_a_family_predicted_far_over_is_recorded_without_measuring():
     assert record.misc["fit"]["skipped"] and record.loss > 1.0 + FAR_OVER - 1.0
     summary = screening_summary([record], 0.05)
     assert summary["skipped"] == 1 and summary["screenings"] == 0 and summary["fitted"] == 0
+    # The run's summaries count it apart from the proposals a screening found over the budget.
+    from compressor.pipeline.report import search_counts
+
+    counts = search_counts({"feasible": 2, "infeasible": 3, "failed": 0, "latency_model": summary})
+    assert counts == "2 feasible and trained, 2 over budget as measured, 1 predicted over it and not measured, 0 failed"
 
 
 def test_a_warm_start_screened_within_the_budget_keeps_its_size_and_its_verdict():

@@ -309,8 +309,8 @@ def markdown_report(report: Report) -> str:
         f"Target `{report['target']['name']}` ({report['target']['runtime']}); budgets: "
         + ", ".join(f"{k} {v}" for k, v in budgets.items() if v is not None),
         "",
-        f"Search: {search['strategy']}, {search['trials']} proposals, {search['feasible']} feasible, "
-        f"{search['infeasible']} over budget, {search['failed']} failed, {search['seconds']:.0f} s.",
+        f"Search: {search['strategy']} over {search['space']}, {search['trials']} proposals ({search_counts(search)}), "
+        f"{search['seconds']:.0f} s.",
         "",
         "| | test accuracy | params | MACs | p50 ms | p90 ms | peak memory MiB | size MiB | within budget |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -361,6 +361,19 @@ def markdown_report(report: Report) -> str:
         lines += [f"Export failed: {report['artifacts_error']}", ""]
     lines += ["![Pareto plot](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def search_counts(search: dict[str, Any]) -> str:
+    """What became of the proposals: trained, over the budget as measured, predicted over and never measured, failed.
+
+    The latency model's skips are infeasible proposals too, but they cost no measurement: counted apart so that
+    "over budget" means what a screening found.
+    """
+    skipped = (search.get("latency_model") or {}).get("skipped", 0)
+    parts = [f"{search['feasible']} feasible and trained", f"{search['infeasible'] - skipped} over budget as measured"]
+    if skipped:
+        parts.append(f"{skipped} predicted over it and not measured")
+    return ", ".join([*parts, f"{search['failed']} failed"])
 
 
 def baseline_terms(baseline: BaselineReport) -> str:

@@ -4,14 +4,16 @@ A `Space` (see `base.py`) turns knob values into a family: `sample(params,
 seed)` draws one member as an `ArchSpec` (JSON), `build(spec, input_shape,
 num_classes)` makes the `torch.nn.Module`. Three spaces are registered:
 
-- `nago` (default, `nago.py` + `nago_net.py`): NAGO's three-level random-graph
+- `nago` (`nago.py` + `nago_net.py`): NAGO's three-level random-graph
   generator (networkx: Watts-Strogatz, Erdős-Rényi, Barabási-Albert);
 - `zoo` (`zoo.py` + `zoo_net.py`): TRADE-style families from torchvision's
   blocks (MobileNetV2/V3, ResNet, ShuffleNetV2) adapted to small images, and
   the `plain` conv-BN-ReLU baseline;
-- `all` (`union.py`): their union, one choice between nago and the zoo
-  families with their knobs nested; its members' ArchSpecs name their own
-  space (nago or zoo). `nago` stays the default until the benchmark says otherwise.
+- `all` (default, `union.py`): their union, one choice between nago and the
+  zoo families with their knobs nested; its members' ArchSpecs name their own
+  space (nago or zoo). It is the default (`SearchConfig.space`) because it
+  holds the budget-filling plain CNNs the search starts from, and its
+  searches were ahead of nago's on digits-cluttered (docs/design.md).
 
 `spec_from_ref` reads the short forms users type (`zoo:resnet:depths=1-1-1-1,width=16`,
 `nago`, or a spec file). Sampling a nago member needs no torch (unless `param_budget` is set); building does.
@@ -34,7 +36,6 @@ SPACES: Registry[Space] = Registry("space")
 SPACES.add("nago", NagoSpace())
 SPACES.add("zoo", ZooSpace())
 SPACES.add("all", UnionSpace((SPACES.get("nago"), SPACES.get("zoo"))))
-DEFAULT_SPACE = "nago"
 
 __all__ = ["SPACES", "ArchSpec", "Space", "build_model", "expand_param", "get_space", "load_spec", "spec_from_ref"]
 

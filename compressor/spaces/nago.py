@@ -116,7 +116,7 @@ KNOBS = (
 
 
 class NagoSpace(Space):
-    """NAGO hierarchical generator space (the default student space)."""
+    """NAGO hierarchical generator space (random graphs of one node operation per network)."""
 
     name = "nago"
     knobs = KNOBS

@@ -27,7 +27,7 @@ from compressor.spaces.base import ArchSpec, Space, flatten_choice, knob_hyperop
 
 
 class UnionSpace(Space):
-    """The union of nago and the zoo: a choice between nago and the zoo families, their knobs nested."""
+    """The union of nago and the zoo (the default student space): nago or a zoo family, their knobs nested."""
 
     name = "all"
 

@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy, help="tpe (hyperopt TPE), random, or trade (TRADE/TuRBO trust-region "
                         "BO, one trust region per zoo family and one for nago; best with --space zoo or all) (default tpe); every "
                         "strategy evaluates the space's defaults first (each zoo family's, nago's)")
-    parser.add_argument("--space", default=defaults.space, help="student space: nago, zoo, or all (their union: nago or a zoo family, chosen by the search) "
-                        "(default nago)")
+    parser.add_argument("--space", default=defaults.space, help="student space: nago, zoo, or all (their union: nago or a zoo family, chosen by the search, "
+                        f"with the budget-filling plain CNNs as warm starts) (default {defaults.space})")
     parser.add_argument("--family-size", type=positive_int, default=defaults.family_size, help=f"members sampled per proposal (default {defaults.family_size})")
     parser.add_argument("--fidelities", default=",".join(map(str, defaults.fidelities)), help="successive-halving epochs, e.g. 1,3,9 (default %(default)s)")
     parser.add_argument("--eta", type=positive_int, default=defaults.eta, help="successive-halving rate η (default 3)")
@@ -141,7 +141,7 @@ def print_summary(report: dict, run_dir) -> None:
     """Teacher vs student (and baselines) side by side with their budget verdicts, then where the files are."""
     from compressor.cli.console import console, print_table
     from compressor.pipeline.report import (TEACHER_MEETS_BUDGET, baseline_terms, failed_baselines, finalists_text,
-                                            model_rows, trained_baselines, verdict_text)
+                                            model_rows, search_counts, trained_baselines, verdict_text)
 
     if report.get("teacher_meets_budget"):
         console.print(f"[bold]{TEACHER_MEETS_BUDGET}[/]")
@@ -200,9 +200,8 @@ def print_summary(report: dict, run_dir) -> None:
         console.print(f"peak memory: {meaning}")
     search = report["search"]
     console.print(
-        f"search: {search['strategy']} over {search['space']}, {search['trials']} proposals screened "
-        f"({search['feasible']} feasible and trained, {search['infeasible']} over budget, {search['failed']} failed) "
-        f"in {search['seconds']:.0f} s"
+        f"search: {search['strategy']} over {search['space']}, {search['trials']} proposals "
+        f"({search_counts(search)}) in {search['seconds']:.0f} s"
     )
     if recommended:
         console.print(f"recommended artifact: {run_dir}/artifacts/{recommended['file']}")
