@@ -83,6 +83,8 @@ def test_the_choice_is_said_in_one_line_naming_what_it_beat():
     assert text.startswith("student: baseline plain CNN 16-32-64, val 82.00% after 15 epochs")
     assert "searched proposal 3 80.00% (the student right and it wrong on 5 images, the reverse on 3)" in text
     assert "is the baseline's network" in text
+    one = [{**finalists[0], "paired": {"student_only": 1, "finalist_only": 2}}, finalists[1]]
+    assert "(the student right and it wrong on 1 image, the reverse on 2)" in choice_text(one, 15)
     text = choice_text([summary(searched, True), summary(baseline, False)], 15)
     assert text.startswith("student: searched proposal 3") and "chosen over baseline plain CNN 16-32-64 82.00%" in text
 

@@ -136,6 +136,10 @@ def summary(candidate: dict[str, Any], chosen: bool, student: dict[str, Any] | N
     return {**{k: candidate.get(k) for k in keys}, "chosen": chosen, "paired": paired}
 
 
+def _images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
+
+
 def choice_text(finalists: Sequence[dict[str, Any]], epochs: int) -> str:
     """One line for a person: which candidate became the student and against what, by validation accuracy."""
     chosen = next(f for f in finalists if f["chosen"])
@@ -143,7 +147,7 @@ def choice_text(finalists: Sequence[dict[str, Any]], epochs: int) -> str:
 
     def described(f: dict[str, Any]) -> str:
         paired = f.get("paired")
-        images = "" if not paired else (f" (the student right and it wrong on {paired['student_only']} images, "
+        images = "" if not paired else (f" (the student right and it wrong on {_images(paired['student_only'])}, "
                                         f"the reverse on {paired['finalist_only']})")
         return f"{f['name']} {100 * f['val_accuracy']:.2f}%{images}"
 
