@@ -29,8 +29,9 @@ class SearchConfig:
     # asked; the families in flight finish and successive halving promotes as usual. None: `trials` alone.
     search_minutes: float | None = None
     strategy: str = "tpe"
-    # The union of nago and the zoo: it holds the budget-filling plain CNNs (the warm starts a search cannot
-    # lose to) and, on digits-cluttered, its searches were ahead of nago's (docs/design.md, "`--space all`").
+    # The union of nago and the zoo: it holds the budget-filling plain CNNs (the baseline's network and a deeper
+    # one, the search's first proposals) and, on digits-cluttered, its searches were ahead of nago's
+    # (docs/design.md, "`--space all`").
     space: str = "all"
     family_size: int = 2
     fidelities: tuple[int, ...] = (1, 3)
