@@ -9,7 +9,7 @@ import torch
 
 from compressor.models.checkpoint import load_checkpoint, save_checkpoint
 from compressor.data.datasets import load_dataset
-from compressor.train.distill import LogitsCache, TrainConfig, kd_loss, train_student
+from compressor.train.distill import LogitsCache, TrainConfig, evaluate_graded, kd_loss, predict, train_student
 from compressor.models.build import build_from_arch
 from compressor.models.teachers import load_teacher
 from test_teachers import small_data, teacher_ckpt  # noqa: F401 - shared fixtures
@@ -78,6 +78,32 @@ def test_training_is_reproducible_on_cpu(small_data):
         states.append(model.state_dict())
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_graded_evaluation_gives_the_accuracy_and_the_cross_entropy_of_the_true_class():
+    # A network that outputs fixed logits per image: its cross-entropy is computable by hand.
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 3.0], [1.0, 1.0, 0.0]])
+    y = torch.tensor([0, 2, 2, 1])
+    model = torch.nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(logits.T)
+    x = torch.eye(4)
+    accuracy, loss = evaluate_graded(model, x, y, batch_size=3)  # two batches
+    expected = [-math.log(_softmax(row.tolist(), 1.0)[label]) for row, label in zip(logits, y.tolist())]
+    # image 3 is a tie between classes 0 and 1: argmax takes class 0, wrong
+    assert accuracy == pytest.approx(2 / 4)
+    assert loss == pytest.approx(sum(expected) / 4, rel=1e-6)
+    assert predict(model, x).tolist() == [0, 1, 2, 0]
+    assert evaluate_graded(model, x[:0], y[:0]) == (0.0, math.inf) and predict(model, x[:0]).shape == (0,)
+
+
+def test_training_reports_the_cross_entropy_beside_the_accuracy(small_data):
+    torch.manual_seed(0)
+    model = build_from_arch("zoo:plain:widths=8-8-8", 10, small_data.input_shape)
+    result = train_student(model, small_data, TrainConfig(epochs=1, seed=0, threads=1), evaluate_test=False)
+    assert (result.val_accuracy, result.val_loss) == pytest.approx(
+        evaluate_graded(model, small_data.val_x, small_data.val_y))
+    assert 0.0 < result.val_loss < math.inf
 
 
 @pytest.mark.slow

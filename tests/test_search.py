@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -52,19 +53,24 @@ def test_store_migrates_schema_1_and_refuses_a_newer_one(tmp_path):
     path = tmp_path / "t.sqlite"
     store = TrialStore(path)
     store.add(TrialRecord(proposal=0, fidelity=1, status="failed", params={}, seeds=[1], reason="RemoteError: down"))
+    store.add(TrialRecord(proposal=1, fidelity=1, status="ok", params={}, seeds=[2], val_accuracy=0.5))
     store.close()
     db = sqlite3.connect(path)
-    with db:  # the store as schema 1 wrote it: no retryable column
+    with db:  # the store as schema 1 wrote it: no retryable column, no cross-entropy
         db.execute("ALTER TABLE trials DROP COLUMN retryable")
+        db.execute("ALTER TABLE trials DROP COLUMN val_loss")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     db.close()
     store = TrialStore(path)
-    assert store.get_meta("schema_version") == 2
-    store.add(TrialRecord(proposal=0, fidelity=1, status="ok", params={}, seeds=[1], retryable=True))
-    assert [r.retryable for r in store.records()] == [False, True]
-    store.set_meta("schema_version", 3)
+    assert store.get_meta("schema_version") == 3
+    store.add(TrialRecord(proposal=0, fidelity=1, status="ok", params={}, seeds=[1], retryable=True,
+                          val_accuracy=0.5, val_loss=math.log(4)))
+    assert [r.retryable for r in store.records()] == [False, False, True]
+    # an old record has no cross-entropy and ranks by its accuracy; a new one by exp(-cross-entropy)
+    assert [r.score for r in store.records()] == pytest.approx([None, 0.5, 0.25])
+    store.set_meta("schema_version", 4)
     store.close()
-    with pytest.raises(UserError, match="trial store schema 3, this version reads 2"):
+    with pytest.raises(UserError, match="trial store schema 4, this version reads 3"):
         TrialStore(path)
 
 

@@ -89,6 +89,29 @@ def test_successive_halving_promotes_the_best_third_at_each_fidelity(tmp_path):
     assert fake.calls[:9] == [(p, 1) for p in range(9)]
 
 
+@dataclass
+class SoftEvaluator(FakeEvaluator):
+    """Accuracy as FakeEvaluator's; the cross-entropy ranks the families the other way round."""
+
+    def __call__(self, record: TrialRecord, previous: TrialRecord | None) -> None:
+        super().__call__(record, previous)
+        if record.status == "ok":
+            record.val_loss = record.val_accuracy
+
+
+def test_promotions_the_strategys_loss_and_the_best_family_follow_the_score(tmp_path):
+    schedule, records = _search(tmp_path / "t.sqlite", SoftEvaluator(), trials=9, fidelities=(1, 3), eta=3,
+                                strategy="random")
+    at_1 = [r for r in records if r.fidelity == 1]
+    rounds = [at_1[start:start + 3] for start in (0, 3, 6)]  # rounds of eta families, the best one promoted
+    by_score = [min(members, key=lambda r: r.val_loss).proposal for members in rounds]
+    assert by_score != [max(members, key=lambda r: r.val_accuracy).proposal for members in rounds]
+    assert sorted(r.proposal for r in records if r.fidelity == 3) == by_score
+    assert [t["result"]["loss"] for t in schedule.strategy.trials.trials] == [-math.exp(-r.val_loss) for r in at_1]
+    at_3 = [r for r in records if r.fidelity == 3]
+    assert best_record(records) == min(at_3, key=lambda r: r.val_loss)
+
+
 def test_screen_factor_caps_proposals_when_everything_is_over_budget(tmp_path):
     fake = FakeEvaluator(budget_ms=1e-6)
     schedule, records = _search(tmp_path / "t.sqlite", fake, trials=3, screen_factor=2, fidelities=(1, 2), eta=2)

@@ -7,9 +7,15 @@ tool takes the distinct families a stored run (or several, `bench_search`'s
 strategies of one cell) trained at a fidelity, retrains each one's first
 member with the knobs the search gave it at every `--epochs` value (same
 recipe as the search: `compressor.search.recipe`, batch 16, one thread, the
-run's seed), and prints, per short training, Kendall's tau of its validation
-accuracies with the longest's and what the families it ranks first reach in the
-long training. Trainings run in `--workers` processes (accuracy does not depend
+run's seed), and prints, per short training, Kendall's tau with the longest
+training's validation accuracy of three rankings: by the short training's
+validation accuracy (what the search ranked by before), by its validation
+cross-entropy (lower first: `TrainResult.val_loss`, what the search ranks
+by, `TrialRecord.score`) and by its soft accuracy, the arithmetic mean
+probability of the true class. The last two are graded scores: after one epoch every family is
+far from its final accuracy, and they may tell apart families that the count
+of images right does not. Also what the families each ranks first reach in the long
+training. Trainings run in `--workers` processes (accuracy does not depend
 on the machine's load; nothing here is timed).
 
     .venv/bin/python tools/bench_fidelity.py runs/bench_search/digits-cluttered/split0/labels0.1/* \
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -54,8 +61,8 @@ def families(run_dirs: list[Path], fidelity: int) -> list[dict]:
     return found
 
 
-def train_all(job: tuple) -> dict[int, float]:
-    """One family's validation accuracy after each number of epochs (a worker process)."""
+def train_all(job: tuple) -> dict[str, dict[int, float]]:
+    """One family's validation accuracy ("acc") and cross-entropy ("nll") after each number of epochs (a worker process)."""
     family, args = job
     import torch
 
@@ -76,11 +83,16 @@ def train_all(job: tuple) -> dict[int, float]:
     logits = LogitsCache(args.cache).get(teacher, teacher_inputs(teacher, raw).dataset)
     spec = get_space("all").sample(family["arch"], family["seed"])
     config = SearchConfig(space="all", seed=args.seed)
-    out = {}
+    out = {"acc": {}, "nll": {}, "p_true": {}}
     for epochs in args.epochs:
         train = recipe.train_config(config, family, epochs=epochs)
-        _, result = recipe.train_spec(spec, data, train, logits, evaluate_test=False)
-        out[epochs] = result.val_accuracy if result.status == "ok" else 0.0
+        model, result = recipe.train_spec(spec, data, train, logits, evaluate_test=False)
+        ok = result.status == "ok"
+        out["acc"][epochs] = result.val_accuracy if ok else 0.0
+        out["nll"][epochs] = result.val_loss if ok else math.inf
+        with torch.inference_mode():
+            p_true = torch.softmax(model.eval()(data.val_x), 1).gather(1, data.val_y[:, None]).mean()
+        out["p_true"][epochs] = float(p_true) if ok else 0.0
     return out
 
 
@@ -120,23 +132,27 @@ def main() -> int:
     # Every family's accuracies are kept as they come (a rerun, or one after a crash, trains only the others).
     args.out.parent.mkdir(parents=True, exist_ok=True)
     done = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    keys = [json.dumps([f, args.data, args.split_seed, args.label_fraction, args.epochs], sort_keys=True)
+    keys = [json.dumps([f, args.data, args.split_seed, args.label_fraction, args.epochs, "acc+nll"], sort_keys=True)
             for f in found]
     todo = [(f, args) for f, key in zip(found, keys) if key not in done]
     with ProcessPoolExecutor(args.workers) as pool:
         for key, result in zip([k for k in keys if k not in done], pool.map(train_all, todo)):
-            done[key] = {str(e): v for e, v in result.items()}
+            done[key] = {m: {str(e): v for e, v in values.items()} for m, values in result.items()}
             args.out.write_text(json.dumps(done))
-    accuracies = [{int(e): v for e, v in done[key].items()} for key in keys]
+    accuracies = [{int(e): v for e, v in done[key]["acc"].items()} for key in keys]
+    losses = [{int(e): v for e, v in done[key]["nll"].items()} for key in keys]
+    p_true = [{int(e): v for e, v in done[key]["p_true"].items()} for key in keys]
     longest = args.epochs[-1]
     final = [a[longest] for a in accuracies]
-    print(f"\n| short training | Kendall τ with {longest} epochs | its top 3 after {longest} epochs (val %) |")
-    print("|---|---:|---|")
+    print(f"\n| short training | ranked by | Kendall τ with {longest} epochs' accuracy | its top 3 after {longest} epochs (val %) |")
+    print("|---|---|---:|---|")
     for epochs in args.epochs[:-1]:
-        short = [a[epochs] for a in accuracies]
-        top = sorted(range(len(found)), key=lambda i: -short[i])[:3]
-        print(f"| {epochs} epochs | {kendalltau(short, final)[0]:.2f} | "
-              f"{', '.join(f'{100 * final[i]:.1f}' for i in top)} |")
+        for name, score in (("accuracy", [a[epochs] for a in accuracies]),
+                            ("cross-entropy", [-min(loss[epochs], 1e9) for loss in losses]),
+                            ("soft accuracy", [p[epochs] for p in p_true])):
+            top = sorted(range(len(found)), key=lambda i: -score[i])[:3]
+            print(f"| {epochs} epochs | {name} | {kendalltau(score, final)[0]:.2f} | "
+                  f"{', '.join(f'{100 * final[i]:.1f}' for i in top)} |")
     print(f"\nbest after {longest} epochs: {100 * max(final):.1f}%, median {100 * statistics.median(final):.1f}%\n")
     print("| family | lr, KD α, τ | " + " | ".join(f"{e} ep" for e in args.epochs) + " |")
     print("|---|---|" + "---:|" * len(args.epochs))

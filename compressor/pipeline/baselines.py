@@ -147,7 +147,11 @@ def knobs_of(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _TuningEvaluator:
-    """The `Evaluator` of the baseline's tuning: one fixed architecture, trained by `train` at the record's fidelity."""
+    """The `Evaluator` of the baseline's tuning: one fixed architecture, trained by `train` at the record's fidelity.
+
+    It records accuracy alone, so the tuning ranks knobs by accuracy (`TrialRecord.score`'s fallback): the
+    cross-entropy was measured to rank architectures after short trainings, not lr/KD settings of one.
+    """
 
     def __init__(self, train: Trainer) -> None:
         self.train = train

@@ -40,7 +40,7 @@ finds the teacher itself within the budgets, `teacher_meets_budget` is true
 and the summaries say so first.
 
 The finalists are ranked as `search.analysis.best_record` ranks families
-(highest fidelity, then validation accuracy; within one validation image a
+(highest fidelity, then score, from the cross-entropy; within one validation image a
 tie, which goes to the faster); after their final training the student is
 the best on validation unless another is within one standard error of it
 (paired, image by image) and faster, or is the baseline (`finalists.choose`).
@@ -849,7 +849,8 @@ class _Progress:
         self._refresh(self._running())
         if not self.quiet and not self._progress.console.is_terminal:
             # Logs and pipes get one line per evaluation instead of a live bar.
-            outcome = (f"val {100 * rec.val_accuracy:.2f}%" if rec.status == "ok" else f"{rec.status}: {rec.reason}")
+            outcome = (f"val {100 * rec.val_accuracy:.2f}% (score {100 * rec.score:.2f}%)" if rec.status == "ok"
+                       else f"{rec.status}: {rec.reason}")
             self._progress.console.print(
                 f"proposal {rec.proposal} @ {rec.fidelity} ep: {outcome} "
                 f"({rec.latency_ms or 0:.3f} ms, {rec.total_s:.1f} s) | {self.done}/{self.config.trials} trained, "

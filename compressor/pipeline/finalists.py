@@ -10,7 +10,7 @@ trained as the student is trained:
 
 1. **Finalists** (`finalist_records`): the top `finalists` families by the
    rule that picks the best one (`search.analysis.best_record`: the highest
-   fidelity reached first, then validation accuracy, ties within one
+   fidelity reached first, then its score (from its cross-entropy), ties within one
    validation image to the faster), distinct by architecture. When the
    highest fidelity holds fewer families, the next fidelity down fills in.
 2. Each is finished on the baseline's terms (compressor.pipeline.finish:

@@ -16,14 +16,16 @@ from compressor.search.store import TrialRecord
 
 
 def best_record(records: list[TrialRecord], tolerance: float = 0.0) -> TrialRecord | None:
-    """The feasible evaluation to train last: best validation accuracy at the highest fidelity reached, the faster on a tie.
+    """The feasible evaluation to train last: best score at the highest fidelity reached, the faster on a tie.
 
-    Families whose mean validation accuracy is within `tolerance` of the best
-    one's are a tie, and the tie goes to the lowest latency (the screened
-    figure, the same measure for all); then to the higher accuracy, then to the
-    earlier proposal. The pipeline passes one validation image (1 / the
-    validation split's size): accuracies closer than that differ by less than
-    one image and are equal for any purpose. The spread of a family's members
+    The score is the search's ranking figure (`TrialRecord.score`: from the
+    members' mean cross-entropy on validation). Families whose score is
+    within `tolerance` of the best one's are a tie, and the tie goes to the
+    lowest latency (the screened figure, the same measure for all); then to
+    the higher score, then to the earlier proposal. The pipeline passes one
+    validation image (1 / the validation split's size): scores closer than
+    that differ by less than one image's worth of probability and are equal
+    for any purpose. The spread of a family's members
     (their std) would be the statistician's tolerance, but with the default 2
     members it is itself a noisy figure, and it could trade points of accuracy
     for speed that no budget asked for.
@@ -33,9 +35,9 @@ def best_record(records: list[TrialRecord], tolerance: float = 0.0) -> TrialReco
         return None
     top = max(r.fidelity for r in ok)
     at_top = [r for r in ok if r.fidelity == top]
-    leader = max(r.val_accuracy for r in at_top)
-    tied = [r for r in at_top if r.val_accuracy >= leader - tolerance]
-    return min(tied, key=lambda r: (math.inf if r.latency_ms is None else r.latency_ms, -r.val_accuracy, r.proposal))
+    leader = max(r.score for r in at_top)
+    tied = [r for r in at_top if r.score >= leader - tolerance]
+    return min(tied, key=lambda r: (math.inf if r.latency_ms is None else r.latency_ms, -r.score, r.proposal))
 
 
 def failure_summary(records: list[TrialRecord]) -> str:

@@ -44,9 +44,11 @@ A proposal names a *family*: its `family_size` members are
   record, `compressor.search.parallel`); the task returns the list with the
   record and the driver's model learns it.
 * **Train.** Each member is distilled from the teacher's cached logits for
-  `fidelity` epochs (`compressor.train.distill.train_student`); the family's
-  score is its members' mean validation accuracy (std kept). A family
-  evaluated again at a higher fidelity reuses its screening.
+  `fidelity` epochs (`compressor.train.distill.train_student`); the family
+  records its members' mean validation accuracy (std kept) and their mean
+  validation cross-entropy, from which its score comes (`TrialRecord.score`:
+  what the search ranks by). A
+  family evaluated again at a higher fidelity reuses its screening.
 
 This is the only part of the search that imports torch and the profilers'
 backends, and it does so when it runs, not when it is imported.
@@ -180,7 +182,7 @@ class FamilyEvaluator:
 
         cfg = self.config
         fidelity = record.fidelity
-        accuracies = []
+        accuracies, losses = [], []
         train_started = time.perf_counter()
         for spec in specs:
             remaining = None
@@ -199,7 +201,9 @@ class FamilyEvaluator:
                 raise TrialTimeout(f"trial timeout: over {cfg.trial_timeout_s:g} s "
                                    f"after {result.epochs_run}/{fidelity} epochs")
             accuracies.append(float(result.val_accuracy))
+            losses.append(float(result.val_loss))
         record.train_s = time.perf_counter() - train_started
         record.member_accuracies = accuracies
         record.val_accuracy = float(np.mean(accuracies))
         record.val_std = float(np.std(accuracies))
+        record.val_loss = float(np.mean(losses))

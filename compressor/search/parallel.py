@@ -21,7 +21,7 @@ pool in the tests). The driver alone asks, promotes and writes `trials.sqlite`.
   the evaluations at `fidelities[r]`; its *results* are its trained ones (ok
   or failed, not a retryable failure, which will be redone). Whenever a slot
   is free the driver looks from the highest rung down for a family that is in
-  the top ``n_r // eta`` (by validation accuracy, then proposal) of the n_r
+  the top ``n_r // eta`` (by score, then proposal) of the n_r
   results at its rung so far and has not been evaluated (nor is in flight) at
   the next fidelity, and promotes it; only when no promotion is due does it
   ask a new proposal. Unlike the in-process rounds, no slot waits for a round
@@ -118,7 +118,8 @@ def ask_batch(strategy: Strategy, proposals: list[int], pending: list[TrialRecor
 
 
 def _lie(rec: TrialRecord, liar: float) -> TrialRecord:
-    return dataclasses.replace(rec, status="ok", loss=liar, val_accuracy=-liar, retryable=False)
+    # No cross-entropy: the lie's score is its accuracy, -liar.
+    return dataclasses.replace(rec, status="ok", loss=liar, val_accuracy=-liar, val_loss=None, retryable=False)
 
 
 def asha_promotion(latest: Mapping[Key, TrialRecord], in_flight: set[Key], config: SearchConfig, *,
@@ -131,7 +132,7 @@ def asha_promotion(latest: Mapping[Key, TrialRecord], in_flight: set[Key], confi
         keep = len(results) // config.eta
         if draining and results:
             keep = max(1, keep)
-        ranked = sorted((r for r in results if r.status == "ok"), key=lambda r: (-r.val_accuracy, r.proposal))
+        ranked = sorted((r for r in results if r.status == "ok"), key=lambda r: (-r.score, r.proposal))
         for rec in ranked[:keep]:
             above = (rec.proposal, fidelities[rung + 1])
             done = latest.get(above)

@@ -18,7 +18,9 @@ one and run the whole schedule in milliseconds, without torch).
   is how strategies whose proposals cost differently are compared fairly.
 * Trained families come in rounds of η^(L-1); when a round is full, the best
   1/η of its feasible families are evaluated at the next fidelity, the best
-  1/η² at the one after, and so on (successive halving).
+  1/η² at the one after, and so on (successive halving). "Best" is by the
+  record's `score` (from its validation cross-entropy), as is the loss the
+  strategy is told (-score).
 * Every evaluation is committed to the store when it ends. A new `Schedule`
   over the same store replays the same sequence: an evaluation found in the
   store is not run again and a proposal found there is not asked again, so
@@ -61,8 +63,9 @@ class Evaluator(Protocol):
     misc and member seeds. `previous` is the same family's record at the
     previous fidelity (its screening is reused), or None at the smallest
     fidelity, where the family is screened first. The evaluator sets the
-    measured figures and durations, and either `val_accuracy` (status "ok",
-    the schedule derives the loss) or status "infeasible" with a reason and
+    measured figures and durations, and either `val_accuracy` and
+    `val_loss` (status "ok", the schedule derives the loss from the
+    record's `score`) or status "infeasible" with a reason and
     `loss = strategies.penalty_loss(overshoot)`.
     """
 
@@ -152,7 +155,7 @@ class Schedule:
         for level in range(1, len(cfg.fidelities)):
             previous = [self._done(p, cfg.fidelities[level - 1]) for p in members]
             ranked = sorted((r for r in previous if r is not None and r.status == "ok"),
-                            key=lambda r: (-r.val_accuracy, r.proposal))
+                            key=lambda r: (-r.score, r.proposal))
             keep = max(1, len(members) // cfg.eta ** level)
             for rec in ranked[:keep]:
                 if self._done(rec.proposal, cfg.fidelities[level]) is None:
@@ -180,7 +183,7 @@ class Schedule:
     def _commit(self, rec: TrialRecord) -> TrialRecord:
         """Store an ended evaluation, make it the one that counts, tell the strategy (smallest fidelity)."""
         if rec.status == "ok":
-            rec.loss = -rec.val_accuracy
+            rec.loss = -rec.score
         elif rec.status == "failed":
             rec.loss = None
         self.store.add(rec)

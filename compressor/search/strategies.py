@@ -20,7 +20,8 @@ told history, so a resumed run asks them again first, in the same order.
 What hyperopt is told, per outcome of an evaluation at the smallest fidelity
 (the only one every proposal has, so the losses are comparable):
 
-* feasible: status ok, loss = -mean validation accuracy.
+* feasible: status ok, loss = -score (`TrialRecord.score`: exp(-the members'
+  mean validation cross-entropy), in (0, 1] like the accuracy it replaced).
 * infeasible (over budget): status ok with `penalty_loss` = 1 + the worst
   relative overshoot (capped at 10), above every feasible loss, and the
   measured figures (latency, memory, size) in the result. A graded penalty

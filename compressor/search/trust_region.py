@@ -56,7 +56,7 @@ Then each region draws its Thompson candidate and the region with the lowest
 sampled value is proposed. `sample_y` undoes the per-region normalisation of
 y, so the sampled values compare across regions in loss units.
 
-**Outcomes**, as the hyperopt bridge reads them: loss = -validation accuracy;
+**Outcomes**, as the hyperopt bridge reads them: loss = -score (`TrialRecord.score`);
 an over-budget family enters the GP with its `penalty_loss` and is a failure
 for the counters; a failed one (an exception, a NaN) is a failure that
 enters the GP at the region's worst loss, and no better than a family just

@@ -154,6 +154,10 @@ class TrainResult:
     status: str
     reason: str = ""
     val_accuracy: float | None = None
+    # The mean cross-entropy of the true class on validation: graded where accuracy counts images (how sure the
+    # network is, not only whether its top class is right); the search ranks short trainings by it
+    # (compressor.search.store.TrialRecord.score says why).
+    val_loss: float | None = None
     test_accuracy: float | None = None
     loss_curve: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -169,16 +173,36 @@ def predict(model, x, batch_size: int = 512):
     """The top-1 class `model` predicts for each image of `x` (a CPU tensor of N labels), in eval mode."""
     import torch
 
+    return _log_probabilities(model, x, batch_size).argmax(1) if len(x) else torch.zeros(0, dtype=torch.long)
+
+
+def _log_probabilities(model, x, batch_size: int):
+    """`model`'s log-softmax over the classes for each image of `x` (at least one; a CPU tensor N x classes), in eval mode."""
+    import torch
+
     model.eval()
     device = next(model.parameters()).device
     with torch.inference_mode():
-        parts = [model(x[start:start + batch_size].to(device)).argmax(1).cpu() for start in range(0, len(x), batch_size)]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        return torch.cat([torch.log_softmax(model(x[start:start + batch_size].to(device)).float(), 1).cpu()
+                          for start in range(0, len(x), batch_size)])
 
 
 def evaluate(model, x, y, batch_size: int = 512) -> float:
     """Top-1 accuracy (fraction) of `model` on (x, y), in eval mode."""
-    return int((predict(model, x, batch_size) == y).sum()) / max(1, len(x))
+    return evaluate_graded(model, x, y, batch_size)[0]
+
+
+def evaluate_graded(model, x, y, batch_size: int = 512) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy of the true class) of `model` on (x, y), in eval mode.
+
+    The cross-entropy is `TrainResult.val_loss`'s: +inf where it is not finite; (0, +inf) on no images.
+    """
+    if not len(x):
+        return 0.0, math.inf
+    log_probabilities = _log_probabilities(model, x, batch_size)
+    accuracy = int((log_probabilities.argmax(1) == y).sum()) / len(x)
+    loss = float(-log_probabilities.gather(1, y[:, None]).mean())
+    return accuracy, loss if math.isfinite(loss) else math.inf
 
 
 def train_student(model, dataset, config: TrainConfig, *, teacher_logits: dict | None = None, teacher=None,
@@ -277,7 +301,7 @@ def _train(model, dataset, config, teacher_logits, teacher, evaluate_test, progr
             result.epochs_run = epoch + 1
         if config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s:
             break
-    result.val_accuracy = evaluate(model, dataset.val_x, dataset.val_y)
+    result.val_accuracy, result.val_loss = evaluate_graded(model, dataset.val_x, dataset.val_y)
     if evaluate_test:
         result.test_accuracy = evaluate(model, dataset.test_x, dataset.test_y)
     model.cpu().eval()
