@@ -16,7 +16,7 @@ from compressor.search.analysis import best_record, failure_summary, pareto_fron
 from compressor.search.config import SearchConfig
 from compressor.search.schedule import Schedule, TrialTimeout
 from compressor.search.store import TrialRecord, TrialStore
-from compressor.search.strategies import penalty_loss
+from compressor.search.strategies import HyperoptStrategy, is_warm_start, penalty_loss
 from profilers import RemoteError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +110,21 @@ def test_promotions_the_strategys_loss_and_the_best_family_follow_the_score(tmp_
     assert [t["result"]["loss"] for t in schedule.strategy.trials.trials] == [-math.exp(-r.val_loss) for r in at_1]
     at_3 = [r for r in records if r.fidelity == 3]
     assert best_record(records) == min(at_3, key=lambda r: r.val_loss)
+
+
+def test_warm_starts_go_on_to_every_fidelity_whatever_their_score(tmp_path):
+    # x = 0.95 is the worst point after 1 epoch (best x: 0.3) and never in a round's top third.
+    config = SearchConfig(trials=9, family_size=1, fidelities=(1, 3, 9), eta=3, strategy="tpe").validate()
+    store = TrialStore(tmp_path / "t.sqlite")
+    strategy = HyperoptStrategy(config, SPACE, [{"x": 0.95, "block": 0}])
+    records = Schedule(config=config, store=store, evaluate=FakeEvaluator(), space=SPACE, strategy=strategy).run()
+    at = {f: {r.proposal: r for r in records if r.fidelity == f} for f in (1, 3, 9)}
+    assert at[1][0].params["x"] == 0.95 and is_warm_start(at[1][0])
+    assert min(at[1].values(), key=lambda r: r.score).proposal == 0
+    assert 0 in at[3] and 0 in at[9]
+    # the others go on as before: the round's (all 9) best third, then its best ninth
+    assert len(at[3]) == 3 + 1 and len(at[9]) == 1 + 1
+    assert not any(is_warm_start(r) for r in records if r.proposal != 0)
 
 
 def test_screen_factor_caps_proposals_when_everything_is_over_budget(tmp_path):

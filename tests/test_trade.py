@@ -139,7 +139,7 @@ def test_zoo_and_nago_groups_come_from_their_declarations():
     assert name == "nago" and "param_budget" not in [k.name for k in knobs]  # not searchable
     strategy = TrustRegionStrategy(SearchConfig(strategy="trade", space="zoo"), get_space("zoo"))
     params, misc = strategy.ask(0)
-    assert misc == {"region": "plain", "x": misc["x"], "how": "design"}
+    assert misc == {"region": "plain", "x": misc["x"], "how": "design", "warm": True}
     assert params["arch"] == {"family": "plain", **{k.name: k.default for k in zoo["plain"]}}
     assert {k: params[k] for k in ("kd_alpha", "kd_tau", "lr")} == {"kd_alpha": 0.5, "kd_tau": 4.0, "lr": 0.1}
 

@@ -170,6 +170,8 @@ def warm_start_points(space) -> list[WarmStart]:
     and `--strategy trade` starts each trust region's design with its group's
     (`trust_region`); a caller may pass others (scaled to a budget, say) to
     `Schedule`, several per group if it likes (`compress` gives the plain group two).
+    Every warm start that trains goes on to the highest fidelity
+    (`strategies.is_warm_start`): one epoch is too short to drop a known-good point.
     """
     kd = {k.name: k.default for k in kd_knobs()}
     return [WarmStart(group, {k.name: k.default for k in knobs}, dict(kd))

@@ -22,8 +22,9 @@ pool in the tests). The driver alone asks, promotes and writes `trials.sqlite`.
   or failed, not a retryable failure, which will be redone). Whenever a slot
   is free the driver looks from the highest rung down for a family that is in
   the top ``n_r // eta`` (by score, then proposal) of the n_r
-  results at its rung so far and has not been evaluated (nor is in flight) at
-  the next fidelity, and promotes it; only when no promotion is due does it
+  results at its rung so far, or is a warm start (`schedule.promoted`), and
+  has not been evaluated (nor is in flight) at the next fidelity, and
+  promotes it; only when no promotion is due does it
   ask a new proposal. Unlike the in-process rounds, no slot waits for a round
   to fill: a family may be promoted on a partial ranking (that is the price of
   never idling). When no proposal is left to ask and nothing is in flight,
@@ -65,7 +66,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from compressor.search.config import SearchConfig, WarmStart
 from compressor.search.fit import BudgetFit, Sample
-from compressor.search.schedule import Schedule, record_failure
+from compressor.search.schedule import Schedule, promoted, record_failure
 from compressor.search.store import TrialRecord, TrialStore
 from compressor.search.strategies import Strategy
 
@@ -133,7 +134,7 @@ def asha_promotion(latest: Mapping[Key, TrialRecord], in_flight: set[Key], confi
         if draining and results:
             keep = max(1, keep)
         ranked = sorted((r for r in results if r.status == "ok"), key=lambda r: (-r.score, r.proposal))
-        for rec in ranked[:keep]:
+        for rec in promoted(ranked, keep):
             above = (rec.proposal, fidelities[rung + 1])
             done = latest.get(above)
             if above not in in_flight and (done is None or done.retryable):

@@ -20,7 +20,8 @@ one and run the whole schedule in milliseconds, without torch).
   1/η of its feasible families are evaluated at the next fidelity, the best
   1/η² at the one after, and so on (successive halving). "Best" is by the
   record's `score` (from its validation cross-entropy), as is the loss the
-  strategy is told (-score).
+  strategy is told (-score). A warm start goes on whatever its score
+  (`strategies.is_warm_start` says why).
 * Every evaluation is committed to the store when it ends. A new `Schedule`
   over the same store replays the same sequence: an evaluation found in the
   store is not run again and a proposal found there is not asked again, so
@@ -43,7 +44,7 @@ from targets.errors import first_line
 
 from compressor.search.config import SearchConfig, WarmStart, member_seeds, warm_start_points
 from compressor.search.store import TrialRecord, TrialStore
-from compressor.search.strategies import Strategy, make_strategy
+from compressor.search.strategies import Strategy, is_warm_start, make_strategy
 
 _log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class Schedule:
             ranked = sorted((r for r in previous if r is not None and r.status == "ok"),
                             key=lambda r: (-r.score, r.proposal))
             keep = max(1, len(members) // cfg.eta ** level)
-            for rec in ranked[:keep]:
+            for rec in promoted(ranked, keep):
                 if self._done(rec.proposal, cfg.fidelities[level]) is None:
                     self._evaluate(rec.proposal, rec.params, rec.misc, cfg.fidelities[level], previous=rec)
 
@@ -195,6 +196,11 @@ class Schedule:
             self.strategy.tell([rec])
         self.progress("end", {"record": rec})
         return rec
+
+
+def promoted(ranked: list[TrialRecord], keep: int) -> list[TrialRecord]:
+    """Who goes on from a rung ranked best first: the first `keep`, and every warm start (`is_warm_start`)."""
+    return ranked[:keep] + [rec for rec in ranked[keep:] if is_warm_start(rec)]
 
 
 def record_failure(rec: TrialRecord, exc: BaseException, *, transient: bool) -> None:

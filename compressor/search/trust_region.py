@@ -67,7 +67,7 @@ move the counters (TuRBO's initial design does not).
 **State and resume.** `ask` reads the regions and changes nothing; `tell`
 replays outcomes in the order given and is the only thing that moves a
 region. `misc` = {"region", "x" (the snapped point in [0, 1]^d), "how"
-("design" or "thompson")}: the state is a function of the told history, so a
+("design" or "thompson"), and `strategies.WARM_START` on a warm start}: the state is a function of the told history, so a
 resumed run, told the stored records, proposes the same next point. Every
 random draw is seeded from (run seed, proposal number, region, restart).
 
@@ -96,7 +96,7 @@ import numpy as np
 
 from compressor.search.config import SearchConfig, WarmStart, kd_knobs, warm_start_points
 from compressor.search.store import TrialRecord
-from compressor.search.strategies import penalty_loss
+from compressor.search.strategies import WARM_START, penalty_loss
 from compressor.spaces.base import FloatKnob, IntKnob, Knob, Space
 
 INITIAL_LENGTH = 0.8
@@ -280,11 +280,13 @@ class TrustRegionStrategy:
         if pending:
             region = min(pending, key=lambda r: (r.told, r.index))
             x, how = self._design(region)[region.told], "design"
+            warm = region.restarts == 0 and region.told < len(region.warm)  # the design opens with them
         else:
             region, x = self._thompson(proposal)
-            how = "thompson"
+            how, warm = "thompson", False
         x = region.knob_map.snap(x)
-        return self.params(region, x), {"region": region.name, "x": [float(v) for v in x], "how": how}
+        return self.params(region, x), {"region": region.name, "x": [float(v) for v in x], "how": how,
+                                        **({WARM_START: True} if warm else {})}
 
     def tell(self, records: list[TrialRecord]) -> None:
         """Replay outcomes in order (see the module docstring); records of other strategies are refused."""
