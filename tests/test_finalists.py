@@ -27,6 +27,9 @@ def test_finalists_are_ranked_by_highest_fidelity_then_validation_and_are_distin
     assert [r.proposal for r in finalist_records(records, 5)] == [2, 1, 5, 0]  # 3 is 5's network; 4 never trained
     assert [r.proposal for r in finalist_records(records, 1)] == [2]
     assert finalist_records([_record(0, 1, 0.5, status="failed")], 2) == []
+    # the baseline's network (a finalist anyway with --baseline) is passed over, at every fidelity
+    baseline = lambda record: record.params["arch"] == {"width": 2}  # noqa: E731
+    assert [(r.proposal, r.fidelity) for r in finalist_records(records, 3, excluded=baseline)] == [(1, 3), (5, 1), (0, 1)]
 
 
 def test_finalists_tie_within_the_tolerance_goes_to_the_faster():

@@ -55,7 +55,7 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from compressor.errors import UserError
 from compressor.pipeline.finalists import choice_text, choose, finalist_records, summary
@@ -299,7 +299,8 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     seconds = sum(r.total_s for r in records)
     # Families within one validation image of the best are a tie, which goes to the faster.
     tolerance = 1.0 / len(dataset.val_y)
-    finalists = finalist_records(records, config.finalists, tolerance=tolerance)
+    finalists = finalist_records(records, config.finalists, tolerance=tolerance,
+                                 excluded=_is_baseline_network(config, warm_starts) if baseline else lambda r: False)
     report = _base_report(config, target, teacher_info, records, seconds)
     report["budgets"]["latency_x_reference"] = latency_x_reference
     report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
@@ -486,6 +487,19 @@ def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> lis
     return [q for p in points
             for q in ([*at_width(p, width, PLAIN_BASE), *at_width(p, width["deeper"], DEEPER_BASE)] or [p]
                       if p.group == "plain" else [p])]
+
+
+def _is_baseline_network(config: SearchConfig, warm_starts) -> Callable[[Any], bool]:
+    """Whether a search record's network is the baseline's: the first plain warm start measured in the width
+    session (`_warm_starts`: the plain CNN at the baseline's width); never where there is none."""
+    from compressor.spaces import get_space
+
+    space = get_space(config.space)
+    plain = [w for w in warm_starts if w.group == "plain" and w.measured is not None]
+    if not plain:
+        return lambda record: False
+    network = space.validate_params(plain[0].params(space)["arch"])
+    return lambda record: space.validate_params(record.params["arch"]) == network
 
 
 def _tuning_evaluations(config: SearchConfig, report) -> int:

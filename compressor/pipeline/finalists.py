@@ -11,8 +11,12 @@ trained as the student is trained:
 1. **Finalists** (`finalist_records`): the top `finalists` families by the
    rule that picks the best one (`search.analysis.best_record`: the highest
    fidelity reached first, then its score (from its cross-entropy), ties within one
-   validation image to the faster), distinct by architecture. When the
-   highest fidelity holds fewer families, the next fidelity down fills in.
+   validation image to the faster), distinct by architecture and, with
+   `--baseline`, other than the baseline's network (the plain warm start at
+   the baseline's width, which reaches the highest fidelity as every warm
+   start does, would otherwise take a finalist's place to be trained twice).
+   When the highest fidelity holds fewer families, the next fidelity down
+   fills in.
 2. Each is finished on the baseline's terms (compressor.pipeline.finish:
    width filled by measurement, lr/KD tuned) and trained for `final_epochs`
    with the student's recipe, its checkpoint kept under `RUN_DIR/finalists/`.
@@ -53,31 +57,33 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from compressor.search.store import TrialRecord
 
 
-def finalist_records(records: Sequence[TrialRecord], count: int, tolerance: float = 0.0) -> list[TrialRecord]:
+def finalist_records(records: Sequence[TrialRecord], count: int, tolerance: float = 0.0,
+                     excluded: Callable[[TrialRecord], bool] = lambda record: False) -> list[TrialRecord]:
     """The `count` families to train in full, best first (the module docstring, step 1).
 
     Each pick is `best_record` over the families not yet picked; a family whose architecture params
-    equal a picked one's (a strategy may propose a point twice) is passed over.
+    equal a picked one's (a strategy may propose a point twice) or that is `excluded` (the baseline's
+    network, a finalist anyway with `--baseline`) is passed over.
     """
     from compressor.search.analysis import best_record
 
-    left = [r for r in records if r.status == "ok"]
+    left = [r for r in records if r.status == "ok" and not excluded(r)]
     picked: list[TrialRecord] = []
     while left and len(picked) < count:
         best = best_record(left, tolerance=tolerance)
         picked.append(best)
-        arch = _arch_key(best)
-        left = [r for r in left if r.proposal != best.proposal and _arch_key(r) != arch]
+        arch = _arch_key(best.params.get("arch"))
+        left = [r for r in left if r.proposal != best.proposal and _arch_key(r.params.get("arch")) != arch]
     return picked
 
 
-def _arch_key(record: TrialRecord) -> str:
-    return json.dumps(record.params.get("arch"), sort_keys=True, default=str)
+def _arch_key(arch: dict[str, Any] | None) -> str:
+    return json.dumps(arch, sort_keys=True, default=str)
 
 
 # Latencies of one network, drift-corrected, moved 3-6% between sessions (BENCHMARKS.md): closer than this,
