@@ -40,8 +40,8 @@ finds the teacher itself within the budgets, `teacher_meets_budget` is true
 and the summaries say so first.
 
 The finalists are ranked as `search.analysis.best_record` ranks families
-(highest fidelity, then score, from the cross-entropy; within one validation image a
-tie, which goes to the faster); after their final training the student is
+(highest fidelity, then score, from the cross-entropy; within one validation
+image a tie, which goes to the faster); after their final training the student is
 the best on validation unless another is within one standard error of it
 (paired, image by image) and faster, or is the baseline (`finalists.choose`).
 
@@ -300,7 +300,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     # Families within one validation image of the best are a tie, which goes to the faster.
     tolerance = 1.0 / len(dataset.val_y)
     finalists = finalist_records(records, config.finalists, tolerance=tolerance,
-                                 excluded=_is_baseline_network(config, warm_starts) if baseline else lambda r: False)
+                                 excluded=_is_baseline_network(config, store) if baseline else lambda r: False)
     report = _base_report(config, target, teacher_info, records, seconds)
     report["budgets"]["latency_x_reference"] = latency_x_reference
     report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
@@ -460,8 +460,6 @@ def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> lis
     its widest within the budget is a second plain warm start, right after the first: a known-good
     network the baseline's ladder does not hold (docs/design.md, "The deeper plain warm start").
     """
-    import dataclasses
-
     from compressor.pipeline.baselines import DEEPER_BASE, PLAIN_BASE, choose_width
     from compressor.search.config import warm_start_points
     from compressor.spaces import get_space
@@ -476,29 +474,38 @@ def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> lis
                                        reference=reference, deeper=True))
         store.set_meta("plain_width", width)
 
-    def at_width(point, chosen: dict, base) -> list:
-        if not chosen["within"]:
-            return []
-        knobs = {f"width_{i + 1}": chosen["scale"] * w for i, w in enumerate(base)}
-        knobs.update({f"convs_{i + 1}": c for i, c in enumerate(chosen.get("convs", ()))})
-        measured = {"session": chosen["session"], "latency_ms": chosen["latency_ms"], "profile": chosen["profile"]}
-        return [dataclasses.replace(point, arch={**point.arch, **knobs}, measured=measured)]
+    def plain(point) -> list:
+        found = [_plain_at_width(point, width, PLAIN_BASE), _plain_at_width(point, width["deeper"], DEEPER_BASE)]
+        return [q for q in found if q is not None] or [point]
 
-    return [q for p in points
-            for q in ([*at_width(p, width, PLAIN_BASE), *at_width(p, width["deeper"], DEEPER_BASE)] or [p]
-                      if p.group == "plain" else [p])]
+    return [q for p in points for q in (plain(p) if p.group == "plain" else [p])]
 
 
-def _is_baseline_network(config: SearchConfig, warm_starts) -> Callable[[Any], bool]:
-    """Whether a search record's network is the baseline's: the first plain warm start measured in the width
-    session (`_warm_starts`: the plain CNN at the baseline's width); never where there is none."""
+def _plain_at_width(point, chosen: dict[str, Any], base):
+    """The plain warm start `point` at a width session's `chosen` size of ladder `base`, measured; None when the
+    session found none of the ladder within the budget."""
+    if not chosen["within"]:
+        return None
+    knobs = {f"width_{i + 1}": chosen["scale"] * w for i, w in enumerate(base)}
+    knobs.update({f"convs_{i + 1}": c for i, c in enumerate(chosen.get("convs", ()))})
+    measured = {"session": chosen["session"], "latency_ms": chosen["latency_ms"], "profile": chosen["profile"]}
+    return dataclasses.replace(point, arch={**point.arch, **knobs}, measured=measured)
+
+
+def _is_baseline_network(config: SearchConfig, store) -> Callable[[Any], bool]:
+    """Whether a search record's network is the baseline's: the plain CNN at the width the baseline was given
+    (meta `plain_width`, `_warm_starts`); never where no width of its ladder was within the budget."""
+    from compressor.pipeline.baselines import PLAIN_BASE
+    from compressor.search.config import warm_start_points
     from compressor.spaces import get_space
 
     space = get_space(config.space)
-    plain = [w for w in warm_starts if w.group == "plain" and w.measured is not None]
-    if not plain:
+    width = store.get_meta("plain_width")
+    plain = [p for p in warm_start_points(space) if p.group == "plain"]
+    baseline = _plain_at_width(plain[0], width, PLAIN_BASE) if plain and width is not None else None
+    if baseline is None:
         return lambda record: False
-    network = space.validate_params(plain[0].params(space)["arch"])
+    network = space.validate_params(baseline.params(space)["arch"])
     return lambda record: space.validate_params(record.params["arch"]) == network
 
 

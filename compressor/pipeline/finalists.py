@@ -10,8 +10,8 @@ trained as the student is trained:
 
 1. **Finalists** (`finalist_records`): the top `finalists` families by the
    rule that picks the best one (`search.analysis.best_record`: the highest
-   fidelity reached first, then its score (from its cross-entropy), ties within one
-   validation image to the faster), distinct by architecture and, with
+   fidelity reached first, then its score (from its cross-entropy), ties
+   within one validation image to the faster), distinct by architecture and, with
    `--baseline`, other than the baseline's network (the plain warm start at
    the baseline's width, which reaches the highest fidelity as every warm
    start does, would otherwise take a finalist's place to be trained twice).

@@ -24,7 +24,8 @@ How the parts fit:
   and costs no training (nor a trial). Feasible families are distilled for
   the fidelity's epochs; a family's score (`store.TrialRecord.score`, what
   promotions, the strategy's loss and the finalists rank by) comes from its
-  members' mean validation cross-entropy, with their accuracy kept beside it. It is the only part that imports torch.
+  members' mean validation cross-entropy, with their accuracy kept beside
+  it. It is the only part that imports torch.
 * `strategies.HyperoptStrategy` is the bridge to hyperopt (TPE by default, or
   random), driven ask/tell style. TPE learns from the smallest-fidelity
   outcomes, the only ones every proposal has. An infeasible family is given

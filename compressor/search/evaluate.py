@@ -47,8 +47,8 @@ A proposal names a *family*: its `family_size` members are
   `fidelity` epochs (`compressor.train.distill.train_student`); the family
   records its members' mean validation accuracy (std kept) and their mean
   validation cross-entropy, from which its score comes (`TrialRecord.score`:
-  what the search ranks by). A
-  family evaluated again at a higher fidelity reuses its screening.
+  what the search ranks by). A family evaluated again at a higher fidelity
+  reuses its screening.
 
 This is the only part of the search that imports torch and the profilers'
 backends, and it does so when it runs, not when it is imported.
