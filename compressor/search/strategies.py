@@ -159,13 +159,13 @@ class HyperoptStrategy:
 
             given = generate_trial(proposal, self.points[proposal])["misc"]["vals"]
             vals = {label: [_plain(x) for x in given.get(label, [])] for label in self._domain.params}
-            point = {k: v[0] for k, v in vals.items() if v}
-            return _plain(space_eval(self.space, point)), {"vals": vals, WARM_START: True}
-        seed = (self.config.seed * 7919 + proposal) % (2**31 - 1)
-        doc = self._algo()([proposal], self._domain, self.trials, seed)[0]
-        vals = {k: [_plain(x) for x in v] for k, v in doc["misc"]["vals"].items()}
+        else:
+            seed = (self.config.seed * 7919 + proposal) % (2**31 - 1)
+            doc = self._algo()([proposal], self._domain, self.trials, seed)[0]
+            vals = {k: [_plain(x) for x in v] for k, v in doc["misc"]["vals"].items()}
         point = {k: v[0] for k, v in vals.items() if v}
-        return _plain(space_eval(self.space, point)), {"vals": vals}
+        misc = {"vals": vals, WARM_START: True} if proposal < len(self.points) else {"vals": vals}
+        return _plain(space_eval(self.space, point)), misc
 
     def tell(self, records: list[TrialRecord]) -> None:
         """Add the outcomes of evaluations at the smallest fidelity to the history (see the module docstring)."""
