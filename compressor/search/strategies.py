@@ -154,7 +154,8 @@ class HyperoptStrategy:
         """The decoded parameters of proposal number `proposal` and its hyperopt `misc` (kept in the store)."""
         from hyperopt import space_eval
 
-        if proposal < len(self.points):
+        warm = proposal < len(self.points)
+        if warm:
             from hyperopt.fmin import generate_trial
 
             given = generate_trial(proposal, self.points[proposal])["misc"]["vals"]
@@ -164,7 +165,7 @@ class HyperoptStrategy:
             doc = self._algo()([proposal], self._domain, self.trials, seed)[0]
             vals = {k: [_plain(x) for x in v] for k, v in doc["misc"]["vals"].items()}
         point = {k: v[0] for k, v in vals.items() if v}
-        misc = {"vals": vals, WARM_START: True} if proposal < len(self.points) else {"vals": vals}
+        misc = {"vals": vals, WARM_START: True} if warm else {"vals": vals}
         return _plain(space_eval(self.space, point)), misc
 
     def tell(self, records: list[TrialRecord]) -> None:

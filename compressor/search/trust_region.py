@@ -68,8 +68,9 @@ move the counters (TuRBO's initial design does not).
 replays outcomes in the order given and is the only thing that moves a
 region. `misc` = {"region", "x" (the snapped point in [0, 1]^d), "how"
 ("design" or "thompson"), and `strategies.WARM_START` on a warm start}: the
-state is a function of the told history, so a resumed run, told the stored records, proposes the same next point. Every
-random draw is seeded from (run seed, proposal number, region, restart).
+state is a function of the told history, so a resumed run, told the stored
+records, proposes the same next point. Every random draw is seeded from (run
+seed, proposal number, region, restart).
 
 **Departures.** One proposal at a time (TuRBO proposes batches for parallel
 workers). Categorical knobs (nago's graph models and ops) are ordinal bins
