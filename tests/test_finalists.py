@@ -76,6 +76,20 @@ def test_among_tied_finalists_the_faster_wins_then_the_baseline_then_validation(
         choose([], 1000)
 
 
+def test_only_finalists_within_the_budget_in_the_final_session_compete_unless_none_is():
+    leader = {"val_accuracy": 0.950, "latency_ms": 0.030, "source": "search", "val_wrong": _wrong(50), "fits": False}
+    baseline = {"val_accuracy": 0.900, "latency_ms": 0.020, "source": "baseline", "val_wrong": _wrong(100),
+                "fits": True}
+    slower = {"val_accuracy": 0.920, "latency_ms": 0.028, "source": "search", "val_wrong": _wrong(80), "fits": True}
+    # far ahead on validation, but over the budget in the final session: the best of those within it
+    assert choose([leader, baseline, slower], 1000) == 2
+    assert choose([leader, baseline], 1000) == 1
+    # none within: the rule of step 5 among all of them (the report then says the student misses the budget)
+    assert choose([leader, {**baseline, "fits": False}], 1000) == 0
+    # without a final verdict a candidate competes (a run with no budget judges every one within)
+    assert choose([{k: v for k, v in leader.items() if k != "fits"}, baseline], 1000) == 0
+
+
 def test_the_choice_is_said_in_one_line_naming_what_it_beat():
     searched = {"name": "searched proposal 3", "source": "search", "val_accuracy": 0.80, "val_wrong": _wrong(20)}
     baseline = {"name": "baseline plain CNN 16-32-64", "source": "baseline", "val_accuracy": 0.82,
@@ -88,6 +102,10 @@ def test_the_choice_is_said_in_one_line_naming_what_it_beat():
     assert "is the baseline's network" in text
     one = [{**finalists[0], "paired": {"student_only": 1, "finalist_only": 2}}, finalists[1]]
     assert "(the student right and it wrong on 1 image, the reverse on 2)" in choice_text(one, 15)
+    over = [{**finalists[0], "fits": False}, finalists[1]]
+    text = choice_text(over, 15)
+    assert "the reverse on 3) but over the budget in the final session" in text
+    assert "no searched finalist within the budget was ahead" in text
     text = choice_text([summary(searched, True), summary(baseline, False)], 15)
     assert text.startswith("student: searched proposal 3") and "chosen over baseline plain CNN 16-32-64 82.00%" in text
 

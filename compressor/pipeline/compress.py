@@ -23,17 +23,21 @@ recipe (compressor.search.recipe) -> optionally the hand-designed baseline
 (compressor.pipeline.baselines: the widest plain CNN within the budget, lr/KD
 tuned, then the same recipe; resumable in `RUN_DIR/baseline.sqlite`, kept in
 the store, its weights in `RUN_DIR/baseline.pt`), which is a finalist too ->
-the student: the finalist with the best validation accuracy (ties judged
-by the paired rule of compressor.pipeline.finalists), copied to `best.pt` -> the final session -> export bundle (compressor.export) ->
-report. Every tuning has the same number of evaluations: `tuning_trials`, by
-default as many as the search trained families.
+the final session (teacher, every finalist and the baseline side by side)
+-> the student: among the finalists within the budgets there, the one with
+the best validation accuracy (ties judged by the paired rule of
+compressor.pipeline.finalists), copied to `best.pt` -> export bundle
+(compressor.export) -> report. Every tuning has the same number of
+evaluations: `tuning_trials`, by default as many as the search trained
+families.
 
 Every budget verdict comes from `compressor.models.on_target` (drift-corrected,
-with a confidence interval). The final verdicts of the student and of each
-baseline, and the speed-up over the teacher, come from ONE side-by-side
-session of teacher, student, baselines and the drift reference at the end
-(`_final_session`, kept in the store as meta `final_session`): report.json
-gives each `within_budget` (true, false or "borderline"), its ratio to the
+with a confidence interval). The final verdicts of every finalist (the
+student among them) and of each baseline, and the speed-up over the teacher,
+come from ONE side-by-side session of teacher, finalists, baselines and the
+drift reference at the end (`_final_session`, kept in the store as meta
+`final_session`), and the student is chosen after it: report.json gives
+each `within_budget` (true, false or "borderline"), its ratio to the
 budget with the interval, and the session's id; a baseline that misses the
 budget is reported as such, not as "at the same budget". When that session
 finds the teacher itself within the budgets, `teacher_meets_budget` is true
@@ -41,9 +45,10 @@ and the summaries say so first.
 
 The finalists are ranked as `search.analysis.best_record` ranks families
 (highest fidelity, then score, from the cross-entropy; within one validation
-image a tie, which goes to the faster); after their final training the student is
-the best on validation unless another is within one standard error of it
-(paired, image by image) and faster, or is the baseline (`finalists.choose`).
+image a tie, which goes to the faster); after their final training the
+student is, among those within the budgets in the final session, the best
+on validation unless another is within one standard error of it (paired,
+image by image) and faster, or is the baseline (`finalists.choose`).
 
 Every stage that has finished is on disk before the next begins; a resumed
 run skips them. A finished run resumed again does nothing more.
@@ -324,13 +329,16 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
         if report["baselines"][0]["status"] == "ok" and report["baselines"][0]["meets_budget"] is not False:
             candidates.append(_baseline_candidate(report["baselines"][0], config, dataset))
     checkpoint = run_dir / "best.pt"
-    final = _choose_student(candidates, dataset, store, run_dir, checkpoint, config, quiet)
-    model = _load_student(checkpoint)
+    models = _candidate_models(candidates, dataset, run_dir)
+    found = _final_session(config, store, teacher, tuple(teacher_info["input_shape"]), dataset, target, candidates,
+                           models, report.get("baselines", []), reference, quiet)
+    for candidate, judged in zip(candidates, found["candidates"]):
+        candidate.update(judged)
+    index, final = _choose_student(candidates, dataset, store, run_dir, checkpoint, config, quiet)
+    model = models[index]
     report["student"] = final
     report["param_reduction"] = teacher_info["params"] / max(1, final["params"])
-    _apply_final_session(report, _final_session(config, store, teacher, tuple(teacher_info["input_shape"]), dataset,
-                                                target, model, final, report.get("baselines", []), reference,
-                                                quiet))
+    _apply_final_session(report, found, index)
     # Said first in the summaries: a user whose teacher already fits may not need a student at all.
     report["teacher_meets_budget"] = target.budgets.any() and report["teacher"].get("within_budget") is True
     if config.export:
@@ -616,6 +624,11 @@ def _final_training(config, best, finished, dataset, logits, target, checkpoint:
             "arch": json.loads(spec.to_json()), "loss_curve": result.loss_curve}
 
 
+def _baseline_name(entry: dict[str, Any]) -> str:
+    """A trained baseline's name among the finalists and in the final session."""
+    return f"baseline {entry['name']}"
+
+
 def _baseline_candidate(entry: dict[str, Any], config, dataset) -> dict[str, Any]:
     """The trained baseline as a finalist: the fields of a student, its checkpoint (relative to the run) and latency."""
     import json
@@ -628,26 +641,36 @@ def _baseline_candidate(entry: dict[str, Any], config, dataset) -> dict[str, Any
             "proposal": None, "fidelity": None, "member": None, "loss_curve": entry.get("loss_curve", []),
             "arch": json.loads(spec_from_ref(entry["arch"], seed=config.seed).to_json()),
             "preprocessing": dataset.preprocessing.to_dict(), "source": "baseline",
-            "name": f"baseline {entry['name']}", "search_val_accuracy": None, "latency_ms": width["latency_ms"],
+            "name": _baseline_name(entry), "search_val_accuracy": None, "latency_ms": width["latency_ms"],
             "checkpoint": "baseline.pt", "identity": ["baseline", entry["arch"]]}
 
 
-def _choose_student(candidates: list[dict[str, Any]], dataset, store, run_dir: Path, checkpoint: Path, config,
-                    quiet: bool) -> dict[str, Any]:
-    """The student among the finalists (compressor.pipeline.finalists.choose), copied to `checkpoint`.
+def _candidate_models(candidates: list[dict[str, Any]], dataset, run_dir: Path) -> list:
+    """Each finalist's trained network, read from its checkpoint, with its validation mistakes set ("val_wrong").
 
-    Each finalist's validation predictions are read again from its checkpoint, so the paired comparison holds for
-    a resumed run whose finalists were trained before the predictions counted.
+    The predictions are read again from the checkpoints, so the paired comparison holds for a resumed run whose
+    finalists were trained before the predictions counted.
     """
-    from compressor.cli.console import err_console
     from compressor.models.build import model_from_checkpoint
-    from compressor.models.checkpoint import load_checkpoint, save_checkpoint
+    from compressor.models.checkpoint import load_checkpoint
     from compressor.train.distill import predict
 
+    models = []
     for candidate in candidates:
         model = model_from_checkpoint(load_checkpoint(run_dir / candidate["checkpoint"]))
         wrong = predict(model, dataset.val_x) != dataset.val_y
         candidate["val_wrong"] = [int(i) for i in wrong.nonzero().flatten()]
+        models.append(model)
+    return models
+
+
+def _choose_student(candidates: list[dict[str, Any]], dataset, store, run_dir: Path, checkpoint: Path, config,
+                    quiet: bool) -> tuple[int, dict[str, Any]]:
+    """The student among the finalists (compressor.pipeline.finalists.choose), copied to `checkpoint`: its index
+    and its report entry."""
+    from compressor.cli.console import err_console
+    from compressor.models.checkpoint import load_checkpoint, save_checkpoint
+
     index = choose(candidates, len(dataset.val_y))
     chosen = candidates[index]
     previous = store.get_meta("final")
@@ -661,7 +684,7 @@ def _choose_student(candidates: list[dict[str, Any]], dataset, store, run_dir: P
     store.set_meta("final", final)
     if not quiet:
         err_console.print(choice_text(final["finalists"], config.final_epochs), markup=False)
-    return final
+    return index, final
 
 
 def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool, reference,
@@ -699,12 +722,14 @@ def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool
     return found
 
 
-def _final_session(config, store, teacher, teacher_shape: tuple[int, ...], dataset, target, student, final,
+def _final_session(config, store, teacher, teacher_shape: tuple[int, ...], dataset, target, candidates, models,
                    baselines, reference, quiet: bool) -> dict[str, Any]:
-    """Teacher, student and trained baselines measured in ONE side-by-side session: verdicts and speed-up.
+    """Teacher, every finalist and the trained baselines measured in ONE side-by-side session.
 
-    Kept in the store (meta `final_session`) for the student and baselines it judged, so a finished
-    run resumed again reports the same figures instead of measuring again.
+    Each finalist (`candidates`, built as `models`) gets its verdict and its speed-up over the teacher
+    there; the student is then chosen among those within the budgets (compressor.pipeline.finalists,
+    step 4). Kept in the store (meta `final_session`) by the finalists' and baselines' identities, so a
+    finished run resumed again reports the same figures instead of measuring again.
     """
     from compressor.cli.console import err_console
     from compressor.models.on_target import check_side_by_side
@@ -712,56 +737,51 @@ def _final_session(config, store, teacher, teacher_shape: tuple[int, ...], datas
     from compressor.spaces import build_model, spec_from_ref
 
     trained = trained_baselines({"baselines": baselines})
-    identity = [final["identity"], [b["arch"] for b in trained]]
+    identity = [[c["identity"] for c in candidates], [b["arch"] for b in trained]]
     found = store.get_meta("final_session")
     if found is not None and found.get("identity") == identity:
         return found
     if not quiet:
-        err_console.print("final session: teacher, student" + (" and baseline" if trained else "")
-                          + " measured side by side")
-    models = {"teacher": teacher.onnx_bytes((target.batch_size, *teacher_shape)), "student": student}
+        err_console.print(f"final session: the teacher and {len(candidates)} finalists measured side by side")
+    measured = {"teacher": teacher.onnx_bytes((target.batch_size, *teacher_shape)),
+                **{c["name"]: m for c, m in zip(candidates, models)}}
     for entry in trained:
-        # Latency depends on the architecture, not on the trained weights: the baseline is rebuilt from its arch.
-        models[f"baseline: {entry['name']}"] = build_model(spec_from_ref(entry["arch"], seed=config.seed),
-                                                           dataset.input_shape, dataset.num_classes)
-    session = check_side_by_side(models, target, dataset.input_shape, input_shapes={"teacher": teacher_shape},
+        # Latency depends on the architecture, not on the trained weights: a baseline that is no finalist (none
+        # of its widths was within the budget) is rebuilt from its arch.
+        measured.setdefault(_baseline_name(entry), build_model(spec_from_ref(entry["arch"], seed=config.seed),
+                                                                dataset.input_shape, dataset.num_classes))
+    session = check_side_by_side(measured, target, dataset.input_shape, input_shapes={"teacher": teacher_shape},
                                  reference=reference, memory=True, name="final")
-    speedup, interval = session.ratio("teacher", "student", "p50")
     judged = {name: {**checked.verdict_fields(), "profile": checked.profile}
               for name, checked in session.checked.items()}
+    speedups = [session.ratio("teacher", c["name"], "p50") for c in candidates]
     found = json_safe({
         "identity": identity,
-        "session": session.checked["student"].session,
+        "session": session.checked["teacher"].session,
         "teacher": judged["teacher"],
-        "student": judged["student"],
-        "baselines": [judged[f"baseline: {b['name']}"] for b in trained],
-        "speedup_p50": {"value": speedup, "interval": list(interval)},
+        "candidates": [judged[c["name"]] for c in candidates],
+        "speedups_p50": [{"value": value, "interval": list(interval)} for value, interval in speedups],
+        "baselines": [judged[_baseline_name(b)] for b in trained],
     })
     store.set_meta("final_session", found)
     return found
 
 
-def _apply_final_session(report: Report, found: dict[str, Any]) -> None:
-    """Put the final session's figures into the report: profiles, verdicts, speed-up, the session itself."""
+def _apply_final_session(report: Report, found: dict[str, Any], index: int) -> None:
+    """Put the final session's figures into the report: the teacher's and baselines' verdicts, the session and the
+    speed-up of the student (finalist `index`, whose verdict came with its candidate)."""
     from compressor.pipeline.report import trained_baselines
 
     report["final_session"] = found["session"]
     report["teacher"] = {**report["teacher"], "profile_at_start": report["teacher"]["profile"],
                          **found["teacher"]}
-    report["student"] = {**report["student"], **found["student"]}
     for entry, judged in zip(trained_baselines(report), found["baselines"]):
         entry.update(judged)
         entry["at_same_budget"] = judged["within_budget"] is True
-    report["speedup_p50"] = found["speedup_p50"]["value"]
-    report["speedup_p50_interval"] = found["speedup_p50"]["interval"]
+    speedup = found["speedups_p50"][index]
+    report["speedup_p50"] = speedup["value"]
+    report["speedup_p50_interval"] = speedup["interval"]
     report["speedup_session"] = found["session"]["id"]
-
-
-def _load_student(checkpoint: Path):
-    from compressor.models.checkpoint import load_checkpoint
-    from compressor.models.build import model_from_checkpoint
-
-    return model_from_checkpoint(load_checkpoint(checkpoint))
 
 
 def _base_report(config, target, teacher_info, records, seconds) -> Report:
