@@ -32,6 +32,24 @@ def test_finalists_are_ranked_by_highest_fidelity_then_validation_and_are_distin
     assert [(r.proposal, r.fidelity) for r in finalist_records(records, 3, excluded=baseline)] == [(1, 3), (5, 1), (0, 1)]
 
 
+def test_budget_filling_warm_starts_are_finalists_whatever_their_rank():
+    records = [
+        _record(0, 1, 0.30), _record(1, 1, 0.20), _record(2, 1, 0.25),
+        _record(0, 3, 0.60), _record(1, 3, 0.50), _record(2, 3, 0.55),
+        _record(3, 1, 0.40), _record(3, 3, 0.70), _record(4, 1, 0.45), _record(4, 3, 0.65),
+    ]
+    kept = lambda record: record.proposal in (1, 2)  # noqa: E731 - the two plain warm starts
+    picked = finalist_records(records, 2, kept=kept)
+    # the two best families first, then each warm start left over, at its highest fidelity, in the search's order
+    assert [(r.proposal, r.fidelity) for r in picked] == [(3, 3), (4, 3), (1, 3), (2, 3)]
+    # a warm start among the best is not picked twice
+    assert [r.proposal for r in finalist_records(records, 3, kept=lambda r: r.proposal == 3)] == [3, 4, 0]
+    # one that is excluded (the baseline's network) stays out; one that never trained is no finalist
+    assert [r.proposal for r in finalist_records(records, 2, kept=kept, excluded=lambda r: r.proposal == 1)] == [3, 4, 2]
+    failed = [*records, _record(5, 1, None, status="infeasible")]
+    assert [r.proposal for r in finalist_records(failed, 2, kept=lambda r: r.proposal == 5)] == [3, 4]
+
+
 def test_finalists_tie_within_the_tolerance_goes_to_the_faster():
     records = [_record(0, 1, 0.800, latency=0.03), _record(1, 1, 0.799, latency=0.02), _record(2, 1, 0.70)]
     assert [r.proposal for r in finalist_records(records, 2, tolerance=0.002)] == [1, 0]

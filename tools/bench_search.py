@@ -44,6 +44,7 @@ and the share of "predicted feasible" that fit.
     .venv/bin/python tools/bench_search.py --data digits --strategies tpe --split-seeds 0 1 2 --search-minutes 2
     .venv/bin/python tools/bench_search.py --summary   # the tables of everything finished under --out
     .venv/bin/python tools/bench_search.py --rechoose  # those runs' finalists chosen again by today's rule
+    .venv/bin/python tools/bench_search.py ... --refinish  # the same runs finished again by today's code
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def cell_search(run_dir: Path, teacher: Path, data_ref: str, split_seed: int, fr
                 latency_x_reference: float, strategy: str, args, cache: Path) -> dict:
     """One strategy's `compress` run in a cell (resumed if stored): its report."""
     done = read_json(run_dir / "report.json")
-    if done is not None and done.get("student") is not None:
+    if done is not None and done.get("student") is not None and not args.refinish:
         return done
     from compressor.pipeline.compress import DataOptions, compress
 
@@ -350,6 +351,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0, help="the training and search seed of every run")
     parser.add_argument("--out", default="runs/bench_search")
     parser.add_argument("--summary", action="store_true", help="only print the tables of what is finished")
+    parser.add_argument("--refinish", action="store_true",
+                        help="resume the finished runs too, so today's finishing applies to their searches (which "
+                        "are not run again: their time is spent): new finalists trained, the final session and the "
+                        "choice made again")
     parser.add_argument("--rechoose", action="store_true",
                         help="only choose again among the finalists of every finished run, by today's rule, and "
                         "print what it ships against what was shipped")

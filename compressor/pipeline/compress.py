@@ -305,7 +305,8 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     # Families within one validation image of the best are a tie, which goes to the faster.
     tolerance = 1.0 / len(dataset.val_y)
     finalists = finalist_records(records, config.finalists, tolerance=tolerance,
-                                 excluded=_is_baseline_network(config, store) if baseline else lambda r: False)
+                                 excluded=_is_baseline_network(config, store) if baseline else lambda r: False,
+                                 kept=_fills_the_budget)
     report = _base_report(config, target, teacher_info, records, seconds)
     report["budgets"]["latency_x_reference"] = latency_x_reference
     report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
@@ -517,6 +518,14 @@ def _is_baseline_network(config: SearchConfig, store) -> Callable[[Any], bool]:
     return lambda record: space.validate_params(record.params["arch"]) == network
 
 
+def _fills_the_budget(record) -> bool:
+    """Whether a search record is a budget-filling plain warm start (its width measured within the budget in the
+    baseline's width session, `_warm_starts`): a finalist whatever its rank (compressor.pipeline.finalists)."""
+    from compressor.search.strategies import is_warm_start
+
+    return is_warm_start(record) and (record.misc or {}).get("screened") is not None
+
+
 def _tuning_evaluations(config: SearchConfig, report) -> int:
     """The lr/KD evaluations of the winner's and the baseline's tuning: `tuning_trials`, else the trained families."""
     return config.tuning_trials or max(1, min(config.trials, report["search"]["trained"]))
@@ -540,7 +549,6 @@ def _finalist(config, rank: int, best, count: int, store, run_dir: Path, dataset
                             f"finalist {rank + 1}/{count}")
     found = json_safe({**final, "preprocessing": dataset.preprocessing.to_dict(), "source": "search",
                        "name": f"searched proposal {best.proposal}", "search_val_accuracy": best.val_accuracy,
-                       "latency_ms": _fill_latency(finished["fill"], best.latency_ms),
                        "checkpoint": str(path.relative_to(run_dir)),
                        "identity": ["search", best.proposal, best.fidelity]})
     store.set_meta("finalists", {**(store.get_meta("finalists") or {}), key: found})
@@ -592,12 +600,6 @@ def _sizes(fill: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in _chosen_rung(fill)["sizes"].items())
 
 
-def _fill_latency(fill: dict[str, Any], screened_ms: float | None) -> float | None:
-    """The latency measured at the size the fill kept (drift-corrected), else the search's screening figure."""
-    rung = _chosen_rung(fill)
-    return screened_ms if rung is None or rung.get("latency_ms") is None else rung["latency_ms"]
-
-
 def _final_training(config, best, finished, dataset, logits, target, checkpoint: Path, quiet: bool,
                     label: str) -> dict[str, Any]:
     import json
@@ -630,18 +632,17 @@ def _baseline_name(entry: dict[str, Any]) -> str:
 
 
 def _baseline_candidate(entry: dict[str, Any], config, dataset) -> dict[str, Any]:
-    """The trained baseline as a finalist: the fields of a student, its checkpoint (relative to the run) and latency."""
+    """The trained baseline as a finalist: the fields of a student and its checkpoint (relative to the run)."""
     import json
 
     from compressor.spaces import spec_from_ref
 
-    width = next(c for c in entry["width"]["candidates"] if c["arch"] == entry["arch"])
     return {**{k: entry[k] for k in ("val_accuracy", "test_accuracy", "epochs", "kd_alpha", "kd_tau", "lr", "seconds",
                                      "params", "macs", "profile")},
             "proposal": None, "fidelity": None, "member": None, "loss_curve": entry.get("loss_curve", []),
             "arch": json.loads(spec_from_ref(entry["arch"], seed=config.seed).to_json()),
             "preprocessing": dataset.preprocessing.to_dict(), "source": "baseline",
-            "name": _baseline_name(entry), "search_val_accuracy": None, "latency_ms": width["latency_ms"],
+            "name": _baseline_name(entry), "search_val_accuracy": None,
             "checkpoint": "baseline.pt", "identity": ["baseline", entry["arch"]]}
 
 

@@ -16,7 +16,18 @@ trained as the student is trained:
    the baseline's width, which reaches the highest fidelity as every warm
    start does, would otherwise take a finalist's place to be trained twice).
    When the highest fidelity holds fewer families, the next fidelity down
-   fills in.
+   fills in. **The budget-filling plain warm starts are finalists too**,
+   whatever their rank (`kept`: the hand-designed networks the search
+   starts from, measured within the budget in the baseline's width session;
+   the baseline's own network is the baseline finalist): a searched family
+   replaces one only by beating it after the full training, not after 3
+   epochs. Why: with 5 minutes of TPE on digits-cluttered with 10% of the
+   labels, two plain networks TPE found were ahead of the deeper plain warm
+   start after 3 epochs (66.5% and 64.2% validation against 63.4%), took
+   both finalist places and, after 15 epochs, were 2-5 points behind it on
+   validation, and the baseline's network shipped: +0.00 where random,
+   which had kept the warm start as a finalist, shipped +2.41
+   (BENCHMARKS.md, "Five minutes of search, TPE against random").
 2. Each is finished on the baseline's terms (compressor.pipeline.finish:
    width filled by measurement, lr/KD tuned) and trained for `final_epochs`
    with the student's recipe, its checkpoint kept under `RUN_DIR/finalists/`.
@@ -74,22 +85,32 @@ from compressor.search.store import TrialRecord
 
 
 def finalist_records(records: Sequence[TrialRecord], count: int, tolerance: float = 0.0,
-                     excluded: Callable[[TrialRecord], bool] = lambda record: False) -> list[TrialRecord]:
-    """The `count` families to train in full, best first (the module docstring, step 1).
+                     excluded: Callable[[TrialRecord], bool] = lambda record: False,
+                     kept: Callable[[TrialRecord], bool] = lambda record: False) -> list[TrialRecord]:
+    """The `count` best families to train in full, best first, then every `kept` one not among them (the module
+    docstring, step 1).
 
     Each pick is `best_record` over the families not yet picked; a family whose architecture params
     equal a picked one's (a strategy may propose a point twice) or that is `excluded` (the baseline's
-    network, a finalist anyway with `--baseline`) is passed over.
+    network, a finalist anyway with `--baseline`) is passed over. A `kept` family (a budget-filling warm
+    start) left over after the `count` picks is picked too, in the search's order, at its best record.
     """
     from compressor.search.analysis import best_record
 
     left = [r for r in records if r.status == "ok" and not excluded(r)]
     picked: list[TrialRecord] = []
-    while left and len(picked) < count:
-        best = best_record(left, tolerance=tolerance)
+
+    def pick(best: TrialRecord) -> None:
+        nonlocal left
         picked.append(best)
         arch = _arch_key(best.params.get("arch"))
         left = [r for r in left if r.proposal != best.proposal and _arch_key(r.params.get("arch")) != arch]
+
+    while left and len(picked) < count:
+        pick(best_record(left, tolerance=tolerance))
+    while any(kept(r) for r in left):
+        first = min(r.proposal for r in left if kept(r))
+        pick(best_record([r for r in left if r.proposal == first], tolerance=tolerance))
     return picked
 
 

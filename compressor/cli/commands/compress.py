@@ -49,9 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="lr/KD evaluations (at the first fidelity) of the winner's tuning before its final "
                         "training, and of the baseline's (default: as many as the search trained families)")
     parser.add_argument("--finalists", type=positive_int, default=defaults.finalists, metavar="K",
-                        help="the search's best K families are each finished and trained for --final-epochs, and the "
-                        "best on validation is the student; with --baseline the baseline competes too, so the "
-                        f"student is never below it on validation (default {defaults.finalists})")
+                        help="the search's best K families, and each budget-filling plain CNN it started from, are "
+                        "finished and trained for --final-epochs, and the best on validation is the student; with "
+                        "--baseline the baseline competes too, so the student is never below it on validation "
+                        f"(default {defaults.finalists})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="search seed (default 0)")
     parser.add_argument("--trial-timeout", type=positive_float, metavar="S", help="seconds after which a trial fails")
     parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds, help="time cap of each screening profile (default %(default)s)")
