@@ -19,7 +19,8 @@ trained as the student is trained:
    fills in. **The budget-filling plain warm starts are finalists too**,
    whatever their rank (`kept`: the hand-designed networks the search
    starts from, measured within the budget in the baseline's width session;
-   the baseline's own network is the baseline finalist): a searched family
+   with `--baseline` the baseline's own network is the baseline finalist
+   instead): a searched family
    replaces one only by beating it after the full training, not after 3
    epochs. Why: with 5 minutes of TPE on digits-cluttered with 10% of the
    labels, two plain networks TPE found were ahead of the deeper plain warm
@@ -62,10 +63,10 @@ trained as the student is trained:
    latencies within `LATENCY_TIE` of it counting as equal (each one's
    latency from the final session, drift-corrected); among those, **the
    baseline when it is one of them**, else the best on validation, then
-   the search's order. So a searched network replaces the hand-designed one only when it is
-   ahead of it on validation by more than the noise of the comparison, or
-   as accurate within that noise and clearly faster. Why: on
-   digits-cluttered (1,077 validation images) two finalists were 60-155
+   the search's order. So a searched network replaces the hand-designed
+   one only when it is ahead of it on validation by more than the noise of
+   the comparison, or as accurate within that noise and clearly faster.
+   Why: on digits-cluttered (1,077 validation images) two finalists were 60-155
    images apart in what they got right, a standard error of 8-12 images,
    and a searched finalist 4 images ahead of the baseline on validation was
    3.15 points behind it on test (BENCHMARKS.md, "The choice among
