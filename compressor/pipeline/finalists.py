@@ -17,18 +17,18 @@ trained as the student is trained:
    start does, would otherwise take a finalist's place to be trained twice).
    When the highest fidelity holds fewer families, the next fidelity down
    fills in. **The budget-filling plain warm starts are finalists too**,
-   whatever their rank (`kept`: the hand-designed networks the search
-   starts from, measured within the budget in the baseline's width session;
-   with `--baseline` the baseline's own network is the baseline finalist
-   instead): a searched family
-   replaces one only by beating it after the full training, not after 3
-   epochs. Why: with 5 minutes of TPE on digits-cluttered with 10% of the
-   labels, two plain networks TPE found were ahead of the deeper plain warm
-   start after 3 epochs (66.5% and 64.2% validation against 63.4%), took
-   both finalist places and, after 15 epochs, were 2-5 points behind it on
-   validation, and the baseline's network shipped: +0.00 where random,
-   which had kept the warm start as a finalist, shipped +2.41
-   (BENCHMARKS.md, "Five minutes of search, TPE against random").
+   whatever their rank (`kept`: the hand-designed networks the search starts
+   from, measured within the budget in the baseline's width session; with
+   `--baseline` the baseline's own network is the baseline finalist
+   instead): a searched family replaces one only by beating it after the
+   full training, not after 3 epochs. Why: with 5 minutes of TPE on
+   digits-cluttered with 10% of the labels, two plain networks TPE found
+   were ahead of the deeper plain warm start after 3 epochs (66.5% and 64.2%
+   validation against 63.4%), took both finalist places and, after 15
+   epochs, were 2-5 points behind it on validation, and the baseline's
+   network shipped: +0.00 where random, which had kept the warm start as a
+   finalist, shipped +2.41 (BENCHMARKS.md, "Five minutes of search, TPE
+   against random").
 2. Each is finished on the baseline's terms (compressor.pipeline.finish:
    width filled by measurement, lr/KD tuned) and trained for `final_epochs`
    with the student's recipe, its checkpoint kept under `RUN_DIR/finalists/`.
@@ -66,8 +66,8 @@ trained as the student is trained:
    the search's order. So a searched network replaces the hand-designed
    one only when it is ahead of it on validation by more than the noise of
    the comparison, or as accurate within that noise and clearly faster.
-   Why: on digits-cluttered (1,077 validation images) two finalists were 60-155
-   images apart in what they got right, a standard error of 8-12 images,
+   Why: on digits-cluttered (1,077 validation images) two finalists were
+   60-155 images apart in what they got right, a standard error of 8-12 images,
    and a searched finalist 4 images ahead of the baseline on validation was
    3.15 points behind it on test (BENCHMARKS.md, "The choice among
    finalists"). Test accuracy plays no part; it is reported for every
