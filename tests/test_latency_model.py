@@ -169,8 +169,8 @@ def _width_latency(space):
 
 
 @pytest.mark.parametrize("name, latency, budget_ms", [("zoo", None, 1.0), ("nago", "ops", 0.004)])
-def test_strategies_are_told_the_fitted_point(name, latency, budget_ms):
-    """Widths (zoo) and shrunk depths (nago, a budget under any width of the proposed graph) both reach the point."""
+def test_trade_is_told_the_fitted_point_and_tpe_its_proposal(name, latency, budget_ms):
+    """Widths (zoo) and shrunk depths (nago, a budget under any width of the proposed graph) reach trade's point only."""
     from hyperopt import space_eval
 
     from compressor.search.trust_region import TrustRegionStrategy
@@ -183,15 +183,17 @@ def test_strategies_are_told_the_fitted_point(name, latency, budget_ms):
     for strategy in (hyperopt, trade):
         params, misc = strategy.ask(0)
         fit = fit_to_budget(space, params["arch"], predict, budget_ms=budget_ms, fraction=0.8, far_over=FAR_OVER)
+        assert fit.arch != space.validate_params(params["arch"])  # the fit changed the proposal
         told = record_fitted(misc, space, fit.arch, fit.values)
-        assert told != misc and misc == strategy.ask(0)[1]  # a copy; the proposal itself is unchanged
+        assert misc == strategy.ask(0)[1]  # a copy; the proposal itself is unchanged
         if strategy is hyperopt:
+            assert told == misc
             point = {k: v[0] for k, v in told["vals"].items() if v}
-            decoded = space.validate_params(space_eval(hyperopt.space, point)["arch"])
+            assert space.validate_params(space_eval(hyperopt.space, point)["arch"]) == space.validate_params(
+                params["arch"])
         else:
             region = trade._by_name[told["region"]]
-            decoded = space.validate_params(trade.params(region, told["x"])["arch"])
-        assert decoded == fit.arch
+            assert space.validate_params(trade.params(region, told["x"])["arch"]) == fit.arch
 
 
 def _nago_vals() -> dict[str, list[float]]:
@@ -224,9 +226,9 @@ def test_a_family_predicted_far_over_is_recorded_without_measuring():
     evaluate(record, None)
     assert record.status == "infeasible" and record.reason.startswith("predicted over budget")
     assert record.profiles == [] and len(model.samples) == MIN_SAMPLES  # nothing was measured
-    assert record.params["arch"]["base_width"] == 8 and record.misc["vals"]["nago.base_width"] == [0.0]
+    assert record.params["arch"]["base_width"] == 8 and record.misc["vals"] == _nago_vals()  # TPE: as asked
     # Depth was shrunk first (the synthetic latency grows with ops), then skipped at the shallowest.
-    assert record.misc["fit"]["fitted"]["bottom_nodes"] == 1 and record.misc["vals"]["nago.bottom_nodes"] == [1.0]
+    assert record.misc["fit"]["fitted"]["bottom_nodes"] == 1 and record.params["arch"]["bottom_nodes"] == 1
     assert record.misc["fit"]["skipped"] and record.loss > 1.0 + FAR_OVER - 1.0
     summary = screening_summary([record], 0.05)
     assert summary["skipped"] == 1 and summary["screenings"] == 0 and summary["fitted"] == 0

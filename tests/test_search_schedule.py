@@ -6,6 +6,7 @@ import math
 import time
 import subprocess
 import sys
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,8 +108,11 @@ def test_promotions_the_strategys_loss_and_the_best_family_follow_the_score(tmp_
     by_score = [min(members, key=lambda r: r.val_loss).proposal for members in rounds]
     assert by_score != [max(members, key=lambda r: r.val_accuracy).proposal for members in rounds]
     assert sorted(r.proposal for r in records if r.fidelity == 3) == by_score
-    assert [t["result"]["loss"] for t in schedule.strategy.trials.trials] == [-math.exp(-r.val_loss) for r in at_1]
     at_3 = [r for r in records if r.fidelity == 3]
+    # hyperopt ranks a family by the highest fidelity it reached, then its score there (TPE's good set)
+    score_3 = {r.proposal: r.score for r in at_3}
+    assert [t["result"]["loss"] for t in schedule.strategy.trials.trials] == [
+        -(1 + score_3[r.proposal]) if r.proposal in score_3 else -r.score for r in at_1]
     assert best_record(records) == min(at_3, key=lambda r: r.val_loss)
 
 
@@ -258,3 +262,20 @@ def test_search_minutes_stops_new_proposals_promotes_the_round_and_adds_up_over_
     _, grown = _search(path, more, trials=30, fidelities=(1, 3), eta=3, strategy="random",
                        search_minutes=budget_minutes * 3)
     assert len([r for r in grown if r.fidelity == 1]) > len(first)
+
+
+def test_a_promotion_that_failed_or_is_retried_leaves_the_familys_rank_to_its_last_trained_fidelity():
+    config = SearchConfig(trials=4, family_size=1, fidelities=(1, 3, 9), eta=3, strategy="tpe").validate()
+    strategy = HyperoptStrategy(config, SPACE)
+    told = []
+    for proposal in range(3):
+        params, misc = strategy.ask(proposal)
+        told.append(TrialRecord(proposal=proposal, fidelity=1, status="ok", params=params, seeds=[1], misc=misc,
+                                val_accuracy=0.5, loss=-0.5))
+    strategy.tell(told)
+    promoted = [dataclasses.replace(told[0], fidelity=3, val_accuracy=0.1),
+                dataclasses.replace(told[0], fidelity=9, status="failed", val_accuracy=None),
+                dataclasses.replace(told[1], fidelity=3, status="failed", val_accuracy=None),
+                dataclasses.replace(told[2], fidelity=3, val_accuracy=0.9, retryable=True)]
+    strategy.tell_promoted(promoted)
+    assert [t["result"]["loss"] for t in strategy.trials.trials] == [-1.1, -0.5, -0.5]

@@ -22,8 +22,8 @@ A proposal names a *family*: its `family_size` members are
   the smallest width is over) are sized so its family's predicted latency
   (worst member) fills `fill_fraction` of the budget. The fitted params are
   what is screened, trained and stored; `misc["fit"]` says what was proposed
-  and what was fitted, and `strategies.record_fitted` points the strategy's
-  `misc` at the fitted values. A family predicted over the model's skip
+  and what was fitted, and `strategies.record_fitted` points trade's
+  `misc` at the fitted values (TPE keeps the point it asked for). A family predicted over the model's skip
   factor (`LatencyModel.skip_factor`) x the budget even at its smallest size
   is recorded infeasible ("predicted over budget", penalty from the
   predicted overshoot) without being measured. Every

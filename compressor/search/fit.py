@@ -28,13 +28,10 @@ time the step that lowers the smallest width's prediction most (3 predictions
 a step for nago), until the smallest width fits the goal, depth is at its
 smallest or a step no longer lowers the prediction; then the width is
 bisected at that depth. Depth is changed only when width alone cannot fit,
-so a proposal that width can fit keeps its graph. The strategy is told the
-shrunk depth (`record_fitted`), so it learns what was evaluated; a cost
-measured with it: TPE's expected improvement favours what it has not seen,
-so under a tight budget it kept asking for the deepest graphs (8 of 12
-proposals in the benchmark), each fitted back to one-node cells; they
-differed in width, cell count and operation, and the best accuracy matched
-the width-only fit's (95.7% against 95.5%). When even the smallest
+so a proposal that width can fit keeps its graph. trade is told the fitted
+sizes and depths; TPE is told the point it asked for, because told the
+fitted one it never saw the sizes and depths it asked for and kept asking
+for them (`strategies.record_fitted`). When even the smallest
 size at the smallest depth is predicted over, it is returned; `skip` says it
 is predicted over `far_over` x the budget there (`LatencyModel.skip_factor`),
 so measuring it is a waste. Everything else about the proposal (graph
@@ -43,18 +40,18 @@ kept. The predictor is an argument, so the rule is tested with a synthetic
 latency function.
 
 `BudgetFit` is that rule at work on a run's records, the one code path for
-both schedules: it holds the run's latency model, fits a new proposal's
-record (the fitted params replace the proposed ones, `misc["fit"]` says what
-was proposed and what was fitted, `strategies.record_fitted` writes the
-fitted values where the strategy reads its points, so it learns from what was
-evaluated; `misc["predicted"]` keeps the prediction the screening is judged
-against), marks a skip infeasible unmeasured, and learns each screened
-member's (features, judged latency). Whoever asks the proposals owns it: the
-in-process evaluator (`compressor.search.evaluate`) fits and learns as it
-screens; the parallel driver (`compressor.search.parallel`) fits before it
-submits and learns the samples each worker returns with its record, so one
-model, persisted as in process, sees every measured member. The screening
-that follows decides (the real measurement), as for any proposal.
+both schedules: it holds the run's latency model, fits a new proposal's record
+(the fitted params replace the proposed ones, `misc["fit"]` says what was
+proposed and what was fitted, `strategies.record_fitted` writes the fitted
+values where trade reads its points; `misc["predicted"]` keeps the prediction
+the screening is judged against), marks a skip infeasible unmeasured, and
+learns each screened member's (features, judged latency). Whoever asks the
+proposals owns it: the in-process evaluator (`compressor.search.evaluate`)
+fits and learns as it screens; the parallel driver
+(`compressor.search.parallel`) fits before it submits and learns the samples
+each worker returns with its record, so one model, persisted as in process,
+sees every measured member. The screening that follows decides (the real
+measurement), as for any proposal.
 
 `calibration_points` picks what a cold model measures before it is trusted
 (the in-process evaluator's `_calibrate`; the parallel driver does not

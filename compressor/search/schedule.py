@@ -104,6 +104,7 @@ class Schedule:
         self._clock_base = float(store.get_meta("search_seconds") or 0.0)
         self._clock_start = time.perf_counter()
         self.strategy.tell([rec for rec in self.records if rec.fidelity == config.fidelities[0]])
+        self.strategy.tell_promoted([rec for rec in self.records if rec.fidelity != config.fidelities[0]])
 
     @property
     def records(self) -> list[TrialRecord]:
@@ -182,7 +183,7 @@ class Schedule:
                            seeds=member_seeds(cfg.seed, proposal, cfg.family_size), misc=misc)
 
     def _commit(self, rec: TrialRecord) -> TrialRecord:
-        """Store an ended evaluation, make it the one that counts, tell the strategy (smallest fidelity)."""
+        """Store an ended evaluation, make it the one that counts, tell the strategy (`tell` or `tell_promoted`)."""
         if rec.status == "ok":
             rec.loss = -rec.score
         elif rec.status == "failed":
@@ -194,6 +195,8 @@ class Schedule:
         self._retry.discard(key)
         if rec.fidelity == self.config.fidelities[0]:
             self.strategy.tell([rec])
+        else:
+            self.strategy.tell_promoted([rec])
         self.progress("end", {"record": rec})
         return rec
 

@@ -299,6 +299,9 @@ class TrustRegionStrategy:
                 raise ValueError(f"proposal {rec.proposal} was not made by --strategy trade over this space")
             region.observe(np.array(rec.misc["x"], dtype=float), rec, counts=rec.misc.get("how") == "thompson")
 
+    def tell_promoted(self, records: list[TrialRecord]) -> None:
+        """Nothing: a region's GP and its success counts are on the smallest fidelity's loss, the one every point has."""
+
     def _seed(self, *path: int) -> int:
         return int(np.random.SeedSequence([self.config.seed, *path]).generate_state(1)[0])
 
