@@ -267,9 +267,9 @@ def record_fitted(misc: dict[str, Any], space, arch: dict[str, Any], values: dic
     improvement, l(x) / g(x) with both densities near their prior there, is
     highest where neither has observations, so it kept asking for them: on
     digits-cluttered with 10% of the labels (a 5-minute search, split seed 2)
-    each of its 13 plain proposals after the start-up ones asked for 3 convs
-    in stage 1 and 32-64 channels there, and the fit shrank 12 of them to one
-    conv at 8 or 16 channels.
+    13 of its 14 plain proposals after the start-up ones asked for 3 convs in
+    stage 1 and 32-64 channels there, and the fit shrank 13 of the 14 back to
+    one conv. Told what it asked, 8 of 14 asked for 3 convs, at 8-64 channels.
     """
     import copy
 
