@@ -15,20 +15,21 @@ A proposal names a *family*: its `family_size` members are
   `latency_ms` is the figure judged (drift-corrected to the run's start);
   its `profiles` keep the raw measurements.
 * **Fit to budget first** (`compressor.search.fit.BudgetFit`, given to the
-  evaluator in process; when the run has a latency budget, `config.fill_fraction` is set and the run's latency model
+  evaluator in process; when the run has a latency budget,
+  `config.fill_fraction` is set and the run's latency model
   (`compressor.search.latency_model`) has `MIN_SAMPLES` measured members; a
-  cold model first measures sizes of the proposal's first member until it
-  has, `_calibrate`): the proposal's width knobs (and its depth knobs when
-  the smallest width is over) are sized so its family's predicted latency
-  (worst member) fills `fill_fraction` of the budget. The fitted params are
-  what is screened, trained and stored; `misc["fit"]` says what was proposed
-  and what was fitted, and `strategies.record_fitted` points trade's
-  `misc` at the fitted values (TPE keeps the point it asked for). A family predicted over the model's skip
-  factor (`LatencyModel.skip_factor`) x the budget even at its smallest size
-  is recorded infeasible ("predicted over budget", penalty from the
-  predicted overshoot) without being measured. Every
-  screening made with a calibrated model keeps its prediction in
-  `misc["predicted"]` (the report's accuracy figures).
+  cold model first measures sizes of the proposal's first member until it has,
+  `_calibrate`): the proposal's width knobs (and its depth knobs when the
+  smallest width is over) are sized so its family's predicted latency (worst
+  member) fills `fill_fraction` of the budget. The fitted params are what is
+  screened, trained and stored; `misc["fit"]` says what was proposed and what
+  was fitted, and `strategies.record_fitted` points trade's `misc` at the
+  fitted values (TPE keeps the point it asked for). A family predicted over
+  the model's skip factor (`LatencyModel.skip_factor`) x the budget even at
+  its smallest size is recorded infeasible ("predicted over budget", penalty
+  from the predicted overshoot) without being measured. Every screening made
+  with a calibrated model keeps its prediction in `misc["predicted"]` (the
+  report's accuracy figures).
 * **One verdict per network per run.** A warm start already screened within
   the budget in this run (the plain CNN at the baseline's width, judged in
   the width session: `WarmStart.measured`) arrives with `misc["screened"]`

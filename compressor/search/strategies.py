@@ -156,7 +156,6 @@ class HyperoptStrategy:
         self.space = space
         self.trials = Trials()
         self._domain = Domain(lambda _: 0.0, space)
-        self._docs: dict[int, dict[str, Any]] = {}
         self.points = [dict(p) for p in points]
         for point in self.points:
             unknown = sorted(set(point) - set(self._domain.params))
@@ -195,12 +194,12 @@ class HyperoptStrategy:
         if docs:
             self.trials.insert_trial_docs(docs)
             self.trials.refresh()
-            self._docs.update((doc["tid"], doc) for doc in self.trials.trials[-len(docs):])
 
     def tell_promoted(self, records: list[TrialRecord]) -> None:
         """Rank each trained family by the highest fidelity it reached, then its score there (module docstring)."""
+        results = {doc["tid"]: doc["result"] for doc in self.trials.trials}
         for rec in records:
-            result = self._docs.get(rec.proposal, {}).get("result", {})
+            result = results.get(rec.proposal, {})
             if rec.status != "ok" or rec.retryable or result.get("loss") is None:
                 continue
             level = self.config.fidelities.index(rec.fidelity)
