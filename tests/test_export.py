@@ -3,9 +3,10 @@
 Tests check rules, never one processor's outcome: whether INT8 keeps its
 accuracy or which file is fastest depends on the CPU's instruction set and
 speed, so the tests check that each verdict follows the recorded figures and
-that the recommendation is the fastest eligible entry of the manifest. Gate
-failures are forced deterministically (an impossible threshold, scrambled
-weights) and `recommend` is also run on synthetic entries.
+that the recommendation is the fastest eligible entry of the manifest, or a
+simpler FP32 one it does not lead by the margin. Gate failures are forced
+deterministically (an impossible threshold, scrambled weights) and
+`recommend` is also run on synthetic entries.
 
 `slow` tests use a small CNN trained for a few seconds on sklearn's digits
 (8x8 images upsampled to 3x16x16); fast ones an untrained CNN on random
@@ -36,6 +37,7 @@ from compressor.errors import UserError
 from compressor.export import FORMATS, ExportConfig, builders, default_formats, export_bundle, plan_formats, recommend
 from compressor.export import parity as parity_mod
 from compressor.export.bundle import library_log
+from compressor.export.recommend import SPEED_MARGIN
 
 FAST = ExportConfig(formats=("onnx", "ort", "int8", "fp16"), profile_memory=False)
 
@@ -187,13 +189,23 @@ def _eligible(artifacts: list[dict]) -> list[dict]:
     return [a for a in pool if a["format"] in ("onnx", "ort") or a["ratio_to_fp32"][best]["low"] <= 1]
 
 
+def _expected_recommendation(artifacts: list[dict]) -> dict:
+    """The fastest eligible artifact, or the first simpler FP32 one (in FORMATS order) it does not lead by the margin."""
+    eligible = _eligible(artifacts)
+    fastest = min(eligible, key=lambda a: a["latency"]["value"])
+    order = list(FORMATS)
+    tied = [a for a in eligible if a["format"] in ("onnx", "ort") and order.index(a["format"]) < order.index(fastest["format"])
+            and fastest["ratio_to_fp32"][a["file"]]["high"] >= 1 - SPEED_MARGIN]
+    return min(tied, key=lambda a: order.index(a["format"])) if tied else fastest
+
+
 @pytest.mark.slow
-def test_recommended_is_the_fastest_eligible_and_deploy_snippet_runs(bundle, digits, model, tmp_path):
+def test_recommended_follows_the_rule_and_deploy_snippet_runs(bundle, digits, model, tmp_path):
     out, manifest = bundle
     recommended = [a for a in manifest["artifacts"] if a["recommended"]]
     assert len(recommended) == 1 and recommended[0]["file"] == manifest["recommended"]
     assert manifest["session"]["percentile"] == manifest["target"]["budgets"]["latency_percentile"]
-    assert recommended[0] is min(_eligible(manifest["artifacts"]), key=lambda a: a["latency"]["value"])
+    assert recommended[0] is _expected_recommendation(manifest["artifacts"])
     assert all(a["status"] == "ok" for a in recommended)
     deploy = (out / "DEPLOY.md").read_text()
     snippet = re.search(r"```python\n(.*?)```", deploy, re.S).group(1)
@@ -306,7 +318,27 @@ def test_recommendation_decides_slower_with_the_ratios_interval():
     assert file == "model.ort", "still the fastest point estimate"
     assert "not distinguishable" in int8["notes"][0] and not any("slower than FP32" in n for n in int8["notes"])
     artifacts = _session(_entry("onnx", 2.0), _entry("ort", 1.5), _entry("int8", 1.45, spread=0.05))
-    assert recommend(artifacts)[0] == "model.int8", "a candidate, and the fastest"
+    file, why = recommend(artifacts)
+    assert file == "model.ort", "the fastest point estimate, but x0.967 [0.918, 1.015] of model.ort: not faster"
+    assert "model.int8 x0.967" in why and "not faster" in why
+    artifacts = _session(_entry("onnx", 2.0), _entry("ort", 1.5), _entry("int8", 1.2, spread=0.05))
+    assert recommend(artifacts)[0] == "model.int8", "a candidate, and faster by more than the margin"
+
+
+def test_recommendation_ships_the_simpler_file_unless_the_faster_one_leads_by_the_margin():
+    # model.ort x0.985 [0.975, 0.995] of model.onnx: faster within the session, by less than the 3% the ratio moves
+    # between sessions, so the plain file, whichever point estimate is lower.
+    artifacts = _session(_entry("onnx", 2.0), _entry("ort", 1.97))
+    file, why = recommend(artifacts)
+    assert file == "model.onnx" and [a["recommended"] for a in artifacts] == [True, False]
+    assert "model.ort x0.985" in why
+    fast = 2.0 * (1 - SPEED_MARGIN) / 1.01 * 0.999  # its ratio's upper bound just below 1 - SPEED_MARGIN
+    artifacts = _session(_entry("onnx", 2.0), _entry("ort", fast))
+    assert recommend(artifacts)[0] == "model.ort"
+    assert recommend(_session(_entry("onnx", 2.0), _entry("ort", fast * 1.002)))[0] == "model.onnx"
+    over = _session(_entry("onnx", 2.0), _entry("ort", 1.97))
+    over[0]["over_budget"] = ["latency"]
+    assert recommend(over)[0] == "model.ort", "a file over the budget is never preferred for being simpler"
 
 
 def test_recommendation_prefers_faster_int8_but_never_a_failed_one():

@@ -40,7 +40,9 @@ How the parts fit, in the order an export runs:
   percentile, from the session) among those that passed and were profiled,
   within the target's budgets if any is; an INT8/FP16 artifact measurably
   slower than the best FP32 one (its ratio's lower bound above 1) is reported
-  as such and never recommended.
+  as such and never recommended; and a simpler FP32 artifact (`model.onnx`,
+  then `model.ort.onnx`) that the fastest does not lead by `SPEED_MARGIN`
+  (3%) beyond its ratio's interval is recommended in its place.
 - `deploy`: DEPLOY.md, a runnable snippet for the recommended artifact.
 """
 
