@@ -183,3 +183,54 @@ def test_compress_trains_the_finalists_and_the_baseline_and_ships_the_best_on_va
     trainings.clear()
     again = compress(tiny_teacher, out=run, resume=True, **options).report["student"]
     assert trainings == [] and again["identity"] == student["identity"]
+
+
+def _plain(proposal: int, val: float, widths: tuple[int, int, int], convs: tuple[int, int, int], *, warm=False):
+    """A plain-CNN record of the `all` space: a warm start's params as hyperopt writes them (nested), a proposal's
+    flat, as the search stores them."""
+    flat = {"family": "plain", "space": "zoo", **{f"width_{i + 1}": w for i, w in enumerate(widths)},
+            **{f"convs_{i + 1}": c for i, c in enumerate(convs)}}
+    record = _record(proposal, 1, val, arch={"member": flat} if warm else flat)
+    if warm:
+        record.misc = {"warm": True, "screened": {"session": "width"}}
+    return record
+
+
+def test_finalists_are_distinct_networks_in_any_form_and_once_filled(monkeypatch, tmp_path):
+    """The same network written two ways is one family; a finalist that fills to an earlier finalist's network gives
+    its place to the next family. The fill is a rule of this test (stage-1 width 8 doubles every width), not a
+    measurement: what is under test is which families are trained."""
+    from compressor.pipeline import compress
+    from compressor.search.config import SearchConfig
+
+    records = [
+        _plain(2, 0.60, (16, 16, 32), (1, 2, 2), warm=True),  # the deeper plain warm start, kept whatever its rank
+        _plain(5, 0.80, (16, 16, 32), (1, 2, 2)),  # the warm start's network, proposed with other knobs
+        _plain(7, 0.70, (8, 8, 16), (1, 2, 2)),  # fills to that network too
+        _plain(9, 0.65, (16, 32, 64), (1, 1, 1)),
+        _plain(11, 0.50, (8, 16, 32), (1, 1, 2)),
+    ]
+    filled = []
+
+    def fill(config, record, store, run_dir, dataset, target, reference, cache_dir):
+        arch = config_space.validate_params(record.params["arch"])
+        if arch["width_1"] == 8:
+            arch = {**arch, **{k: 2 * arch[k] for k in ("width_1", "width_2", "width_3")}}
+        filled.append(record.proposal)
+        return {"member": 0, "seed": 0, "fill": {"arch": arch}}
+
+    from compressor.spaces import get_space
+
+    config_space = get_space("all")
+    monkeypatch.setattr(compress, "_fill_finalist", fill)
+    config = SearchConfig(space="all", finalists=2)
+    finalists, merged = compress._distinct_finalists(config, records, 0.0, False, None, tmp_path, None, None, None,
+                                                     None, True)
+    # 5 first (proposal 2, the same network, is passed over); 7 fills to 5's network and 9 takes its place.
+    assert [r.proposal for r in finalists] == [5, 9]
+    assert merged == [{"proposal": 7, "fidelity": 1, "network_of": "proposal 5"}]
+    assert filled.count(7) == 1
+    config = SearchConfig(space="all", finalists=3)
+    finalists, merged = compress._distinct_finalists(config, records, 0.0, False, None, tmp_path, None, None, None,
+                                                     None, True)
+    assert [r.proposal for r in finalists] == [5, 9, 11] and [m["proposal"] for m in merged] == [7]

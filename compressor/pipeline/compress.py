@@ -60,7 +60,7 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from compressor.errors import UserError
 from compressor.pipeline.finalists import choice_text, choose, finalist_records, summary
@@ -304,14 +304,14 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     seconds = sum(r.total_s for r in records)
     # Families within one validation image of the best are a tie, which goes to the faster.
     tolerance = 1.0 / len(dataset.val_y)
-    finalists = finalist_records(records, config.finalists, tolerance=tolerance,
-                                 excluded=_is_baseline_network(config, store) if baseline else lambda r: False,
-                                 kept=_fills_the_budget)
+    finalists, merged = _distinct_finalists(config, records, tolerance, baseline, store, run_dir, dataset, target,
+                                            reference, cache_dir, quiet)
     report = _base_report(config, target, teacher_info, records, seconds)
     report["budgets"]["latency_x_reference"] = latency_x_reference
     report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
                                "drift_reference": None if reference is None else reference.to_dict()}
     report["warnings"] += [w for w in (split_warning, accuracy_hint) if w]
+    report["finalists_merged"] = merged
     if not finalists:
         report["failure"] = failure_summary(records)
         from compressor.pipeline.report import write_report
@@ -501,21 +501,62 @@ def _plain_at_width(point, chosen: dict[str, Any], base):
     return dataclasses.replace(point, arch={**point.arch, **knobs}, measured=measured)
 
 
-def _is_baseline_network(config: SearchConfig, store) -> Callable[[Any], bool]:
-    """Whether a search record's network is the baseline's: the plain CNN at the width the baseline was given
-    (meta `plain_width`, `_warm_starts`); never where no width of its ladder was within the budget."""
+def _baseline_network(config: SearchConfig, store) -> str | None:
+    """The baseline's network (`search.fit.network_key`): the plain CNN at the width the baseline was given (meta
+    `plain_width`, `_warm_starts`); None where no width of its ladder was within the budget."""
     from compressor.pipeline.baselines import PLAIN_BASE
     from compressor.search.config import warm_start_points
+    from compressor.search.fit import network_key
     from compressor.spaces import get_space
 
     space = get_space(config.space)
     width = store.get_meta("plain_width")
     plain = [p for p in warm_start_points(space) if p.group == "plain"]
     baseline = _plain_at_width(plain[0], width, PLAIN_BASE) if plain and width is not None else None
-    if baseline is None:
-        return lambda record: False
-    network = space.validate_params(baseline.params(space)["arch"])
-    return lambda record: space.validate_params(record.params["arch"]) == network
+    return None if baseline is None else network_key(space, baseline.params(space)["arch"])
+
+
+def _distinct_finalists(config: SearchConfig, records, tolerance: float, baseline: bool, store, run_dir: Path, dataset,
+                        target, reference, cache_dir, quiet: bool) -> tuple[list, list[dict[str, Any]]]:
+    """The finalists (compressor.pipeline.finalists, step 1), each filled, no two of them the same network once filled,
+    none the baseline's with `--baseline`; and the families passed over for it (`report["finalists_merged"]`).
+
+    Why: the fill grows each finalist along its family's size ladder to the widest size within the budget, so two
+    families that differ only in size become one network. In 5-minute searches on digits-cluttered, plain 8-8-16
+    (convs 1-2-2) filled to 16-16-32, the deeper plain warm start, and the two were trained and tuned as two
+    finalists, one network twice in place of a second one. The later of the two in the finalists' order is passed
+    over and the next family takes its place; fills are stored (`RUN_DIR/finalists/`), so going round again
+    measures only the new finalist's.
+    """
+    from compressor.search.fit import network_key
+    from compressor.spaces import get_space
+
+    space = get_space(config.space)
+    ours = _baseline_network(config, store) if baseline else None
+    merged: dict[int, dict[str, Any]] = {}
+
+    def network(record) -> str:
+        return network_key(space, record.params["arch"])
+
+    while True:
+        finalists = finalist_records(records, config.finalists, tolerance=tolerance, kept=_fills_the_budget,
+                                     excluded=lambda r: network(r) == ours or r.proposal in merged, network=network)
+        seen = {} if ours is None else {ours: "the baseline"}
+        for record in finalists:
+            filled = network_key(space, _fill_finalist(config, record, store, run_dir, dataset, target, reference,
+                                                       cache_dir)["fill"]["arch"])
+            if filled in seen:
+                merged[record.proposal] = {"proposal": record.proposal, "fidelity": record.fidelity,
+                                           "network_of": seen[filled]}
+                if not quiet:
+                    from compressor.cli.console import err_console
+
+                    err_console.print(f"proposal {record.proposal}: filled, it is the network of {seen[filled]}; "
+                                      "the next family takes its place among the finalists", markup=False)
+                break
+            seen[filled] = f"proposal {record.proposal}"
+        else:
+            return finalists, list(merged.values())
 
 
 def _fills_the_budget(record) -> bool:
@@ -539,12 +580,12 @@ def _finalist(config, rank: int, best, count: int, store, run_dir: Path, dataset
     whose finalists changed trains only the new ones.
     """
     key = f"p{best.proposal}-f{best.fidelity}"
-    path = run_dir / "finalists" / f"{key}.pt"
+    path = _finalist_path(run_dir, best, ".pt")
     found = (store.get_meta("finalists") or {}).get(key)
     if found is not None and path.is_file():
         return found
-    finished = _finish_winner(config, best, store, run_dir / "finalists" / f"{key}.sqlite", dataset, logits, target,
-                              reference, cache_dir, evaluations, quiet)
+    finished = _finish_winner(config, best, store, run_dir, dataset, logits, target, reference, cache_dir,
+                              evaluations, quiet)
     final = _final_training(config, best, finished, dataset, logits, target, path, quiet,
                             f"finalist {rank + 1}/{count}")
     found = json_safe({**final, "preprocessing": dataset.preprocessing.to_dict(), "source": "search",
@@ -555,22 +596,25 @@ def _finalist(config, rank: int, best, count: int, store, run_dir: Path, dataset
     return found
 
 
-def _finish_winner(config, best, store, path: Path, dataset, logits, target, reference, cache_dir,
-                   evaluations: int, quiet: bool) -> dict[str, Any]:
-    """A finalist's best member, its width filled and its lr/KD tuned (compressor.pipeline.finish), resumable in `path`."""
-    from compressor.cli.console import err_console
+def _finalist_store(store, best, member: int, path: Path):
+    """The finalist's own store (`RUN_DIR/finalists/pP-fF.sqlite`): its fill and its tuning, tied to the run."""
     from compressor.pipeline.baselines import open_tuning_store
-    from compressor.pipeline.finish import fill_winner, tune_winner
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open_tuning_store(path, {"fingerprint": store.get_meta("fingerprint"),
+                                    "started_at": store.get_meta("started_at"),
+                                    "winner": [best.proposal, best.fidelity, member]})
+
+
+def _fill_finalist(config, best, store, run_dir: Path, dataset, target, reference, cache_dir) -> dict[str, Any]:
+    """A finalist's best member and its width filled (compressor.pipeline.finish.fill_winner), measured once per run."""
+    from compressor.pipeline.finish import fill_winner
     from compressor.search.fit import BudgetFit
     from compressor.spaces import get_space
 
-    say = (lambda text: None) if quiet else (lambda text: err_console.print(text, markup=False))
     member = max(range(len(best.member_accuracies)), key=lambda i: best.member_accuracies[i])
     seed, space = best.seeds[member], get_space(config.space)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    winner = open_tuning_store(path, {"fingerprint": store.get_meta("fingerprint"),
-                                      "started_at": store.get_meta("started_at"),
-                                      "winner": [best.proposal, best.fidelity, member]})
+    winner = _finalist_store(store, best, member, _finalist_path(run_dir, best, ".sqlite"))
     try:
         fill = winner.get_meta("fill")
         if fill is None:
@@ -579,10 +623,32 @@ def _finish_winner(config, best, store, path: Path, dataset, logits, target, ref
                                                                reference=reference),
                                          seconds_each=config.profile_seconds, reference=reference))
             winner.set_meta("fill", fill)
-        if fill["grew"]:
-            say(f"proposal {best.proposal}: grown to {_sizes(fill)}, the widest of "
-                f"{len(fill['candidates'])} sizes within the budget")
-        spec = space.sample(fill["arch"], seed)
+    finally:
+        winner.close()
+    return {"member": member, "seed": seed, "fill": fill}
+
+
+def _finalist_path(run_dir: Path, best, suffix: str) -> Path:
+    return run_dir / "finalists" / f"p{best.proposal}-f{best.fidelity}{suffix}"
+
+
+def _finish_winner(config, best, store, run_dir: Path, dataset, logits, target, reference, cache_dir,
+                   evaluations: int, quiet: bool) -> dict[str, Any]:
+    """A finalist's best member, its width filled and its lr/KD tuned (compressor.pipeline.finish), resumable in
+    `RUN_DIR/finalists/`."""
+    from compressor.cli.console import err_console
+    from compressor.pipeline.finish import tune_winner
+    from compressor.spaces import get_space
+
+    say = (lambda text: None) if quiet else (lambda text: err_console.print(text, markup=False))
+    filled = _fill_finalist(config, best, store, run_dir, dataset, target, reference, cache_dir)
+    member, fill = filled["member"], filled["fill"]
+    if fill["grew"]:
+        say(f"proposal {best.proposal}: grown to {_sizes(fill)}, the widest of "
+            f"{len(fill['candidates'])} sizes within the budget")
+    spec = get_space(config.space).sample(fill["arch"], filled["seed"])
+    winner = _finalist_store(store, best, member, _finalist_path(run_dir, best, ".sqlite"))
+    try:
         tuning = tune_winner(config, spec, best.params, dataset, logits, store=winner, evaluations=evaluations,
                              say=say, label=f"proposal {best.proposal}")
     finally:

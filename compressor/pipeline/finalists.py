@@ -11,10 +11,18 @@ trained as the student is trained:
 1. **Finalists** (`finalist_records`): the top `finalists` families by the
    rule that picks the best one (`search.analysis.best_record`: the highest
    fidelity reached first, then its score (from its cross-entropy), ties
-   within one validation image to the faster), distinct by architecture and, with
+   within one validation image to the faster), distinct by network and, with
    `--baseline`, other than the baseline's network (the plain warm start at
    the baseline's width, which reaches the highest fidelity as every warm
    start does, would otherwise take a finalist's place to be trained twice).
+   Distinct *once filled* (step 2 grows each along its family's size ladder,
+   so plain 8-8-16 and 16-16-32 with the same depths become one network):
+   `compress._distinct_finalists` fills them in order and passes over one
+   that fills to an earlier finalist's network or the baseline's, the next
+   family taking its place (`report["finalists_merged"]`). Before, 5-minute
+   searches on digits-cluttered trained the deeper plain warm start's
+   network twice, as the warm start and as a proposal with other knobs, in
+   every TPE run and in one random run of six.
    When the highest fidelity holds fewer families, the next fidelity down
    fills in. **The budget-filling plain warm starts are finalists too**,
    whatever their rank (`kept`: the hand-designed networks the search starts
@@ -87,14 +95,18 @@ from compressor.search.store import TrialRecord
 
 def finalist_records(records: Sequence[TrialRecord], count: int, tolerance: float = 0.0,
                      excluded: Callable[[TrialRecord], bool] = lambda record: False,
-                     kept: Callable[[TrialRecord], bool] = lambda record: False) -> list[TrialRecord]:
+                     kept: Callable[[TrialRecord], bool] = lambda record: False,
+                     network: Callable[[TrialRecord], str] = lambda record: arch_key(record.params.get("arch"))
+                     ) -> list[TrialRecord]:
     """The `count` best families to train in full, best first, then every `kept` one not among them (the module
     docstring, step 1).
 
-    Each pick is `best_record` over the families not yet picked; a family whose architecture params
-    equal a picked one's (a strategy may propose a point twice) or that is `excluded` (the baseline's
-    network, a finalist anyway with `--baseline`) is passed over. A `kept` family (a budget-filling warm
-    start) left over after the `count` picks is picked too, in the search's order, at its best record.
+    Each pick is `best_record` over the families not yet picked; a family whose `network` (its architecture
+    params, written one way: `compress` passes the space's validated form, because a warm start's params are
+    stored in hyperopt's nested form and a proposal's flat) equals a picked one's (a strategy may propose a
+    point twice) or that is `excluded` (the baseline's network, a finalist anyway with `--baseline`) is passed
+    over. A `kept` family (a budget-filling warm start) left over after the `count` picks is picked too, in the
+    search's order, at its best record.
     """
     from compressor.search.analysis import best_record
 
@@ -104,8 +116,8 @@ def finalist_records(records: Sequence[TrialRecord], count: int, tolerance: floa
     def pick(best: TrialRecord) -> None:
         nonlocal left
         picked.append(best)
-        arch = _arch_key(best.params.get("arch"))
-        left = [r for r in left if r.proposal != best.proposal and _arch_key(r.params.get("arch")) != arch]
+        arch = network(best)
+        left = [r for r in left if r.proposal != best.proposal and network(r) != arch]
 
     while left and len(picked) < count:
         pick(best_record(left, tolerance=tolerance))
@@ -115,7 +127,8 @@ def finalist_records(records: Sequence[TrialRecord], count: int, tolerance: floa
     return picked
 
 
-def _arch_key(arch: dict[str, Any] | None) -> str:
+def arch_key(arch: dict[str, Any] | None) -> str:
+    """Architecture params as one comparable string."""
     return json.dumps(arch, sort_keys=True, default=str)
 
 

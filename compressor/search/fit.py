@@ -70,7 +70,8 @@ from compressor.search.latency_model import MIN_SAMPLES, Features, LatencyModel,
 from compressor.search.store import TrialRecord
 from compressor.search.strategies import penalty_loss, record_fitted
 
-__all__ = ["BudgetFit", "Fit", "Sample", "calibration_points", "fit_to_budget", "sample_family", "size_ladder"]
+__all__ = ["BudgetFit", "Fit", "Sample", "calibration_points", "fit_to_budget", "network_key", "sample_family",
+           "size_ladder"]
 
 # A screened member as the latency model learns it: its features and its judged latency (ms).
 Sample = tuple[Features, float]
@@ -179,7 +180,9 @@ def fit_to_budget(space, arch: dict[str, Any], predict: Callable[[dict[str, Any]
                predicted_ms=at(chosen), skip=at(chosen) > far_over * budget_ms, predictions=len(predicted))
 
 
-def _arch_key(space, arch: dict[str, Any]) -> str:
+def network_key(space, arch: dict[str, Any]) -> str:
+    """`arch` as one comparable string, written one way whatever form it came in (a warm start's params are
+    hyperopt's nested form, a proposal's flat)."""
     return json.dumps(space.validate_params(arch), sort_keys=True)
 
 
@@ -222,7 +225,7 @@ class BudgetFit:
         `warm_starts`: the search's first points; those `measured` within the budget are kept as they are.
         `reference`: the run's drift reference, the calibration's unit (`LatencyModel.open`).
         """
-        known = {_arch_key(space, w.params(space)["arch"]): w.measured for w in warm_starts if w.measured}
+        known = {network_key(space, w.params(space)["arch"]): w.measured for w in warm_starts if w.measured}
         model = LatencyModel.open(target, cache_dir, reference=reference, input_shape=tuple(dataset.input_shape),
                                   num_classes=dataset.num_classes)
         return cls(space=space, model=model, budget_ms=target.budgets.latency_ms,
@@ -244,7 +247,7 @@ class BudgetFit:
         model, budget = self.model, self.budget_ms
         if budget is None or record.misc is None:
             return
-        screened = self.known.get(_arch_key(self.space, record.params["arch"]))
+        screened = self.known.get(network_key(self.space, record.params["arch"]))
         if screened is not None:
             # One network, one verdict per run: measured again, a size judged at 0.97x the budget came out
             # 1.05x over in a benchmark run, and the search lost the baseline's own network.
