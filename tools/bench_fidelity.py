@@ -66,21 +66,13 @@ def train_all(job: tuple) -> dict[str, dict[int, float]]:
     family, args = job
     import torch
 
-    from bench_search import CHANNELS, IMAGE_SIZE, teacher_checkpoint
-    from compressor.data.datasets import load_dataset
-    from compressor.models.teachers import load_teacher, teacher_inputs
+    from bench_search import student_data
     from compressor.search import recipe
     from compressor.search.config import SearchConfig
     from compressor.spaces import get_space
-    from compressor.train.distill import LogitsCache
 
     torch.set_num_threads(1)
-    raw = load_dataset(args.data, image_size=IMAGE_SIZE, channels=CHANNELS, seed=args.split_seed,
-                       label_fraction=args.label_fraction)
-    data = raw.normalised(raw.student_preprocessing())
-    path, _ = teacher_checkpoint(args.data, args.split_seed, args.teacher_epochs, args.cache)
-    teacher = load_teacher(str(path), num_classes=data.num_classes, input_shape=data.input_shape)
-    logits = LogitsCache(args.cache).get(teacher, teacher_inputs(teacher, raw).dataset)
+    data, logits = student_data(args.data, args.split_seed, args.label_fraction, args.teacher_epochs, args.cache)
     spec = get_space("all").sample(family["arch"], family["seed"])
     config = SearchConfig(space="all", seed=args.seed)
     out = {"acc": {}, "nll": {}, "p_true": {}}

@@ -95,6 +95,21 @@ def teacher_checkpoint(data_ref: str, split_seed: int, epochs: int, cache: Path)
     return Path(teacher.ref), logits_accuracy(logits["test"], data.test_y)
 
 
+def student_data(data_ref: str, split_seed: int, label_fraction: float, teacher_epochs: int, cache: Path):
+    """A cell's data as its students train on it (normalised, `label_fraction` of the labels) and its teacher's
+    logits (the cached teacher of `teacher_checkpoint`)."""
+    from compressor.data.datasets import load_dataset
+    from compressor.models.teachers import load_teacher, teacher_inputs
+    from compressor.train.distill import LogitsCache
+
+    raw = load_dataset(data_ref, image_size=IMAGE_SIZE, channels=CHANNELS, seed=split_seed,
+                       label_fraction=label_fraction)
+    data = raw.normalised(raw.student_preprocessing())
+    path, _ = teacher_checkpoint(data_ref, split_seed, teacher_epochs, cache)
+    teacher = load_teacher(str(path), num_classes=data.num_classes, input_shape=data.input_shape)
+    return data, LogitsCache(cache).get(teacher, teacher_inputs(teacher, raw).dataset)
+
+
 def cell_budget(path: Path, data_ref: str, split_seed: int, space_name: str, multiple: float) -> dict:
     """A cell's latency budget: `multiple` x the space's smallest network, as a multiple of the drift reference.
 
