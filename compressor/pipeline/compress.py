@@ -579,8 +579,8 @@ def _finalist(config, rank: int, best, count: int, store, run_dir: Path, dataset
     Kept in meta `finalists` by (proposal, fidelity) with its checkpoint under `RUN_DIR/finalists/`, so a resume
     whose finalists changed trains only the new ones.
     """
-    key = f"p{best.proposal}-f{best.fidelity}"
     path = _finalist_path(run_dir, best, ".pt")
+    key = path.stem
     found = (store.get_meta("finalists") or {}).get(key)
     if found is not None and path.is_file():
         return found

@@ -96,7 +96,7 @@ from compressor.search.store import TrialRecord
 def finalist_records(records: Sequence[TrialRecord], count: int, tolerance: float = 0.0,
                      excluded: Callable[[TrialRecord], bool] = lambda record: False,
                      kept: Callable[[TrialRecord], bool] = lambda record: False,
-                     network: Callable[[TrialRecord], str] = lambda record: arch_key(record.params.get("arch"))
+                     network: Callable[[TrialRecord], str] = lambda record: _arch_key(record.params.get("arch"))
                      ) -> list[TrialRecord]:
     """The `count` best families to train in full, best first, then every `kept` one not among them (the module
     docstring, step 1).
@@ -127,8 +127,7 @@ def finalist_records(records: Sequence[TrialRecord], count: int, tolerance: floa
     return picked
 
 
-def arch_key(arch: dict[str, Any] | None) -> str:
-    """Architecture params as one comparable string."""
+def _arch_key(arch: dict[str, Any] | None) -> str:
     return json.dumps(arch, sort_keys=True, default=str)
 
 
