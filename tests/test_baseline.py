@@ -88,6 +88,24 @@ def test_tuning_spends_trials_evaluations_at_the_first_fidelity_and_keeps_the_be
     assert calls[0][0] == {"kd": True, **{k.name: k.default for k in kd_knobs()}}
 
 
+def test_the_knob_sets_trained_in_full_are_the_tunings_best_distinct_ones_best_first():
+    from compressor.pipeline.baselines import FINAL_KNOB_SETS, knobs_of, top_knobs
+    from compressor.search.store import TrialRecord
+
+    def evaluated(proposal, lr, alpha, accuracy, status="ok"):
+        return TrialRecord(proposal=proposal, fidelity=1, status=status, seeds=[0], val_accuracy=accuracy,
+                           params={"lr": lr, "kd": {"kd_alpha": alpha, "kd_tau": 4.0}})
+
+    records = [evaluated(0, 0.1, 0.5, 0.30), evaluated(1, 0.2, 0.9, 0.41), evaluated(2, 0.2, 0.9, 0.41),
+               evaluated(3, 0.05, 0.0, 0.12), evaluated(4, 0.15, 0.7, None, status="failed"),
+               evaluated(5, 0.1, 0.5, 0.35)]
+    top = top_knobs(records)
+    # the same set evaluated twice is one set; a failure is none; a tie of scores goes to the earlier proposal
+    assert FINAL_KNOB_SETS == 2 and top == [knobs_of(records[1].params), knobs_of(records[0].params)]
+    assert top_knobs(records, count=3)[2] == knobs_of(records[3].params) and not top_knobs(records, count=3)[2]["kd"]
+    assert top_knobs(records, count=1) == top[:1] and top_knobs(records[4:5]) == []
+
+
 def test_tuning_resumes_where_it_stopped_and_failures_are_failed_trials(tmp_path):
     from compressor.pipeline.baselines import tune
     from compressor.search.analysis import best_record
@@ -196,15 +214,19 @@ def test_compress_trains_the_baseline_on_the_students_terms_and_keeps_it_on_resu
     report = compress(tiny_teacher, out=run, **options).report
     [baseline] = report["baselines"]
     finals = [config for config, with_test in seen if with_test]
-    # each searched finalist's final training (the best family, then a budget-filling warm start not among
-    # it), then the baseline's
-    assert len(finals) == len(report["student"]["finalists"]) >= 2
+    # each searched finalist's final trainings (the best family, then a budget-filling warm start not among
+    # it), then the baseline's: one per knob set of its tuning's best two
+    trained = baseline["final_trainings"]
+    assert len(report["student"]["finalists"]) >= 2 and 1 <= len(trained) <= 2 == baseline["knob_sets"]
     knobs = dict(lr=0.1, alpha=0.5, tau=4.0)
     *searched, fair = (dataclasses.replace(c, **knobs) for c in finals)
     assert all(c == fair for c in searched) and fair.batch_size == 16 and fair.epochs == 2 and fair.threads == 1
-    assert (finals[-1].lr, finals[-1].alpha, finals[-1].tau) == (baseline["lr"], baseline["kd_alpha"],
-                                                                 baseline["kd_tau"])
-    tuning = [config for config, with_test in seen[-4:-1]]
+    ours = finals[-len(trained):]
+    assert [(c.lr, c.alpha, c.tau) for c in ours] == [(t["lr"], t["kd_alpha"], t["kd_tau"]) for t in trained]
+    [kept] = [t for t in trained if t["kept"]]
+    assert kept["val_accuracy"] == max(t["val_accuracy"] for t in trained) == baseline["val_accuracy"]
+    assert (kept["lr"], kept["kd_alpha"], kept["kd_tau"]) == (baseline["lr"], baseline["kd_alpha"], baseline["kd_tau"])
+    tuning = [config for config, with_test in seen[-3 - len(trained):-len(trained)]]
     assert [c.epochs for c in tuning] == [1, 1, 1] and {c.batch_size for c in tuning} == {16}
     assert baseline["tuning"]["evaluations"] == 3 and baseline["tuning"]["fidelity"] == 1
     assert baseline["tuning"]["val_accuracy"] == max(r["val_accuracy"] for r in _records(run / "baseline.sqlite"))

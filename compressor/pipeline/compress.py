@@ -579,10 +579,14 @@ def _finalist(config, rank: int, best, count: int, store, run_dir: Path, dataset
     Kept in meta `finalists` by (proposal, fidelity) with its checkpoint under `RUN_DIR/finalists/`, so a resume
     whose finalists changed trains only the new ones.
     """
+    from compressor.pipeline.baselines import FINAL_KNOB_SETS
+
     path = _finalist_path(run_dir, best, ".pt")
     key = path.stem
     found = (store.get_meta("finalists") or {}).get(key)
-    if found is not None and path.is_file():
+    # A finalist trained by another rule of the final training (fewer knob sets) is trained again: the baseline
+    # it is compared with is trained by today's rule.
+    if found is not None and path.is_file() and found.get("knob_sets") == FINAL_KNOB_SETS:
         return found
     finished = _finish_winner(config, best, store, run_dir, dataset, logits, target, reference, cache_dir,
                               evaluations, quiet)
@@ -672,20 +676,22 @@ def _final_training(config, best, finished, dataset, logits, target, checkpoint:
 
     from compressor.cli.console import err_console
     from compressor.models.on_target import check_on_target
+    from compressor.pipeline.baselines import FINAL_KNOB_SETS, train_final
     from compressor.search import recipe
 
-    member, spec, knobs = finished["member"], finished["spec"], finished["tuning"]["best"]
-    if not quiet:
-        err_console.print(f"{label}: proposal {best.proposal} member {member} (val {100 * best.val_accuracy:.2f}% at "
-                          f"{best.fidelity} ep), final training for {config.final_epochs} epochs")
-    train_config = recipe.train_config(config, knobs)
-    model, result = recipe.train_spec(spec, dataset, train_config, logits, evaluate_test=True)
-    if result.status != "ok":
+    member, spec = finished["member"], finished["spec"]
+    say = (lambda text: None) if quiet else (lambda text: err_console.print(text, markup=False))
+    say(f"{label}: proposal {best.proposal} member {member} (val {100 * best.val_accuracy:.2f}% at "
+        f"{best.fidelity} ep), final training for {config.final_epochs} epochs")
+    (model, result, knobs), trainings = train_final(spec, dataset, config, logits, finished["tuning"]["top"], say,
+                                                    f"proposal {best.proposal}")
+    if model is None:
         raise UserError(f"final training of proposal {best.proposal} failed: {result.reason}")
     meta = {"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
-            "epochs": config.final_epochs, "kd_alpha": train_config.alpha, "kd_tau": train_config.tau,
-            "lr": train_config.lr, "proposal": best.proposal, "fidelity": best.fidelity, "member": member,
-            "seconds": result.seconds, "fill": finished["fill"], "tuning": finished["tuning"]}
+            "epochs": config.final_epochs, "kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"],
+            "lr": knobs["lr"], "proposal": best.proposal, "fidelity": best.fidelity, "member": member,
+            "seconds": result.seconds, "fill": finished["fill"], "tuning": finished["tuning"],
+            "knob_sets": FINAL_KNOB_SETS, "final_trainings": trainings}
     recipe.save_trained(checkpoint, model, spec, dataset, meta)
     profile = check_on_target(model, target, dataset.input_shape, memory=True).profile
     return {**meta, "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
@@ -735,18 +741,22 @@ def _choose_student(candidates: list[dict[str, Any]], dataset, store, run_dir: P
                     quiet: bool) -> tuple[int, dict[str, Any]]:
     """The student among the finalists (compressor.pipeline.finalists.choose), copied to `checkpoint`: its index
     and its report entry."""
+    import hashlib
+
     from compressor.cli.console import err_console
     from compressor.models.checkpoint import load_checkpoint, save_checkpoint
 
     index = choose(candidates, len(dataset.val_y))
     chosen = candidates[index]
+    weights = hashlib.sha256((run_dir / chosen["checkpoint"]).read_bytes()).hexdigest()
     previous = store.get_meta("final")
-    if previous is None or not checkpoint.is_file() or previous.get("identity") != chosen["identity"]:
-        # The student changed (a resume with more trials, another finalist ahead) or was never saved:
-        # what was exported for the previous one no longer describes it.
+    if previous is None or not checkpoint.is_file() or previous.get("identity") != chosen["identity"] \
+            or previous.get("weights_sha256") != weights:
+        # The student changed (a resume with more trials, another finalist ahead, the same finalist trained
+        # again) or was never saved: what was exported for the previous one no longer describes it.
         store.set_meta("artifacts", None)
         save_checkpoint(checkpoint, load_checkpoint(run_dir / chosen["checkpoint"]))
-    final = {**{k: v for k, v in chosen.items() if k not in ("checkpoint", "val_wrong")},
+    final = {**{k: v for k, v in chosen.items() if k not in ("checkpoint", "val_wrong")}, "weights_sha256": weights,
              "finalists": [summary(c, i == index, chosen) for i, c in enumerate(candidates)]}
     store.set_meta("final", final)
     if not quiet:
@@ -762,12 +772,13 @@ def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool
     and start time); the finished result is kept in meta `baseline` and its weights in `RUN_DIR/baseline.pt` (it
     is a finalist: it may become the student), so a resume reads them from there.
     """
-    from compressor.pipeline.baselines import hand_designed_baseline, open_tuning_store
     from compressor.cli.console import err_console
+    from compressor.pipeline.baselines import FINAL_KNOB_SETS, hand_designed_baseline, open_tuning_store
 
     found = store.get_meta("baseline")
     weights = run_dir / "baseline.pt"
-    if found is None or (found["status"] == "ok" and not weights.is_file()):
+    if found is None or (found["status"] == "ok" and (not weights.is_file()
+                                                      or found.get("knob_sets") != FINAL_KNOB_SETS)):
         if not quiet:
             err_console.print(f"baseline: the widest plain CNN within the budget, lr/KD tuned in {evaluations} "
                               f"evaluations at {config.fidelities[0]} epoch(s), then the student's recipe for "

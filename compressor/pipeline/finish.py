@@ -26,7 +26,8 @@ before its final training the winner gets what the baseline gets:
    the defaults.
 
 The final training (`compress._final_training`) then trains the filled
-network with the tuned knobs. Every finalist of compressor.pipeline.finalists
+network as the baseline is trained (`baselines.train_final`): once with each
+of the tuning's best `FINAL_KNOB_SETS` knob sets, the best on validation kept. Every finalist of compressor.pipeline.finalists
 is finished this way. Both steps live in `RUN_DIR/finalists/pP-fF.sqlite`,
 tied to the finalist (its proposal, fidelity and member): a resume redoes at
 most the evaluation in flight, and a new finalist (a resume with more
@@ -114,10 +115,11 @@ def tune_winner(config: SearchConfig, spec, knobs: Mapping[str, float], dataset,
     """The baseline's lr/KD tuning for the winner's `spec`, from its searched `knobs` first; the best knobs.
 
     Returns:
-        {"evaluations", "fidelity", "strategy", "failed", "best": {lr, kd_alpha, kd_tau, kd}, "val_accuracy"};
-        "best" is the searched knobs when every evaluation failed.
+        {"evaluations", "fidelity", "strategy", "failed", "best": {lr, kd_alpha, kd_tau, kd}, "val_accuracy",
+        "top": the knob sets to train for the final length (`baselines.top_knobs`), "best" first}; "best" is
+        the searched knobs when every evaluation failed.
     """
-    from compressor.pipeline.baselines import knob_point, knobs_of, knobs_text, real_trainer, tune
+    from compressor.pipeline.baselines import knob_point, knobs_of, knobs_text, real_trainer, top_knobs, tune
     from compressor.search.analysis import best_record
 
     def heard(event: str, info: dict) -> None:
@@ -131,7 +133,9 @@ def tune_winner(config: SearchConfig, spec, knobs: Mapping[str, float], dataset,
     records = tune(config, store, real_trainer(config, spec, dataset, teacher_logits), heard,
                    evaluations=evaluations, first=[knob_point(searched)])
     best = best_record(records)
+    fallback = {**searched, "kd": searched["kd_alpha"] > 0}
     return {"evaluations": len(records), "fidelity": config.fidelities[0], "strategy": "tpe",
             "failed": sum(r.status == "failed" for r in records),
-            "best": {**searched, "kd": searched["kd_alpha"] > 0} if best is None else knobs_of(best.params),
-            "val_accuracy": None if best is None else best.val_accuracy}
+            "best": fallback if best is None else knobs_of(best.params),
+            "val_accuracy": None if best is None else best.val_accuracy,
+            "top": top_knobs(records) or [fallback]}

@@ -124,6 +124,13 @@ class _StudentRequired(TypedDict):
 class StudentReport(_StudentRequired, Verdict, total=False):
     """The final student; profile and verdict from the final session."""
 
+    weights_sha256: str  # of its trained weights: a resume that trained it again exports again
+    # a searched student: its fill, its lr/KD tuning and each of the tuning's best knob sets trained in full
+    fill: dict[str, Any]
+    tuning: dict[str, Any]
+    knob_sets: int
+    final_trainings: list[dict[str, Any]]
+
 
 class _BaselineRequired(TypedDict):
     name: str
@@ -156,6 +163,8 @@ class BaselineReport(_BaselineRequired, Verdict, total=False):
     reason: str
     recipe: dict[str, Any]
     tuning: BaselineTuning
+    knob_sets: int  # how many of the tuning's best knob sets the final training tries (baselines.FINAL_KNOB_SETS)
+    final_trainings: list[dict[str, Any]]  # each tried in full: knobs, status, accuracies, seconds, "kept"
     width: dict[str, Any]
     kd: bool
     kd_alpha: float
@@ -385,9 +394,14 @@ def baseline_terms(baseline: BaselineReport) -> str:
     knobs = "no evaluation succeeded" if best is None else (
         f"lr {best['lr']:.3g}, " + (f"KD α {best['kd_alpha']:.2f} τ {best['kd_tau']:.1f}" if best["kd"] else "no KD")
         + f" (val {100 * tuning['val_accuracy']:.2f}%)")
+    trainings = baseline.get("final_trainings") or []
+    kept = next((i for i, t in enumerate(trainings) if t["kept"]), None)
+    vals = ", ".join(f"{100 * t['val_accuracy']:.2f}%" for t in trainings if t["status"] == "ok")
+    final = "" if len(trainings) < 2 or kept is None else (
+        f"; its best {len(trainings)} knob sets trained for {recipe['epochs']} epochs, set {kept + 1} kept (val {vals})")
     return (f"Baseline {baseline['name']}: {chosen}; trained like the student (batch {recipe['batch_size']}, "
             f"{recipe['epochs']} epochs, seed {recipe['seed']}); lr and KD tuned by {tuning['strategy'].upper()} in "
-            f"{tuning['evaluations']} evaluations at {tuning['fidelity']} epoch(s): {knobs}.")
+            f"{tuning['evaluations']} evaluations at {tuning['fidelity']} epoch(s): {knobs}{final}.")
 
 
 def verdict_text(entry: dict[str, Any]) -> str:
