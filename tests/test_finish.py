@@ -68,12 +68,13 @@ def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teac
     assert fill["within"] is False or next(c for c in fill["candidates"]
                                            if all(fill["arch"][k] == v for k, v in c["sizes"].items()))["verdict"] == "within"
     assert all(student["arch"]["params"][k] == fill["arch"][k] for k in sizes)  # the filled network was trained
-    # The tuning: as many evaluations as asked; its best two knob sets trained in full, the better on validation kept.
+    # The tuning: as many evaluations as asked; its best two knob sets trained in full, the second kept only when ahead.
     trained = student["final_trainings"]
     assert tuning["evaluations"] == 3 and tuning["top"][0] == tuning["best"] and len(tuning["top"]) == 2
     assert [{k: t[k] for k in ("lr", "kd_alpha", "kd_tau", "kd")} for t in trained] == tuning["top"]
     [kept] = [t for t in trained if t["kept"]]
-    assert student["val_accuracy"] == kept["val_accuracy"] == max(t["val_accuracy"] for t in trained)
+    assert kept is trained[0] or kept["val_accuracy"] > trained[0]["val_accuracy"]
+    assert student["val_accuracy"] == kept["val_accuracy"]
     assert (student["lr"], student["kd_alpha"], student["kd_tau"]) == (kept["lr"], kept["kd_alpha"], kept["kd_tau"])
     assert (run / "finalists" / f"p{student['proposal']}-f1.sqlite").is_file()
 

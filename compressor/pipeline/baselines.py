@@ -30,8 +30,9 @@ searched student got, so the baseline is built in three steps:
 3. **The student's recipe.** The tuning's best `FINAL_KNOB_SETS` (2) knob
    sets are each trained for `final_epochs` with the recipe of the final
    student (`compressor.search.recipe`: batch size, epochs, schedule,
-   threads, seeds: the same TrainConfig but for lr/α/τ), and the better on
-   validation is kept (`train_final`). Each finalist of the search is trained
+   threads, seeds: the same TrainConfig but for lr/α/τ), and the second
+   replaces the first only when ahead of it on validation beyond the noise
+   of the paired comparison (`train_final`). Each finalist of the search is trained
    by the same rule, so no network's place is decided by where one one-epoch
    ranking of its knobs ended.
 
@@ -60,8 +61,8 @@ PLAIN_SCALES = tuple(range(1, 9))
 # the labels (docs/design.md, "The deeper plain warm start").
 DEEPER_BASE, DEEPER_CONVS = (8, 8, 16), (1, 2, 2)
 
-# Knob sets of a tuning trained for the final length, best first by their one-epoch evaluations; the best on
-# validation after the final length is kept (`train_final`). One epoch does not resolve KD's temperature: on
+# Knob sets of a tuning trained for the final length, best first by their one-epoch evaluations; a later one
+# is kept only when clearly ahead on validation after the final length (`train_final`). One epoch does not resolve KD's temperature: on
 # digits-cluttered with 10% of the labels, τ 1.1 and τ 6.0 at the same lr and α scored within one point after
 # one epoch and 1.1-1.8 validation points apart after 15, several times the seeds' spread (BENCHMARKS.md,
 # "The tuning's best two knob sets trained in full").
@@ -303,17 +304,22 @@ def top_knobs(records, count: int = FINAL_KNOB_SETS) -> list[dict[str, Any]]:
 
 def train_final(spec, dataset, config: SearchConfig, teacher_logits: dict, knob_sets: Sequence[Mapping[str, Any]],
                 say: Callable[[str], None] = lambda text: None, label: str = "baseline"):
-    """`spec` trained for `final_epochs` with each knob set (`top_knobs`); the best on validation is kept.
+    """`spec` trained for `final_epochs` with each knob set (`top_knobs`, the tuning's best first); one kept.
 
-    A tie goes to the earlier set (the tuning's best). Every network a run compares, the baseline and each
-    finalist, is finished this way, so the choice between them is not decided by one training's knobs.
+    A later set replaces the kept one only when it is ahead of it on validation by more than one standard
+    error of the paired difference (`finalists.paired_tie`, the rule that chooses among finalists): two
+    trainings of one network a few images apart differ by the draw, and the tuning's ranking is the better
+    guide then. Every network a run compares, the baseline and each finalist, is finished this way, so the
+    choice between them is not decided by where one one-epoch ranking of its knobs ended.
 
     Returns:
         (model, TrainResult, knobs) of the kept training, or (None, the last failed result, None) when every
         training failed; and the list of trainings for the report ({lr, kd_alpha, kd_tau, kd, status,
-        val_accuracy, test_accuracy, seconds}, "kept" on the one kept).
+        val_accuracy, test_accuracy, seconds, kept}).
     """
+    from compressor.pipeline.finalists import paired_tie
     from compressor.search.recipe import train_config, train_spec
+    from compressor.train.distill import predict
 
     kept, trainings, result = None, [], None
     for i, knobs in enumerate(knob_sets):
@@ -321,13 +327,18 @@ def train_final(spec, dataset, config: SearchConfig, teacher_logits: dict, knob_
         model, result = train_spec(spec, dataset, train_config(config, knobs), teacher_logits, evaluate_test=True)
         trainings.append({**knobs, "status": result.status, "val_accuracy": result.val_accuracy,
                           "test_accuracy": result.test_accuracy, "seconds": result.seconds, "kept": False})
-        if result.status == "ok" and (kept is None or result.val_accuracy > kept[1].val_accuracy):
-            kept = (model, result, knobs, i)
+        if result.status != "ok":
+            continue
+        wrong = (predict(model, dataset.val_x) != dataset.val_y).nonzero().flatten().tolist()
+        this = {"val_accuracy": result.val_accuracy, "val_wrong": wrong}
+        if kept is None or (this["val_accuracy"] > kept[3]["val_accuracy"]
+                            and not paired_tie(this, kept[3], len(dataset.val_y))):
+            kept = (model, result, knobs, this, i)
     if kept is None:
         return (None, result, None), trainings
-    trainings[kept[3]]["kept"] = True
+    trainings[kept[4]]["kept"] = True
     if len(trainings) > 1:
-        say(f"{label}: knob set {kept[3] + 1} kept, val {100 * kept[1].val_accuracy:.2f}%")
+        say(f"{label}: knob set {kept[4] + 1} kept, val {100 * kept[1].val_accuracy:.2f}%")
     return kept[:3], trainings
 
 
