@@ -52,6 +52,7 @@ def test_a_tuning_evaluates_the_given_points_first_then_the_defaults(tmp_path):
 @pytest.mark.slow
 def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teacher, tight_latency_ms, quick_target, tmp_path):
     from compressor.pipeline.compress import compress
+    from compressor.spaces import get_space
 
     run = tmp_path / "run"
     result = compress(tiny_teacher, out=run, data="digits", target=quick_target, latency_ms=tight_latency_ms,
@@ -61,10 +62,12 @@ def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teac
     student = result.report["student"]
     fill, tuning = student["fill"], student["tuning"]
     searched = next(r for r in result.records if r.proposal == student["proposal"] and r.fidelity == 1)
+    # a warm start's params are stored in hyperopt's nested form, a proposal's flat: compare the validated form
+    own = get_space("all").validate_params(searched.params["arch"])
     sizes = list(fill["candidates"][0]["sizes"])
     # The winner's own size is the first candidate; the chosen one is within the budget and no smaller.
-    assert {k: searched.params["arch"][k] for k in sizes} == fill["candidates"][0]["sizes"]
-    assert all(fill["arch"][k] >= searched.params["arch"][k] for k in sizes)
+    assert {k: own[k] for k in sizes} == fill["candidates"][0]["sizes"]
+    assert all(fill["arch"][k] >= own[k] for k in sizes)
     assert fill["within"] is False or next(c for c in fill["candidates"]
                                            if all(fill["arch"][k] == v for k, v in c["sizes"].items()))["verdict"] == "within"
     assert all(student["arch"]["params"][k] == fill["arch"][k] for k in sizes)  # the filled network was trained

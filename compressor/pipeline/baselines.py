@@ -62,10 +62,10 @@ PLAIN_SCALES = tuple(range(1, 9))
 DEEPER_BASE, DEEPER_CONVS = (8, 8, 16), (1, 2, 2)
 
 # Knob sets of a tuning trained for the final length, best first by their one-epoch evaluations; a later one
-# is kept only when clearly ahead on validation after the final length (`train_final`). One epoch does not resolve KD's temperature: on
-# digits-cluttered with 10% of the labels, τ 1.1 and τ 6.0 at the same lr and α scored within one point after
-# one epoch and 1.1-1.8 validation points apart after 15, several times the seeds' spread (BENCHMARKS.md,
-# "The tuning's best two knob sets trained in full").
+# is kept only when clearly ahead on validation after the final length (`train_final`). One epoch does not
+# resolve KD's temperature: on digits-cluttered with 10% of the labels, τ 1.1 and τ 6.0 at the same lr and α
+# scored within about a point after one epoch and 1.1-1.8 validation points apart after 15, several times the
+# seeds' spread (BENCHMARKS.md, "The tuning's best two knob sets trained in full").
 FINAL_KNOB_SETS = 2
 
 # A short training of the baseline: (knobs {lr, kd_alpha, kd_tau}, epochs) -> validation accuracy; raises on failure.
@@ -329,17 +329,18 @@ def train_final(spec, dataset, config: SearchConfig, teacher_logits: dict, knob_
                           "test_accuracy": result.test_accuracy, "seconds": result.seconds, "kept": False})
         if result.status != "ok":
             continue
-        wrong = (predict(model, dataset.val_x) != dataset.val_y).nonzero().flatten().tolist()
-        this = {"val_accuracy": result.val_accuracy, "val_wrong": wrong}
-        if kept is None or (this["val_accuracy"] > kept[3]["val_accuracy"]
-                            and not paired_tie(this, kept[3], len(dataset.val_y))):
-            kept = (model, result, knobs, this, i)
+        # what `paired_tie` compares: the accuracy and the validation images this training gets wrong
+        this = {"val_accuracy": result.val_accuracy, "set": i, "model": model, "result": result, "knobs": knobs,
+                "val_wrong": (predict(model, dataset.val_x) != dataset.val_y).nonzero().flatten().tolist()}
+        if kept is None or (this["val_accuracy"] > kept["val_accuracy"]
+                            and not paired_tie(this, kept, len(dataset.val_y))):
+            kept = this
     if kept is None:
         return (None, result, None), trainings
-    trainings[kept[4]]["kept"] = True
+    trainings[kept["set"]]["kept"] = True
     if len(trainings) > 1:
-        say(f"{label}: knob set {kept[4] + 1} kept, val {100 * kept[1].val_accuracy:.2f}%")
-    return kept[:3], trainings
+        say(f"{label}: knob set {kept['set'] + 1} kept, val {100 * kept['val_accuracy']:.2f}%")
+    return (kept["model"], kept["result"], kept["knobs"]), trainings
 
 
 def knobs_text(knobs: Mapping[str, Any]) -> str:

@@ -27,7 +27,8 @@ before its final training the winner gets what the baseline gets:
 
 The final training (`compress._final_training`) then trains the filled
 network as the baseline is trained (`baselines.train_final`): once with each
-of the tuning's best `FINAL_KNOB_SETS` knob sets, the best on validation kept. Every finalist of compressor.pipeline.finalists
+of the tuning's best `FINAL_KNOB_SETS` knob sets, a later one kept only when
+clearly ahead on validation. Every finalist of compressor.pipeline.finalists
 is finished this way. Both steps live in `RUN_DIR/finalists/pP-fF.sqlite`,
 tied to the finalist (its proposal, fidelity and member): a resume redoes at
 most the evaluation in flight, and a new finalist (a resume with more
