@@ -158,15 +158,20 @@ def test_compress_trains_the_finalists_and_the_baseline_and_ships_the_best_on_va
     assert [f["chosen"] for f in finalists].count(True) == 1
     chosen = next(f for f in finalists if f["chosen"])
     assert chosen["source"] == student["source"] and chosen["val_accuracy"] == student["val_accuracy"]
-    # each finalist that is not the student is compared with it image by image on validation, and none is
-    # ahead of it by more than one standard error of that paired difference (compressor.pipeline.finalists)
+    # each finalist that is not the student is compared with it image by image on validation, and none that
+    # competed is ahead of it by more than one standard error of that paired difference
+    # (compressor.pipeline.finalists). Only those the final session judged within the budget compete when any is;
+    # which ones are depends on the machine's speed (a slower CPU put a finalist 17 images ahead over the budget).
+    competing = [f for f in finalists if f["fits"] is not False] or finalists
+    assert chosen in competing
     val_images = len(load_dataset("digits", image_size=16, channels=1).val_y)
     for entry in finalists:
         if not entry["chosen"]:
             only = entry["paired"]
             ahead = only["finalist_only"] - only["student_only"]
             assert ahead == round((entry["val_accuracy"] - student["val_accuracy"]) * val_images)
-            assert ahead <= max(1.0, (only["finalist_only"] + only["student_only"]) ** 0.5)
+            if entry in competing:
+                assert ahead <= max(1.0, (only["finalist_only"] + only["student_only"]) ** 0.5)
     for entry in finalists:
         assert 0.0 <= entry["test_accuracy"] <= 1.0 and entry["latency_ms"] > 0
     # two searched finalists and the baseline were trained for the final epochs, each once
