@@ -88,13 +88,13 @@ def test_tuning_spends_trials_evaluations_at_the_first_fidelity_and_keeps_the_be
     assert calls[0][0] == {"kd": True, **{k.name: k.default for k in kd_knobs()}}
 
 
-def test_the_knob_sets_trained_in_full_are_the_tunings_best_distinct_ones_best_first():
-    from compressor.pipeline.baselines import FINAL_KNOB_SETS, knobs_of, top_knobs
+def test_the_knob_sets_trained_in_full_are_the_tunings_best_then_the_best_at_a_temperature_apart():
+    from compressor.pipeline.baselines import FINAL_KNOB_SETS, TAU_APART, knobs_of, top_knobs
     from compressor.search.store import TrialRecord
 
-    def evaluated(proposal, lr, alpha, accuracy, status="ok"):
+    def evaluated(proposal, lr, alpha, accuracy, status="ok", tau=4.0):
         return TrialRecord(proposal=proposal, fidelity=1, status=status, seeds=[0], val_accuracy=accuracy,
-                           params={"lr": lr, "kd": {"kd_alpha": alpha, "kd_tau": 4.0}})
+                           params={"lr": lr, "kd": {"kd_alpha": alpha, "kd_tau": tau}})
 
     records = [evaluated(0, 0.1, 0.5, 0.30), evaluated(1, 0.2, 0.9, 0.41), evaluated(2, 0.2, 0.9, 0.41),
                evaluated(3, 0.05, 0.0, 0.12), evaluated(4, 0.15, 0.7, None, status="failed"),
@@ -104,6 +104,17 @@ def test_the_knob_sets_trained_in_full_are_the_tunings_best_distinct_ones_best_f
     assert FINAL_KNOB_SETS == 2 and top == [knobs_of(records[1].params), knobs_of(records[0].params)]
     assert top_knobs(records, count=3)[2] == knobs_of(records[3].params) and not top_knobs(records, count=3)[2]["kd"]
     assert top_knobs(records, count=1) == top[:1] and top_knobs(records[4:5]) == []
+    # one epoch cannot tell τ apart: the second set is the best whose τ is TAU_APART x from the first's, KD on in
+    # both, ranked below closer ones or not; the next best when none is
+    near, far, farther = (evaluated(6 + i, 0.1, 0.5, accuracy, tau=tau)
+                          for i, (accuracy, tau) in enumerate([(0.40, 5.0), (0.20, 4.0 / TAU_APART), (0.10, 1.0)]))
+    warm = evaluated(9, 0.2, 0.9, 0.45, tau=4.1)
+    assert top_knobs([warm, near, far, farther]) == [knobs_of(warm.params), knobs_of(far.params)]
+    assert top_knobs([warm, near]) == [knobs_of(warm.params), knobs_of(near.params)]
+    assert top_knobs([warm, near, far, farther], count=3)[2] == knobs_of(farther.params)  # apart from both
+    assert top_knobs([warm, near, far], count=3)[2] == knobs_of(near.params)
+    off = evaluated(10, 0.05, 0.0, 0.50)  # KD off has no temperature: the next best follows it
+    assert top_knobs([off, warm, far]) == [knobs_of(off.params), knobs_of(warm.params)]
 
 
 @pytest.mark.slow
@@ -246,7 +257,7 @@ def test_compress_trains_the_baseline_on_the_students_terms_and_keeps_it_on_resu
     # each searched finalist's final trainings (the best family, then a budget-filling warm start not among
     # it), then the baseline's: one per knob set of its tuning's best two
     trained = baseline["final_trainings"]
-    assert len(report["student"]["finalists"]) >= 2 and 1 <= len(trained) <= 2 == baseline["knob_sets"]
+    assert len(report["student"]["finalists"]) >= 2 and 1 <= len(trained) <= 2 == baseline["finishing"]["knob_sets"]
     knobs = dict(lr=0.1, alpha=0.5, tau=4.0)
     *searched, fair = (dataclasses.replace(c, **knobs) for c in finals)
     assert all(c == fair for c in searched) and fair.batch_size == 16 and fair.epochs == 2 and fair.threads == 1

@@ -1,4 +1,4 @@
-"""The winner finished on the baseline's terms: which sizes are measured, the tuning's first points, end to end."""
+"""The winner finished on the baseline's terms: which sizes are measured, a function of the network, end to end."""
 
 from __future__ import annotations
 
@@ -27,26 +27,40 @@ def test_fill_candidates_start_at_the_winner_and_stop_at_the_reach_of_the_predic
     assert fill_candidates(_ladder(7), 5, None, budget_ms=1.0) == [5, 6]
 
 
-def test_a_tuning_evaluates_the_given_points_first_then_the_defaults(tmp_path):
-    from compressor.pipeline.baselines import knob_point, tune
+@pytest.mark.slow
+def test_a_networks_finishing_depends_on_the_network_not_on_the_proposal_that_brought_it(tmp_path):
+    """One network brought by two proposals, with other member seeds and other searched knobs, is tuned and
+    trained alike: finished on the baseline's terms (compressor.pipeline.finish, step 2)."""
+    import torch
+
+    from compressor.data.datasets import load_dataset
+    from compressor.pipeline.baselines import knobs_of, open_tuning_store, train_final
+    from compressor.pipeline.finish import tune_winner
     from compressor.search.config import kd_knobs
-    from compressor.search.store import TrialStore
+    from compressor.spaces import spec_from_ref
 
-    calls = []
-
-    def train(knobs, epochs):
-        calls.append(dict(knobs))
-        return 0.5
-
-    searched = {"lr": 0.03, "kd_alpha": 0.2, "kd_tau": 2.5}
-    store = TrialStore(tmp_path / "t.sqlite")
-    records = tune(SearchConfig(trials=40, fidelities=(1, 3)), store, train, evaluations=4,
-                   first=[knob_point(searched), knob_point({"lr": 0.05, "kd_alpha": 0.0})])
-    store.close()
-    assert len(records) == len(calls) == 4
-    assert calls[0]["kd"] and all(calls[0][k] == pytest.approx(v) for k, v in searched.items())
-    assert not calls[1]["kd"] and calls[1]["kd_alpha"] == 0.0 and calls[1]["lr"] == pytest.approx(0.05)
-    assert calls[2] == {"kd": True, **{k.name: k.default for k in kd_knobs()}}
+    data = load_dataset("digits", image_size=8, channels=1)
+    noise = torch.Generator().manual_seed(0)
+    logits = {split: torch.randn(len(getattr(data, f"{split}_y")), data.num_classes, generator=noise)
+              for split in ("train", "val", "test")}
+    config = SearchConfig(trials=3, fidelities=(1,), final_epochs=1)
+    finishes = []
+    for seed, searched in ((202, {"lr": 0.03, "kd_alpha": 0.8, "kd_tau": 6.0}),
+                           (1515, {"lr": 0.2, "kd_alpha": 0.1, "kd_tau": 1.1})):
+        spec = spec_from_ref("zoo:plain:widths=8-16-32", seed=seed)
+        store = open_tuning_store(tmp_path / f"p{seed}.sqlite", {"winner": seed})
+        tuning = tune_winner(config, spec, searched, data, logits, store=store, evaluations=3)
+        evaluated = [(knobs_of(r.params), r.val_accuracy) for r in store.records()]
+        store.close()
+        (model, _, _), trainings = train_final(spec, data, config, logits, tuning["top"])
+        finishes.append({"tuning": tuning, "evaluated": evaluated, "weights": model.state_dict(),
+                         "trainings": [{k: v for k, v in t.items() if k != "seconds"} for t in trainings]})
+    first, second = finishes
+    # the tuning starts from the defaults, not from either proposal's knobs
+    assert first["evaluated"][0][0] == {"kd": True, **{k.name: k.default for k in kd_knobs()}}
+    for part in ("tuning", "evaluated", "trainings"):
+        assert first[part] == second[part]
+    assert all(torch.equal(first["weights"][k], second["weights"][k]) for k in first["weights"])
 
 
 @pytest.mark.slow
@@ -71,7 +85,8 @@ def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teac
     assert fill["within"] is False or next(c for c in fill["candidates"]
                                            if all(fill["arch"][k] == v for k, v in c["sizes"].items()))["verdict"] == "within"
     assert all(student["arch"]["params"][k] == fill["arch"][k] for k in sizes)  # the filled network was trained
-    # The tuning: as many evaluations as asked; its best two knob sets trained in full, the second kept only when ahead.
+    # The tuning: as many evaluations as asked; two of its knob sets trained in full (baselines.top_knobs), the
+    # second kept only when ahead.
     trained = student["final_trainings"]
     assert tuning["evaluations"] == 3 and tuning["top"][0] == tuning["best"] and len(tuning["top"]) == 2
     assert [{k: t[k] for k in ("lr", "kd_alpha", "kd_tau", "kd")} for t in trained] == tuning["top"]
@@ -79,7 +94,7 @@ def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teac
     assert kept is trained[0] or kept["val_accuracy"] > trained[0]["val_accuracy"]
     assert student["val_accuracy"] == kept["val_accuracy"]
     assert (student["lr"], student["kd_alpha"], student["kd_tau"]) == (kept["lr"], kept["kd_alpha"], kept["kd_tau"])
-    assert (run / "finalists" / f"p{student['proposal']}-f1.sqlite").is_file()
+    assert all((run / "finalists" / f"p{student['proposal']}-f1{part}.sqlite").is_file() for part in ("", "-tuning"))
 
 
 def _options():
@@ -122,15 +137,3 @@ def test_the_plain_warm_start_is_the_baselines_measured_width_not_resized_nor_me
         assert arch["family"] == "plain" and [arch[f"convs_{i}"] for i in (1, 2, 3)] == deeper["convs"]
         assert "-".join(str(arch[f"width_{i}"]) for i in (1, 2, 3)) == deeper["widths"]
         assert after.misc["screened"]["session"] == deeper["session"] and after.profiles == [deeper["profile"]]
-
-
-def test_a_first_point_equal_to_the_default_is_evaluated_once(tmp_path):
-    from compressor.pipeline.baselines import knob_point, tune
-    from compressor.search.store import TrialStore
-
-    calls = []
-    store = TrialStore(tmp_path / "t.sqlite")
-    tune(SearchConfig(trials=3, fidelities=(1,)), store, lambda knobs, epochs: calls.append(dict(knobs)) or 0.5,
-         first=[knob_point()])
-    store.close()
-    assert len(calls) == 3 and calls[1] != calls[0]

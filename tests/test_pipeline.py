@@ -59,7 +59,7 @@ def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teac
                                                                        quick_target, tmp_path):
     """Stale: another family's, or the same family's trained by an older rule. Also: a budget relative to the drift reference is that multiple of the reference's start figure, and a
     resume keeps it (the stored start), whatever the machine's speed now."""
-    from compressor.pipeline.baselines import FINAL_KNOB_SETS
+    from compressor.pipeline.baselines import FINISHING
     from compressor.search.store import TrialStore
 
     run, cache = tmp_path / "run", tmp_path / "cache"
@@ -81,20 +81,20 @@ def test_resume_retrains_a_stale_winner_and_refuses_other_final_epochs(tiny_teac
     assert again.report["budgets"]["latency_ms"] == budgets["latency_ms"]
     assert again.report["artifacts"] and again.report["artifacts"][0]["format"] == "onnx"
     assert json.loads((run / "artifacts" / "artifacts.json").read_text())["artifacts"]
-    # The same winner, trained by an older rule of the final training (one knob set, other weights): trained
-    # again by today's rule, and what was exported for the old weights is not kept.
+    # The same winner, finished on older terms (one knob set, other weights): finished again on today's, and
+    # what was exported for the old weights is not kept.
     store = TrialStore(run / "trials.sqlite")
     final, finalists = store.get_meta("final"), store.get_meta("finalists")
     key = next(k for k, entry in finalists.items() if entry["proposal"] == winner)
-    store.set_meta("finalists", {**finalists, key: {k: v for k, v in finalists[key].items() if k != "knob_sets"}})
+    store.set_meta("finalists", {**finalists, key: {k: v for k, v in finalists[key].items() if k != "finishing"}})
     store.set_meta("final", {**final, "weights_sha256": "0" * 64})
     store.close()
     (run / "artifacts" / "artifacts.json").write_text("{}")
     third = _compress(tiny_teacher, run, cache, resume=True, **budget).report["student"]
     store = TrialStore(run / "trials.sqlite")
-    assert store.get_meta("finalists")[key]["knob_sets"] == FINAL_KNOB_SETS
+    assert store.get_meta("finalists")[key]["finishing"] == FINISHING
     store.close()
-    assert third["proposal"] == winner and third["knob_sets"] == FINAL_KNOB_SETS
+    assert third["proposal"] == winner and third["finishing"] == FINISHING
     assert third["weights_sha256"] == hashlib.sha256((run / "finalists" / f"{key}.pt").read_bytes()).hexdigest()
     assert json.loads((run / "artifacts" / "artifacts.json").read_text())["artifacts"]
     with pytest.raises(UserError, match="final_epochs differs"):

@@ -27,14 +27,16 @@ searched student got, so the baseline is built in three steps:
    timeout is retried on resume) and its resume: the evaluations live in
    their own trial store (`RUN_DIR/baseline.sqlite`, with the width choice in
    its meta), so an interrupted run redoes at most the evaluation in flight.
-3. **The student's recipe.** The tuning's best `FINAL_KNOB_SETS` (2) knob
-   sets are each trained for `final_epochs` with the recipe of the final
+3. **The student's recipe.** `FINAL_KNOB_SETS` (2) knob sets of the
+   tuning, its best and the best whose KD temperature is `TAU_APART` (2x)
+   from it (`top_knobs`: one epoch cannot tell τ apart, the full length
+   can), are each trained for `final_epochs` with the recipe of the final
    student (`compressor.search.recipe`: batch size, epochs, schedule,
    threads, seeds: the same TrainConfig but for lr/α/τ), and the second
    replaces the first only when ahead of it on validation beyond the noise
-   of the paired comparison (`train_final`). Each finalist of the search is trained
-   by the same rule, so no network's place is decided by where one one-epoch
-   ranking of its knobs ended.
+   of the paired comparison (`train_final`). Each finalist of the search is
+   finished on the same terms (`FINISHING`), so no network's place is
+   decided by where one one-epoch ranking of its knobs ended.
 
 The result states what the baseline was given: `recipe`, `tuning`
 (evaluations, fidelity, best knobs and their validation accuracy),
@@ -61,12 +63,23 @@ PLAIN_SCALES = tuple(range(1, 9))
 # the labels (docs/design.md, "The deeper plain warm start").
 DEEPER_BASE, DEEPER_CONVS = (8, 8, 16), (1, 2, 2)
 
-# Knob sets of a tuning trained for the final length, best first by their one-epoch evaluations; a later one
-# is kept only when clearly ahead on validation after the final length (`train_final`). One epoch does not
-# resolve KD's temperature: on digits-cluttered with 10% of the labels, τ 1.1 and τ 6.0 at the same lr and α
-# scored within about a point after one epoch and 1.1-1.8 validation points apart after 15, several times the
-# seeds' spread (BENCHMARKS.md, "The tuning's best two knob sets trained in full").
+# Knob sets of a tuning trained for the final length (`top_knobs`); a later one is kept only when clearly
+# ahead on validation after the final length (`train_final`). One epoch does not resolve KD's temperature: on
+# digits-cluttered with 10% of the labels, τ 1.1 and τ 6.0 at the same lr and α scored within about a point
+# after one epoch and 1.1-1.8 validation points apart after 15, several times the seeds' spread (BENCHMARKS.md,
+# "The tuning's best two knob sets trained in full"). So the second set is the best whose τ is at least
+# `TAU_APART` x from the first's, when the tuning has one: two final trainings at τ 1.1 and 1.2 would ask the
+# full length a question the one-epoch ranking had already answered as well as it could.
 FINAL_KNOB_SETS = 2
+TAU_APART = 2.0
+
+# The terms of a network's lr/KD tuning besides the network, the run's configuration and its data: it starts
+# from the defaults and every training's weights from the run's seed (why: compressor.pipeline.finish, step 2).
+TUNING = {"tuning_start": "defaults", "init_seed": "run"}
+# ... and of its whole finishing (tuning, then final trainings): the same terms for the baseline and every
+# finalist, so one network is finished the same way whichever proposal brought it among the finalists. One
+# finished on other terms is trained again on resume (and tuned again when its `TUNING` differs).
+FINISHING = {**TUNING, "knob_sets": FINAL_KNOB_SETS, "tau_apart": TAU_APART}
 
 # A short training of the baseline: (knobs {lr, kd_alpha, kd_tau}, epochs) -> validation accuracy; raises on failure.
 Trainer = Callable[[Mapping[str, float], int], float]
@@ -137,20 +150,16 @@ def tuning_space() -> dict[str, Any]:
                                                       {"kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"]}])}
 
 
-def knob_point(values: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """lr, kd_alpha, kd_tau (default: the trainer's defaults) as a point of `tuning_space`, hyperopt's encoding.
+def default_point() -> dict[str, Any]:
+    """The trainer's default lr, kd_alpha, kd_tau (KD on) as a point of `tuning_space`, hyperopt's encoding.
 
-    Every tuning evaluates the default point first, as the search evaluates the default KD knobs first
+    Every tuning evaluates it first, as the search evaluates the default KD knobs first
     (`compressor.search.config.warm_start_points`), so the baseline does not begin less informed than
-    the search; α = 0 is the "KD off" branch.
+    the search.
     """
     from compressor.search.config import kd_knobs
 
-    knobs = {k.name: k for k in kd_knobs()}
-    values = {name: knob.default for name, knob in knobs.items()} | dict(values or {})
-    if values["kd_alpha"] <= 0:
-        return {"kd": 0, "lr": knobs["lr"].hyperopt_value(values["lr"])}
-    return {"kd": 1, **{name: knob.hyperopt_value(values[name]) for name, knob in knobs.items()}}
+    return {"kd": 1, **{knob.name: knob.hyperopt_value(knob.default) for knob in kd_knobs()}}
 
 
 def knobs_of(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,18 +185,14 @@ class _TuningEvaluator:
 
 
 def tune(config: SearchConfig, store, train: Trainer, progress: Callable[[str, dict], None] | None = None, *,
-         evaluations: int | None = None, first: Sequence[dict[str, Any]] = ()):
-    """Run (or resume) a tuning in `store`: `evaluations` (default `config.trials`); returns its records.
-
-    `first`: points (`knob_point`) evaluated before the default one (the winner's own searched knobs); a point
-    given twice is evaluated once.
-    """
+         evaluations: int | None = None):
+    """Run (or resume) a tuning in `store`: `evaluations` (default `config.trials`), the default point first;
+    returns its records."""
     from compressor.search.schedule import Schedule
     from compressor.search.strategies import HyperoptStrategy
 
     tuning = tuning_config(config, evaluations)
-    points = [*first, knob_point()]
-    strategy = HyperoptStrategy(tuning, tuning_space(), [p for i, p in enumerate(points) if p not in points[:i]])
+    strategy = HyperoptStrategy(tuning, tuning_space(), [default_point()])
     return Schedule(config=tuning, store=store, evaluate=_TuningEvaluator(train), space=tuning_space(),
                     progress=progress, strategy=strategy).run()
 
@@ -207,13 +212,15 @@ def open_tuning_store(path: Path, identity: Any):
 
 
 def real_trainer(config: SearchConfig, spec, dataset, teacher_logits: dict) -> Trainer:
-    """Train `spec` for a tuning evaluation with the student's recipe; the trial timeout as the search applies it."""
+    """Train `spec` for a tuning evaluation with the student's recipe; the trial timeout as the search applies it.
+
+    Its weights start from the run's seed, whatever member seed `spec` was drawn with (`FINISHING`)."""
     from compressor.search.recipe import train_config, train_spec
     from compressor.search.schedule import TrialTimeout
 
     def train(knobs: Mapping[str, float], epochs: int) -> float:
         recipe = train_config(config, knobs, epochs=epochs, time_budget_s=config.trial_timeout_s)
-        _, result = train_spec(spec, dataset, recipe, teacher_logits, evaluate_test=False)
+        _, result = train_spec(spec, dataset, recipe, teacher_logits, evaluate_test=False, init_seed=config.seed)
         if result.status != "ok":
             raise RuntimeError(result.reason or "training failed")
         if result.epochs_run < epochs:
@@ -277,7 +284,7 @@ def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits
     if best is None:
         return {**described, "status": "failed", "reason": f"tuning: {failure_summary(records)}"}
     (model, result, knobs), trainings = train_final(spec, dataset, config, teacher_logits, top_knobs(records), say)
-    described |= {"knob_sets": FINAL_KNOB_SETS, "final_trainings": trainings}
+    described |= {"finishing": FINISHING, "final_trainings": trainings}
     if model is None:
         return {**described, "status": "failed", "reason": f"final training: {result.reason}"}
     trained = {**described, "status": "ok", "kd": knobs["kd"], "kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"],
@@ -293,13 +300,24 @@ def hand_designed_baseline(dataset, target, config: SearchConfig, teacher_logits
 
 
 def top_knobs(records, count: int = FINAL_KNOB_SETS) -> list[dict[str, Any]]:
-    """A tuning's `count` best distinct knob sets (`knobs_of`), best first by the score of their evaluations."""
+    """A tuning's `count` knob sets (`knobs_of`) to train for the final length, each the best by the score of its
+    evaluation among the distinct sets not yet taken whose τ is `TAU_APART` x from every one taken (KD on in
+    both), or among all of them when none is (see `FINAL_KNOB_SETS`)."""
     ranked = sorted((r for r in records if r.status == "ok"), key=lambda r: (-r.score, r.proposal))
     distinct: list[dict[str, Any]] = []
     for rec in ranked:
         if knobs_of(rec.params) not in distinct:
             distinct.append(knobs_of(rec.params))
-    return distinct[:count]
+    taken: list[dict[str, Any]] = []
+    while distinct and len(taken) < count:
+        apart = [k for k in distinct if all(_tau_apart(k, t) for t in taken)]
+        taken.append((apart or distinct)[0])
+        distinct.remove(taken[-1])
+    return taken
+
+
+def _tau_apart(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return a["kd"] and b["kd"] and max(a["kd_tau"], b["kd_tau"]) >= TAU_APART * min(a["kd_tau"], b["kd_tau"])
 
 
 def train_final(spec, dataset, config: SearchConfig, teacher_logits: dict, knob_sets: Sequence[Mapping[str, Any]],
@@ -309,7 +327,8 @@ def train_final(spec, dataset, config: SearchConfig, teacher_logits: dict, knob_
     A later set replaces the kept one only when it is ahead of it on validation by more than one standard
     error of the paired difference (`finalists.paired_tie`, the rule that chooses among finalists): two
     trainings of one network a few images apart differ by the draw, and the tuning's ranking is the better
-    guide then. Every network a run compares, the baseline and each finalist, is finished this way, so the
+    guide then. Weights start from the run's seed (`FINISHING`). Every network a run compares, the baseline
+    and each finalist, is finished this way, so the
     choice between them is not decided by where one one-epoch ranking of its knobs ended.
 
     Returns:
@@ -324,7 +343,8 @@ def train_final(spec, dataset, config: SearchConfig, teacher_logits: dict, knob_
     kept, trainings, result = None, [], None
     for i, knobs in enumerate(knob_sets):
         say(f"{label}: {knobs_text(knobs)} for {config.final_epochs} epochs (knob set {i + 1}/{len(knob_sets)})")
-        model, result = train_spec(spec, dataset, train_config(config, knobs), teacher_logits, evaluate_test=True)
+        model, result = train_spec(spec, dataset, train_config(config, knobs), teacher_logits, evaluate_test=True,
+                                   init_seed=config.seed)
         trainings.append({**knobs, "status": result.status, "val_accuracy": result.val_accuracy,
                           "test_accuracy": result.test_accuracy, "seconds": result.seconds, "kept": False})
         if result.status != "ok":

@@ -579,14 +579,14 @@ def _finalist(config, rank: int, best, count: int, store, run_dir: Path, dataset
     Kept in meta `finalists` by (proposal, fidelity) with its checkpoint under `RUN_DIR/finalists/`, so a resume
     whose finalists changed trains only the new ones.
     """
-    from compressor.pipeline.baselines import FINAL_KNOB_SETS
+    from compressor.pipeline.baselines import FINISHING
 
     path = _finalist_path(run_dir, best, ".pt")
     key = path.stem
     found = (store.get_meta("finalists") or {}).get(key)
-    # A finalist trained by another rule of the final training (fewer knob sets) is trained again: the baseline
-    # it is compared with is trained by today's rule.
-    if found is not None and path.is_file() and found.get("knob_sets") == FINAL_KNOB_SETS:
+    # A finalist finished on other terms (fewer knob sets, its tuning started from its searched knobs) is finished
+    # again: the baseline it is compared with is finished on today's.
+    if found is not None and path.is_file() and found.get("finishing") == FINISHING:
         return found
     finished = _finish_winner(config, best, store, run_dir, dataset, logits, target, reference, cache_dir,
                               evaluations, quiet)
@@ -600,14 +600,15 @@ def _finalist(config, rank: int, best, count: int, store, run_dir: Path, dataset
     return found
 
 
-def _finalist_store(store, best, member: int, path: Path):
-    """The finalist's own store (`RUN_DIR/finalists/pP-fF.sqlite`): its fill and its tuning, tied to the run."""
+def _finalist_store(store, best, member: int, path: Path, **terms: Any):
+    """A finalist's own store, tied to the run and to `terms`: `RUN_DIR/finalists/pP-fF.sqlite` keeps its fill,
+    `pP-fF-tuning.sqlite` its tuning (on other finishing terms the tuning starts again, the fill stands)."""
     from compressor.pipeline.baselines import open_tuning_store
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return open_tuning_store(path, {"fingerprint": store.get_meta("fingerprint"),
                                     "started_at": store.get_meta("started_at"),
-                                    "winner": [best.proposal, best.fidelity, member]})
+                                    "winner": [best.proposal, best.fidelity, member], **terms})
 
 
 def _fill_finalist(config, best, store, run_dir: Path, dataset, target, reference, cache_dir) -> dict[str, Any]:
@@ -641,6 +642,7 @@ def _finish_winner(config, best, store, run_dir: Path, dataset, logits, target, 
     """A finalist's best member, its width filled and its lr/KD tuned (compressor.pipeline.finish), resumable in
     `RUN_DIR/finalists/`."""
     from compressor.cli.console import err_console
+    from compressor.pipeline.baselines import TUNING
     from compressor.pipeline.finish import tune_winner
     from compressor.spaces import get_space
 
@@ -651,7 +653,7 @@ def _finish_winner(config, best, store, run_dir: Path, dataset, logits, target, 
         say(f"proposal {best.proposal}: grown to {_sizes(fill)}, the widest of "
             f"{len(fill['candidates'])} sizes within the budget")
     spec = get_space(config.space).sample(fill["arch"], filled["seed"])
-    winner = _finalist_store(store, best, member, _finalist_path(run_dir, best, ".sqlite"))
+    winner = _finalist_store(store, best, member, _finalist_path(run_dir, best, "-tuning.sqlite"), tuning=TUNING)
     try:
         tuning = tune_winner(config, spec, best.params, dataset, logits, store=winner, evaluations=evaluations,
                              say=say, label=f"proposal {best.proposal}")
@@ -676,7 +678,7 @@ def _final_training(config, best, finished, dataset, logits, target, checkpoint:
 
     from compressor.cli.console import err_console
     from compressor.models.on_target import check_on_target
-    from compressor.pipeline.baselines import FINAL_KNOB_SETS, train_final
+    from compressor.pipeline.baselines import FINISHING, train_final
     from compressor.search import recipe
 
     member, spec = finished["member"], finished["spec"]
@@ -691,7 +693,7 @@ def _final_training(config, best, finished, dataset, logits, target, checkpoint:
             "epochs": config.final_epochs, "kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"],
             "lr": knobs["lr"], "proposal": best.proposal, "fidelity": best.fidelity, "member": member,
             "seconds": result.seconds, "fill": finished["fill"], "tuning": finished["tuning"],
-            "knob_sets": FINAL_KNOB_SETS, "final_trainings": trainings}
+            "finishing": FINISHING, "final_trainings": trainings}
     recipe.save_trained(checkpoint, model, spec, dataset, meta)
     profile = check_on_target(model, target, dataset.input_shape, memory=True).profile
     return {**meta, "params": int(profile["params"]), "macs": int(profile["macs"]), "profile": profile,
@@ -773,12 +775,12 @@ def _baseline(config, store, run_dir: Path, dataset, logits, target, quiet: bool
     is a finalist: it may become the student), so a resume reads them from there.
     """
     from compressor.cli.console import err_console
-    from compressor.pipeline.baselines import FINAL_KNOB_SETS, hand_designed_baseline, open_tuning_store
+    from compressor.pipeline.baselines import FINISHING, hand_designed_baseline, open_tuning_store
 
     found = store.get_meta("baseline")
     weights = run_dir / "baseline.pt"
     if found is None or (found["status"] == "ok" and (not weights.is_file()
-                                                      or found.get("knob_sets") != FINAL_KNOB_SETS)):
+                                                      or found.get("finishing") != FINISHING)):
         if not quiet:
             err_console.print(f"baseline: the widest plain CNN within the budget, lr/KD tuned in {evaluations} "
                               f"evaluations at {config.fidelities[0]} epoch(s), then the student's recipe for "

@@ -22,17 +22,33 @@ before its final training the winner gets what the baseline gets:
    this session either, it is kept as the search measured it.
 2. **Tune** (`tune_winner`). The baseline's tuning (`baselines.tune`: TPE
    over lr and KD on/off, α, τ at the first fidelity, as many evaluations as
-   the baseline gets), starting from the winner's own searched knobs, then
-   the defaults.
+   the baseline gets), started as the baseline's is, from the defaults, and
+   with the weights of every training drawn from the run's seed, as the
+   baseline's are (`baselines.FINISHING`). So the finishing is a function of
+   the network: the same network finishes the same whichever proposal
+   brought it, with whatever knobs and member seed. Why not from the
+   proposal's own knobs and seed, as before: on digits-cluttered with 10%
+   of the labels, every strategy's decisive finalist in nine 5-minute runs
+   was one network (the deeper plain warm start), and it was finished nine
+   ways, 0.9-3.1 test points apart within a split; where its tuning started
+   from a proposal's τ 5.4-6.0 it ended there, where from the defaults, at
+   τ 1.09, and that decided between strategies more than the networks they
+   found (BENCHMARKS.md, "TRADE at five minutes, and what one network's
+   finishing is worth"). The one-epoch evaluations cannot tell τ apart, so
+   a proposal's knobs, judged once beside its architecture, are no better a
+   start than the defaults.
 
 The final training (`compress._final_training`) then trains the filled
 network as the baseline is trained (`baselines.train_final`): once with each
-of the tuning's best `FINAL_KNOB_SETS` knob sets, a later one kept only when
+of the tuning's `FINAL_KNOB_SETS` knob sets (`baselines.top_knobs`: its best,
+and the best with a KD temperature 2x from it), a later one kept only when
 clearly ahead on validation. Every finalist of compressor.pipeline.finalists
-is finished this way. Both steps live in `RUN_DIR/finalists/pP-fF.sqlite`,
-tied to the finalist (its proposal, fidelity and member): a resume redoes at
-most the evaluation in flight, and a new finalist (a resume with more
-trials) starts afresh.
+is finished this way. The fill lives in `RUN_DIR/finalists/pP-fF.sqlite`
+and the tuning in `pP-fF-tuning.sqlite`, tied to the finalist (its proposal,
+fidelity and member) and the tuning to the finishing terms too: a resume
+redoes at most the evaluation in flight, a new finalist (a resume with more
+trials) starts afresh, and one finished on other terms is tuned and trained
+again on its measured fill.
 """
 
 from __future__ import annotations
@@ -113,14 +129,14 @@ def fill_winner(space, arch: dict[str, Any], seed: int, target, dataset, *, budg
 def tune_winner(config: SearchConfig, spec, knobs: Mapping[str, float], dataset, teacher_logits: dict, *, store,
                 evaluations: int, say: Callable[[str], None] = lambda text: None,
                 label: str = "winner") -> dict[str, Any]:
-    """The baseline's lr/KD tuning for the winner's `spec`, from its searched `knobs` first; the best knobs.
+    """The baseline's lr/KD tuning for the winner's `spec`, on the baseline's terms (step 2 above); the best knobs.
 
     Returns:
         {"evaluations", "fidelity", "strategy", "failed", "best": {lr, kd_alpha, kd_tau, kd}, "val_accuracy",
         "top": the knob sets to train for the final length (`baselines.top_knobs`), "best" first}; "best" is
-        the searched knobs when every evaluation failed.
+        the winner's searched `knobs` when every evaluation failed.
     """
-    from compressor.pipeline.baselines import knob_point, knobs_of, knobs_text, real_trainer, top_knobs, tune
+    from compressor.pipeline.baselines import knobs_of, knobs_text, real_trainer, top_knobs, tune
     from compressor.search.analysis import best_record
 
     def heard(event: str, info: dict) -> None:
@@ -131,8 +147,7 @@ def tune_winner(config: SearchConfig, spec, knobs: Mapping[str, float], dataset,
                 f"{knobs_text(knobs_of(rec.params))}: {outcome}")
 
     searched = {"lr": knobs["lr"], "kd_alpha": knobs["kd_alpha"], "kd_tau": knobs["kd_tau"]}
-    records = tune(config, store, real_trainer(config, spec, dataset, teacher_logits), heard,
-                   evaluations=evaluations, first=[knob_point(searched)])
+    records = tune(config, store, real_trainer(config, spec, dataset, teacher_logits), heard, evaluations=evaluations)
     best = best_record(records)
     fallback = {**searched, "kd": searched["kd_alpha"] > 0}
     return {"evaluations": len(records), "fidelity": config.fidelities[0], "strategy": "tpe",

@@ -125,10 +125,10 @@ class StudentReport(_StudentRequired, Verdict, total=False):
     """The final student; profile and verdict from the final session."""
 
     weights_sha256: str  # of its trained weights: a resume that trained it again exports again
-    # a searched student: its fill, its lr/KD tuning and each of the tuning's best knob sets trained in full
+    # a searched student: its fill, its lr/KD tuning and the tuning's knob sets trained in full
     fill: dict[str, Any]
     tuning: dict[str, Any]
-    knob_sets: int
+    finishing: dict[str, Any]  # the terms it was finished on (baselines.FINISHING), the baseline's
     final_trainings: list[dict[str, Any]]
 
 
@@ -163,7 +163,7 @@ class BaselineReport(_BaselineRequired, Verdict, total=False):
     reason: str
     recipe: dict[str, Any]
     tuning: BaselineTuning
-    knob_sets: int  # how many of the tuning's best knob sets the final training tries (baselines.FINAL_KNOB_SETS)
+    finishing: dict[str, Any]  # the terms it was finished on (baselines.FINISHING), a finalist's
     final_trainings: list[dict[str, Any]]  # each tried in full: knobs, status, accuracies, seconds, "kept"
     width: dict[str, Any]
     kd: bool
@@ -398,7 +398,7 @@ def baseline_terms(baseline: BaselineReport) -> str:
     kept = next((i for i, t in enumerate(trainings) if t["kept"]), None)
     vals = ", ".join(f"{100 * t['val_accuracy']:.2f}%" for t in trainings if t["status"] == "ok")
     final = "" if len(trainings) < 2 or kept is None else (
-        f"; its best {len(trainings)} knob sets trained for {recipe['epochs']} epochs, set {kept + 1} kept (val {vals})")
+        f"; {len(trainings)} of its knob sets trained for {recipe['epochs']} epochs, set {kept + 1} kept (val {vals})")
     return (f"Baseline {baseline['name']}: {chosen}; trained like the student (batch {recipe['batch_size']}, "
             f"{recipe['epochs']} epochs, seed {recipe['seed']}); lr and KD tuned by {tuning['strategy'].upper()} in "
             f"{tuning['evaluations']} evaluations at {tuning['fidelity']} epoch(s): {knobs}{final}.")

@@ -66,13 +66,15 @@ def save_trained(path, model, spec, dataset, meta: dict[str, Any]) -> None:
                                      meta=meta, preprocessing=dataset.preprocessing))
 
 
-def train_spec(spec, dataset, train, teacher_logits: dict | None, *, evaluate_test: bool):
-    """Build `spec` (weights seeded with `spec.seed`) and train it with `train`; returns (model, TrainResult)."""
+def train_spec(spec, dataset, train, teacher_logits: dict | None, *, evaluate_test: bool,
+               init_seed: int | None = None):
+    """Build `spec` (weights seeded with `init_seed`, by default `spec.seed`) and train it with `train`; returns
+    (model, TrainResult)."""
     import torch
 
     from compressor.spaces import build_model
     from compressor.train.distill import train_student
 
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(spec.seed if init_seed is None else init_seed)
     model = build_model(spec, dataset.input_shape, dataset.num_classes)
     return model, train_student(model, dataset, train, teacher_logits=teacher_logits, evaluate_test=evaluate_test)
