@@ -328,8 +328,8 @@ def train_final(spec, dataset, config: SearchConfig, teacher_logits: dict, knob_
     error of the paired difference (`finalists.paired_tie`, the rule that chooses among finalists): two
     trainings of one network a few images apart differ by the draw, and the tuning's ranking is the better
     guide then. Weights start from the run's seed (`FINISHING`). Every network a run compares, the baseline
-    and each finalist, is finished this way, so the
-    choice between them is not decided by where one one-epoch ranking of its knobs ended.
+    and each finalist, is finished this way, so the choice between them is not decided by where one one-epoch
+    ranking of its knobs ended.
 
     Returns:
         (model, TrainResult, knobs) of the kept training, or (None, the last failed result, None) when every

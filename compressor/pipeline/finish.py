@@ -36,7 +36,9 @@ before its final training the winner gets what the baseline gets:
    found (BENCHMARKS.md, "TRADE at five minutes, and what one network's
    finishing is worth"). The one-epoch evaluations cannot tell τ apart, so
    a proposal's knobs, judged once beside its architecture, are no better a
-   start than the defaults.
+   start than the defaults. Finished on these terms, the three strategies
+   shipped the same student wherever they shipped the same network
+   (BENCHMARKS.md, "One network, one finishing").
 
 The final training (`compress._final_training`) then trains the filled
 network as the baseline is trained (`baselines.train_final`): once with each
