@@ -255,7 +255,7 @@ def test_compress_trains_the_baseline_on_the_students_terms_and_keeps_it_on_resu
     [baseline] = report["baselines"]
     finals = [config for config, with_test in seen if with_test]
     # each searched finalist's final trainings (the best family, then a budget-filling warm start not among
-    # it), then the baseline's: one per knob set of its tuning's best two
+    # it), then the baseline's: one per knob set of the two its tuning gives (baselines.top_knobs)
     trained = baseline["final_trainings"]
     assert len(report["student"]["finalists"]) >= 2 and 1 <= len(trained) <= 2 == baseline["finishing"]["knob_sets"]
     knobs = dict(lr=0.1, alpha=0.5, tau=4.0)

@@ -128,7 +128,7 @@ class StudentReport(_StudentRequired, Verdict, total=False):
     # a searched student: its fill, its lr/KD tuning and the tuning's knob sets trained in full
     fill: dict[str, Any]
     tuning: dict[str, Any]
-    finishing: dict[str, Any]  # the terms it was finished on (baselines.FINISHING), the baseline's
+    finishing: dict[str, Any]  # the terms it was finished on (baselines.FINISHING), the same as the baseline's
     final_trainings: list[dict[str, Any]]
 
 
@@ -163,7 +163,7 @@ class BaselineReport(_BaselineRequired, Verdict, total=False):
     reason: str
     recipe: dict[str, Any]
     tuning: BaselineTuning
-    finishing: dict[str, Any]  # the terms it was finished on (baselines.FINISHING), a finalist's
+    finishing: dict[str, Any]  # the terms it was finished on (baselines.FINISHING), the same as each finalist's
     final_trainings: list[dict[str, Any]]  # each tried in full: knobs, status, accuracies, seconds, "kept"
     width: dict[str, Any]
     kd: bool
