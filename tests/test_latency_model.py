@@ -223,6 +223,7 @@ def test_a_family_predicted_far_over_is_recorded_without_measuring():
     record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": {"base_width": 40}, "lr": 0.1,
                                                                      "kd_alpha": 0.5, "kd_tau": 4.0},
                          seeds=[1], misc={"vals": _nago_vals()})
+    evaluate.fit(record)  # what the schedule does first
     evaluate(record, None)
     assert record.status == "infeasible" and record.reason.startswith("predicted over budget")
     assert record.profiles == [] and len(model.samples) == MIN_SAMPLES  # nothing was measured
@@ -354,14 +355,14 @@ def test_a_cold_model_is_calibrated_on_the_first_proposal_then_fits_it():
     evaluate = _evaluator(model, budget_ms=0.3, checker=_synthetic_checker)
     record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": {"base_width": 40}}, seeds=[1],
                          misc={"vals": _nago_vals()})
-    evaluate._fit(record)
+    evaluate.fit(record)
     assert len(model.samples) == MIN_SAMPLES and record.misc["calibration"] == 3
     assert record.status == "ok" and "fit" in record.misc and "predicted" in record.misc
     summary = screening_summary([record], 0.3)
     assert summary["calibration"] == 3 and summary["screenings"] == 0
     again = TrialRecord(proposal=1, fidelity=1, status="ok", params={"arch": {"base_width": 40}}, seeds=[1],
                         misc={"vals": _nago_vals()})
-    evaluate._fit(again)
+    evaluate.fit(again)
     assert "calibration" not in again.misc and len(model.samples) == MIN_SAMPLES  # calibrated once
 
 

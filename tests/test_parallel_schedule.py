@@ -18,7 +18,7 @@ from compressor.search.schedule import TRANSIENT
 from compressor.search.store import TrialRecord, TrialStore
 from compressor.search.strategies import make_strategy
 from profilers import RemoteError
-from tests.test_search_schedule import SPACE, FakeEvaluator
+from tests.test_search_schedule import KD_SPACE, SPACE, FakeEvaluator, _tenths
 
 
 def _rec(proposal: int, fidelity: int, status: str = "ok", acc: float | None = None,
@@ -128,12 +128,12 @@ class ThreadPool:
         return self.results.get(timeout=10)
 
 
-def _run(path, pool, progress=None, hyperopt_space=SPACE, budget=None, **knobs) -> list[TrialRecord]:
+def _run(path, pool, progress=None, hyperopt_space=SPACE, budget=None, network=None, **knobs) -> list[TrialRecord]:
     config = SearchConfig(**{"family_size": 1, "strategy": "random", **knobs}).validate()
     store = TrialStore(path)
     try:
         return ParallelSchedule(config=config, store=store, pool=pool, space=hyperopt_space, progress=progress,
-                                warm_starts=(), budget=budget).run()
+                                warm_starts=(), budget=budget, network=network).run()
     finally:
         store.close()
 
@@ -162,6 +162,24 @@ def test_parallel_schedule_trains_the_trials_asked_and_promotes_as_results_arriv
     assert all(proposal in ranked[:max(1, keep)] for proposal, ranked, keep in promotions)
     # proposals are distinct points: the pending ones were told a lie
     assert len({r.params["x"] for r in first}) == len(first)
+
+
+def test_the_driver_commits_a_repeat_of_a_committed_network_and_never_submits_it(tmp_path):
+    fake = FakeEvaluator()
+    pool = ThreadPool(fake, slots=2, delay=lambda rec: 0.01)
+    ended = []
+    records = _run(tmp_path / "t.sqlite", pool, lambda event, info: ended.append(info) if event == "end" else None,
+                   hyperopt_space=KD_SPACE, network=_tenths, trials=8, fidelities=(1,))
+    repeats = [r for r in records if r.status == "repeat"]
+    trained = [r for r in records if r.status == "ok"]
+    assert repeats and len(trained) == 8 and sorted(fake.calls) == sorted((r.proposal, 1) for r in trained)
+    committed_before = {}
+    for info in ended:
+        rec = info["record"]
+        if rec.status == "repeat":
+            earlier = committed_before[rec.misc["repeat_of"]]
+            assert _tenths(earlier.params) == _tenths(rec.params) and rec.val_accuracy == earlier.val_accuracy
+        committed_before[rec.proposal] = rec
 
 
 def test_parallel_schedule_redoes_a_transient_failure_on_resume_at_its_point(tmp_path):

@@ -60,12 +60,13 @@ class FakeEvaluator:
         record.val_accuracy = 1.0 - abs(x - (0.3 if record.fidelity == 1 else 0.6))
 
 
-def _search(path: Path, evaluate: FakeEvaluator, **knobs) -> tuple[Schedule, list[TrialRecord]]:
+def _search(path: Path, evaluate: FakeEvaluator, network=None, space=SPACE, **knobs) -> tuple[Schedule, list[TrialRecord]]:
     """A schedule over the store at `path`, run to its end (or to a `Crash`); the store is closed after."""
     config = SearchConfig(**{"family_size": 1, "fidelities": (1,), **knobs}).validate()
     store = TrialStore(path)
     try:
-        schedule = Schedule(config=config, store=store, evaluate=evaluate, space=SPACE, warm_starts=())
+        schedule = Schedule(config=config, store=store, evaluate=evaluate, space=space, warm_starts=(),
+                            network=network)
         return schedule, schedule.run()
     finally:
         store.close()
@@ -279,3 +280,66 @@ def test_a_promotion_that_failed_or_is_retried_leaves_the_familys_rank_to_its_la
                 dataclasses.replace(told[2], fidelity=3, val_accuracy=0.9, retryable=True)]
     strategy.tell_promoted(promoted)
     assert [t["result"]["loss"] for t in strategy.trials.trials] == [-1.1, -0.5, -0.5]
+
+
+# x names the network (in tenths, as fit-to-budget snaps sizes); lr is a distillation knob, as in a real search.
+KD_SPACE = {"x": hp.uniform("x", 0.0, 1.0), "lr": hp.loguniform("lr", math.log(0.01), math.log(0.3))}
+
+
+def _tenths(params) -> str:
+    return f"{params['x']:.1f}"
+
+
+def test_a_proposal_fitted_to_a_network_trained_already_is_a_repeat_not_a_training(tmp_path):
+    fake = FakeEvaluator()
+    schedule, records = _search(tmp_path / "t.sqlite", fake, network=_tenths, space=KD_SPACE, trials=8,
+                                fidelities=(1, 3), eta=2, strategy="tpe", seed=3)
+    first = {r.proposal: r for r in records if r.fidelity == 1}
+    repeats = [r for r in first.values() if r.status == "repeat"]
+    trained = [r for r in first.values() if r.status == "ok"]
+    assert repeats, "TPE asked for no network twice; the test needs a seed where it does"
+    # Each network is trained once at the smallest fidelity, and only trainings count towards `trials`.
+    assert len({_tenths(r.params) for r in trained}) == len(trained) == 8
+    assert [c for c in fake.calls if c[1] == 1] == [(r.proposal, 1) for r in sorted(trained, key=lambda r: r.id)]
+    for rep in repeats:
+        earlier = first[rep.misc["repeat_of"]]
+        assert earlier.status == "ok" and earlier.id < rep.id and _tenths(earlier.params) == _tenths(rep.params)
+        assert (rep.val_accuracy, rep.latency_ms, rep.loss) == (earlier.val_accuracy, earlier.latency_ms, earlier.loss)
+        assert rep.train_s == 0.0 and rep.profiles == [] and (rep.proposal, 3) not in fake.calls
+    # TPE is told the point it asked for, ranked with its network (promotions included), its KD knob unobserved.
+    told = {d["tid"]: d for d in schedule.strategy.trials.trials}
+    for rep in repeats:
+        doc, network = told[rep.proposal], told[rep.misc["repeat_of"]]
+        assert doc["result"]["loss"] == network["result"]["loss"] and doc["misc"]["vals"]["x"] == [rep.params["x"]]
+        assert doc["misc"]["idxs"]["lr"] == [] and network["misc"]["idxs"]["lr"] == [network["tid"]]
+    # Resumed, the store replays as it is: nothing is evaluated again, the history is the same.
+    fake.calls.clear()
+    again, replayed = _search(tmp_path / "t.sqlite", fake, network=_tenths, space=KD_SPACE, trials=8,
+                              fidelities=(1, 3), eta=2, strategy="tpe", seed=3)
+    assert fake.calls == [] and [(r.proposal, r.fidelity, r.status) for r in replayed] == \
+        [(r.proposal, r.fidelity, r.status) for r in records]
+    assert {d["tid"]: d["result"]["loss"] for d in again.strategy.trials.trials} == \
+        {tid: d["result"]["loss"] for tid, d in told.items()}
+
+
+def test_a_repeat_is_told_its_networks_loss_and_follows_the_networks_promotions():
+    config = SearchConfig(family_size=1, fidelities=(1, 3), strategy="tpe").validate()
+    strategy = HyperoptStrategy(config, KD_SPACE)
+
+    def record(proposal, fidelity, status, val_loss, **misc):
+        params, _ = strategy.ask(proposal)
+        return TrialRecord(proposal=proposal, fidelity=fidelity, status=status, params=params, seeds=[proposal],
+                           val_accuracy=0.5, val_loss=val_loss, loss=-math.exp(-val_loss),
+                           misc={"vals": {"x": [params["x"]], "lr": [params["lr"]]}, **misc})
+
+    network = record(0, 1, "ok", 1.0)
+    strategy.tell([network])
+    strategy.tell_promoted([record(0, 3, "ok", 0.5)])
+    promoted = -(1 + math.exp(-0.5))
+    repeat = record(1, 1, "repeat", 1.0, repeat_of=0)
+    strategy.tell([repeat])  # told after the promotion: level with the network at once
+    later = record(2, 1, "repeat", 1.0, repeat_of=0)
+    strategy.tell([later])
+    strategy.tell_promoted([record(0, 3, "ok", 0.2)])  # a better evaluation of the network moves its repeats too
+    losses = {d["tid"]: d["result"]["loss"] for d in strategy.trials.trials}
+    assert losses[1] == losses[2] == losses[0] == -(1 + math.exp(-0.2)) < promoted

@@ -236,6 +236,18 @@ def test_over_budget_and_failed_outcomes_are_failures_and_retryable_ones_are_ign
     assert region.told == told
 
 
+def test_a_repeat_is_a_feasible_point_with_its_networks_loss_and_a_failure_for_the_counters():
+    strategy = _strategy(groups=ONE_GROUP)
+    [region] = strategy.regions
+    strategy.tell([_thompson([0.4] * 4, penalty_loss(0.5), "infeasible")])
+    strategy.tell([_thompson([0.5] * 4, -0.6)])
+    assert (region.successes, region.failures, region.incumbent()) == (1, 0, 1)
+    strategy.tell([_thompson([0.5, 0.5, 0.5, 0.9], -0.6, "repeat")])  # the incumbent's network again
+    assert region.feasible[-1] and region.y[-1] == -0.6 and (region.successes, region.failures) == (0, 1)
+    strategy.tell([_thompson([0.6] * 4, -0.7, "repeat")])  # the repeat of a better network is a better point
+    assert region.incumbent() == 3 and region.successes == 1
+
+
 def test_candidate_filter_rejects_thompson_candidates_and_is_ignored_when_it_rejects_all():
     records = _run(_strategy(), 6)
     plain = _strategy()

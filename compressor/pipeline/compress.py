@@ -67,7 +67,7 @@ from compressor.pipeline.finalists import choice_text, choose, finalist_records,
 from compressor.search.analysis import failure_summary, json_safe, pareto_front
 from compressor.search.config import SearchConfig
 from compressor.search.loop import Search
-from compressor.search.store import RunLock, TrialRecord, TrialStore
+from compressor.search.store import UNTRAINED, RunLock, TrialRecord, TrialStore
 from compressor.pipeline.report import Report
 
 
@@ -880,11 +880,12 @@ def _base_report(config, target, teacher_info, records, seconds) -> Report:
         "search": {
             "strategy": config.strategy, "space": config.space, "trials": len(proposals),
             "search_minutes": config.search_minutes,
-            "trained": sum(r.status != "infeasible" for r in at_first),
+            "trained": sum(r.status not in UNTRAINED for r in at_first),
             "evaluations": len(records),
             "feasible": sum(r.status == "ok" for r in at_first),
             "infeasible": sum(r.status == "infeasible" for r in at_first),
             "failed": sum(r.status == "failed" for r in at_first),
+            "repeats": sum(r.status == "repeat" for r in at_first),
             "family_size": config.family_size, "fidelities": list(config.fidelities), "eta": config.eta,
             "seconds": seconds,
             "screen_seconds_median": _median([r.screen_s for r in at_first]),
@@ -941,7 +942,7 @@ class _Progress:
         self._refresh("")
 
     def _count(self, rec) -> None:
-        if rec.fidelity == self.config.fidelities[0]:
+        if rec.fidelity == self.config.fidelities[0] and rec.status != "repeat":
             self.screened += 1
             self.done += rec.status != "infeasible"
             self.feasible += rec.status == "ok"

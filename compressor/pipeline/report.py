@@ -188,6 +188,7 @@ class SearchSummary(TypedDict):
     feasible: int
     infeasible: int
     failed: int
+    repeats: int  # proposals fitted to a network trained already, not trained again (search.schedule); 0 before
     family_size: int
     fidelities: list[int]
     eta: int
@@ -373,7 +374,8 @@ def markdown_report(report: Report) -> str:
 
 
 def search_counts(search: dict[str, Any]) -> str:
-    """What became of the proposals: trained, over the budget as measured, predicted over and never measured, failed.
+    """What became of the proposals: trained, over the budget as measured, predicted over and never measured, repeats
+    of a network trained already, failed.
 
     The latency model's skips are infeasible proposals too, but they cost no measurement: counted apart so that
     "over budget" means what a screening found.
@@ -382,6 +384,8 @@ def search_counts(search: dict[str, Any]) -> str:
     parts = [f"{search['feasible']} feasible and trained", f"{search['infeasible'] - skipped} over budget as measured"]
     if skipped:
         parts.append(f"{skipped} predicted over it and not measured")
+    if search.get("repeats"):
+        parts.append(f"{search['repeats']} fitted to a network trained already and not trained again")
     return ", ".join([*parts, f"{search['failed']} failed"])
 
 

@@ -16,7 +16,9 @@ How the parts fit:
   η^(L-1) families at the smallest fidelity, in epochs; the best 1/η of a
   round go on to the next fidelity, and so on) and commits every evaluation
   to the store. It calls an injected evaluator, so the whole schedule runs
-  in tests without torch.
+  in tests without torch. It fits each new proposal to the budget first
+  (`fit.BudgetFit`), and a proposal fitted to a network the run has
+  already trained is committed as a *repeat*, not trained again.
 * `evaluate.FamilyEvaluator` is the real evaluator. **Screen before
   training**: every member is built, exported to ONNX and measured on the
   target; a family is feasible only if every member meets every budget, and

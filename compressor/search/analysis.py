@@ -44,7 +44,7 @@ def failure_summary(records: list[TrialRecord]) -> str:
     """'28 over budget (latency p50 # ms > budget # ms), 2 failed (...)': the most common reasons, for a person."""
     reasons = Counter()
     for rec in records:
-        if rec.status == "ok":
+        if rec.status in ("ok", "repeat"):
             continue
         # Group numeric variations of one reason ("... 0.31 ms > ..." and "... 0.42 ms > ...").
         key = re.sub(r"\b\d+(\.\d+)?(e-?\d+)?\b", "#", rec.reason.split(";")[0].partition("\n")[0])[:80]

@@ -14,8 +14,11 @@ A proposal names a *family*: its `family_size` members are
   reason and the penalty loss, and no training is spent on it. The record's
   `latency_ms` is the figure judged (drift-corrected to the run's start);
   its `profiles` keep the raw measurements.
-* **Fit to budget first** (`compressor.search.fit.BudgetFit`, given to the
-  evaluator in process; when the run has a latency budget,
+* **Fit to budget first** (`FamilyEvaluator.fit`, which the schedule calls
+  before the evaluation, so that a proposal fitted to a network the run has
+  trained is not evaluated: `schedule.Schedule`, "Repeats"; with the
+  `compressor.search.fit.BudgetFit` given to the evaluator in process; when
+  the run has a latency budget,
   `config.fill_fraction` is set and the run's latency model
   (`compressor.search.latency_model`) has `MIN_SAMPLES` measured members; a
   cold model first measures sizes of the proposal's first member until it has,
@@ -96,8 +99,6 @@ class FamilyEvaluator:
         """Evaluate `record` (the `Evaluator` protocol); `measured` receives a sample of each member screened."""
         started = time.perf_counter()
         measured = [] if measured is None else measured
-        if previous is None and self.budget is not None:
-            self._fit(record, measured)
         specs = sample_family(self.space, record)
         if previous is not None:
             record.profiles = previous.profiles
@@ -110,8 +111,11 @@ class FamilyEvaluator:
         if record.status == "ok":
             self._train(record, specs, started)
 
-    def _fit(self, record: TrialRecord, measured: list[Sample] | None = None) -> None:
-        """Fit a new proposal with the run's `BudgetFit`, calibrating a cold model on it first."""
+    def fit(self, record: TrialRecord, measured: list[Sample] | None = None) -> None:
+        """Fit a new proposal with the run's `BudgetFit`, calibrating a cold model on it first (the schedule's `fit`,
+        before the evaluation); nothing without one."""
+        if self.budget is None:
+            return
         if self.budget.needs_calibration(record):
             self._calibrate(record, [] if measured is None else measured)
         self.budget.fit(record)

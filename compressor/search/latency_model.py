@@ -345,8 +345,8 @@ def screening_summary(records, budget_ms: float | None) -> dict[str, Any]:
 
     `screenings`: proposals measured (not a warm start that reused the run's earlier verdict,
     `misc["screened"]`); `over_budget_share`: the share of them
-    over a budget; `fitted` / `skipped`: proposals resized / recorded infeasible
-    unmeasured (`misc["fit"]`); `calibration`: networks measured to calibrate a
+    over a budget; `fitted` / `skipped`: proposals resized and screened / recorded infeasible
+    unmeasured (`misc["fit"]`; a repeat, resized to a network trained already, is neither); `calibration`: networks measured to calibrate a
     cold model (`misc["calibration"]`, not screenings); then, over the screenings made with a
     calibrated model (`misc["predicted"]`): `predicted`, their count;
     `kendall_tau` between the predicted and the measured family latency (the
@@ -358,14 +358,15 @@ def screening_summary(records, budget_ms: float | None) -> dict[str, Any]:
         return (rec.misc or {}).get(key) or {}
 
     skipped = sum(bool(misc(r, "fit").get("skipped")) for r in records)
-    measured = [r for r in records if r.status != "failed" and r.latency_ms is not None and not misc(r, "screened")]
+    measured = [r for r in records if r.status in ("ok", "infeasible") and r.latency_ms is not None
+                and not misc(r, "screened")]
     judged = [r for r in measured if "latency_ms" in misc(r, "predicted")]
     predicted = [misc(r, "predicted")["latency_ms"] for r in judged]
     feasible = [r for r, p in zip(judged, predicted) if budget_ms is not None and p <= budget_ms]
     return {
         "screenings": len(measured),
         "over_budget_share": (sum(r.status == "infeasible" for r in measured) / len(measured)) if measured else None,
-        "fitted": sum(bool(misc(r, "fit")) for r in records) - skipped,
+        "fitted": sum(bool(misc(r, "fit")) and r.status != "repeat" for r in records) - skipped,
         "skipped": skipped,
         "calibration": sum(int((r.misc or {}).get("calibration", 0)) for r in records),
         "predicted": len(judged),

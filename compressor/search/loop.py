@@ -5,7 +5,9 @@
 student space's architecture knobs plus the distillation knobs. The
 evaluator fits proposals to the budget with the run's `BudgetFit`
 (compressor.search.fit), whose latency model starts from the samples this
-machine has stored for the target under `cache_dir`.
+machine has stored for the target under `cache_dir`, and the schedule calls
+that fit first; a proposal fitted to a network the run has trained is a
+repeat (`fit.network_key` says which network params name).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from compressor.search.config import SearchConfig, WarmStart, kd_hyperopt_space, warm_start_points
 from compressor.search.evaluate import FamilyEvaluator
-from compressor.search.fit import BudgetFit
+from compressor.search.fit import BudgetFit, network_key
 from compressor.search.schedule import Schedule
 from compressor.search.store import TrialStore
 
@@ -38,4 +40,5 @@ class Search(Schedule):
                                                          reference))
         super().__init__(config=config, store=store, evaluate=evaluate,
                          space={"arch": space.hyperopt_space(), **kd_hyperopt_space()}, progress=progress,
-                         warm_starts=warm_starts)
+                         warm_starts=warm_starts, fit=evaluate.fit,
+                         network=lambda params: network_key(space, params["arch"]))

@@ -48,7 +48,10 @@ pool in the tests). The driver alone asks, promotes and writes `trials.sqlite`.
   driver's model learns them when it commits the outcome, so it sees every
   measured member, whichever worker or machine measured it. A stored record
   replays as it is; a retryable one is fitted again at its stored point, as in
-  process.
+  process. A fitted proposal whose network a committed evaluation has trained
+  is committed as a repeat, as in process (`schedule`'s docstring); one
+  whose network is still in flight is trained, since nothing is known of it
+  yet.
 * **Nothing lost.** An outcome is committed the moment it arrives; a pool
   reports a failure with whether it is transient (a killed worker, an
   unreachable device: failed and `retryable`). A driver killed with `kill -9`
@@ -60,14 +63,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from compressor.search.config import SearchConfig, WarmStart
 from compressor.search.fit import BudgetFit, Sample
 from compressor.search.schedule import Schedule, promoted, record_failure
-from compressor.search.store import TrialRecord, TrialStore
+from compressor.search.store import UNTRAINED, TrialRecord, TrialStore
 from compressor.search.strategies import Strategy
 
 Key = tuple[int, int]  # (proposal, fidelity)
@@ -129,7 +131,7 @@ def asha_promotion(latest: Mapping[Key, TrialRecord], in_flight: set[Key], confi
     fidelities = config.fidelities
     for rung in range(len(fidelities) - 2, -1, -1):
         results = [rec for (_, fidelity), rec in latest.items()
-                   if fidelity == fidelities[rung] and rec.status != "infeasible" and not rec.retryable]
+                   if fidelity == fidelities[rung] and rec.status not in UNTRAINED and not rec.retryable]
         keep = len(results) // config.eta
         if draining and results:
             keep = max(1, keep)
@@ -147,9 +149,10 @@ class ParallelSchedule(Schedule):
 
     def __init__(self, *, config: SearchConfig, store: TrialStore, pool: Pool, space: dict[str, Any],
                  progress: Callable[[str, dict], None] | None = None,
-                 warm_starts: Sequence[WarmStart] | None = None, budget: BudgetFit | None = None) -> None:
+                 warm_starts: Sequence[WarmStart] | None = None, budget: BudgetFit | None = None,
+                 network: Callable[[dict[str, Any]], str] | None = None) -> None:
         super().__init__(config=config, store=store, evaluate=None, space=space, progress=progress,
-                         warm_starts=warm_starts)
+                         warm_starts=warm_starts, fit=None if budget is None else budget.fit, network=network)
         self.pool = pool
         self.budget = budget  # fits new proposals before they are submitted and learns the returned samples
         self._flights: dict[Key, TrialRecord] = {}
@@ -188,7 +191,7 @@ class ParallelSchedule(Schedule):
             return False
         first = cfg.fidelities[0]
         while self._next < cfg.trials * cfg.screen_factor:
-            trained = sum(1 for (p, f), r in latest.items() if f == first and p < self._next and r.status != "infeasible")
+            trained = sum(1 for (p, f), r in latest.items() if f == first and p < self._next and r.status not in UNTRAINED)
             in_flight = sum(1 for (_, f) in self._flights if f == first)
             if trained + in_flight >= cfg.trials:
                 return False
@@ -211,14 +214,14 @@ class ParallelSchedule(Schedule):
         return False
 
     def _submit(self, rec: TrialRecord, previous: TrialRecord | None) -> None:
-        """Fit a new proposal, then submit it, or commit it at once when it is predicted far over budget."""
+        """Fit a new proposal, then submit it, or commit it at once when it is predicted far over budget or is a
+        repeat of a network trained already (`Schedule._settled`)."""
         self.progress("start", {"proposal": rec.proposal, "fidelity": rec.fidelity})
-        if previous is None and self.budget is not None:
-            started = time.perf_counter()
-            self.budget.fit(rec)
+        if previous is None:
+            settled = self._settled(rec)
             # The fit's seconds are the evaluation's, as in process; the worker adds its own.
-            rec.screen_s = rec.total_s = time.perf_counter() - started
-            if rec.status == "infeasible":
+            rec.total_s = rec.screen_s
+            if settled:
                 self._commit(rec)
                 return
         self._flights[(rec.proposal, rec.fidelity)] = rec

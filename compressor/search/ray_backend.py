@@ -329,7 +329,7 @@ def parallel_search(*, config: SearchConfig, target, dataset, teacher_logits: di
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from compressor.search.config import kd_hyperopt_space, warm_start_points
-    from compressor.search.fit import BudgetFit
+    from compressor.search.fit import BudgetFit, network_key
     from compressor.spaces import get_space
     from profilers.host import current_affinity
 
@@ -350,6 +350,7 @@ def parallel_search(*, config: SearchConfig, target, dataset, teacher_logits: di
                                        space={"arch": space.hyperopt_space(), **kd_hyperopt_space()},
                                        progress=progress, warm_starts=warm_starts,
                                        budget=BudgetFit.open(config, space, target, dataset, cache_dir,
-                                                             warm_starts, reference))
+                                                             warm_starts, reference),
+                                       network=lambda params: network_key(space, params["arch"]))
         finally:
             ray.kill(measurer)

@@ -22,6 +22,29 @@ one and run the whole schedule in milliseconds, without torch).
   record's `score` (from its validation cross-entropy), as is the loss the
   strategy is told (-score). A warm start goes on whatever its score
   (`strategies.is_warm_start` says why).
+* **Fit to budget, then repeats.** With `fit` (the run's
+  `fit.BudgetFit`, compressor.search.fit), a new proposal is sized to the
+  budget before anything else; one predicted far over it is committed
+  infeasible, unmeasured. The fit often lands on a network the run has
+  already trained: the widths of a plain CNN come in a few sizes that fill
+  the budget, and successive proposals near one incumbent snap to the same
+  one. In the 18 five-minute searches of BENCHMARKS.md ("Repeats"), 27-40%
+  of TPE's trainings at the smallest fidelity trained a network already
+  trained in the run, 11-33% of TRADE's and 7-18% of random's: the
+  model-based strategies, which propose near what worked, spent the most
+  time on networks they knew. With `network` (the space's
+  `fit.network_key` of the fitted arch), a new proposal whose network was
+  trained at the smallest fidelity (status ok) is committed at once as a
+  *repeat* (status "repeat", `misc["repeat_of"]` = that proposal): not
+  screened, not trained, not counted among the `trials` nor put in a round,
+  with that evaluation's figures and loss. The strategy is told it
+  (strategies' docstring says what each learns). What a second training
+  would have measured is the network again at other distillation knobs and
+  another draw of its weights; the finalists' knobs are tuned afresh from the
+  defaults (compressor.pipeline.finish), so the search's knobs serve only to
+  rank networks, and its time is better spent on a network it has not
+  trained. A repeat still costs a proposal (at most `trials * screen_factor`
+  are asked).
 * Every evaluation is committed to the store when it ends. A new `Schedule`
   over the same store replays the same sequence: an evaluation found in the
   store is not run again and a proposal found there is not asked again, so
@@ -43,8 +66,8 @@ from profilers import RemoteError
 from targets.errors import first_line
 
 from compressor.search.config import SearchConfig, WarmStart, member_seeds, warm_start_points
-from compressor.search.store import TrialRecord, TrialStore
-from compressor.search.strategies import Strategy, is_warm_start, make_strategy
+from compressor.search.store import UNTRAINED, TrialRecord, TrialStore
+from compressor.search.strategies import REPEAT_OF, Strategy, is_warm_start, make_strategy
 
 _log = logging.getLogger(__name__)
 
@@ -78,16 +101,23 @@ class Schedule:
 
     def __init__(self, *, config: SearchConfig, store: TrialStore, evaluate: Evaluator, space: dict[str, Any],
                  progress: Callable[[str, dict], None] | None = None,
-                 warm_starts: Sequence[WarmStart] | None = None, strategy: Strategy | None = None) -> None:
+                 warm_starts: Sequence[WarmStart] | None = None, strategy: Strategy | None = None,
+                 fit: Callable[[TrialRecord], None] | None = None,
+                 network: Callable[[dict[str, Any]], str] | None = None) -> None:
         """`space`: the hyperopt space (trade reads `config.space`'s knobs); `progress(event, info)` hears each evaluation.
 
         `warm_starts`: the points proposed first (default: `warm_start_points` of `config.space`; `()`:
         none, for a hyperopt space that is not a registered space's). `strategy`: one built by the
         caller (a hyperopt space of its own with its own first points) instead of `make_strategy`'s.
+        `fit`: sizes a new proposal's record before it is evaluated, and may make it infeasible (predicted
+        over the budget). `network`: the network a proposal's params name once fitted, which says what is a
+        repeat (module docstring); None: nothing is.
         """
         self.config = config
         self.store = store
         self.evaluate = evaluate
+        self.fit = fit
+        self.network = network
         self.progress = progress or (lambda event, info: None)
         # Rows are appended, never rewritten: a retried evaluation's row supersedes the earlier one.
         self._latest: dict[tuple[int, int], TrialRecord] = {}
@@ -140,7 +170,7 @@ class Schedule:
                 params, misc = (retried.params, retried.misc) if retried else self.strategy.ask(proposal)
                 rec = self._evaluate(proposal, params, misc, first, previous=None)
             proposal += 1
-            if rec.status == "infeasible":
+            if rec.status in UNTRAINED:
                 continue
             trained += 1
             members.append(rec.proposal)
@@ -169,11 +199,34 @@ class Schedule:
         self.progress("start", {"proposal": proposal, "fidelity": fidelity})
         started = time.perf_counter()
         try:
-            self.evaluate(rec, previous)
+            if previous is not None or not self._settled(rec):
+                self.evaluate(rec, previous)
         except Exception as exc:  # noqa: BLE001 - any candidate failure is a failed trial, never a crashed search
             record_failure(rec, exc, transient=isinstance(exc, TRANSIENT))
         rec.total_s = time.perf_counter() - started
         return self._commit(rec)
+
+    def _settled(self, rec: TrialRecord) -> bool:
+        """Fit a new proposal (`fit`); whether that settled it without an evaluation: infeasible as predicted, or a
+        repeat (module docstring). The fit's seconds are the record's `screen_s`."""
+        if self.fit is not None:
+            started = time.perf_counter()
+            self.fit(rec)
+            rec.screen_s = time.perf_counter() - started
+            if rec.status == "infeasible":
+                return True
+        earlier = self._trained(rec.params)
+        if earlier is not None:
+            mark_repeat(rec, earlier)
+        return rec.status == "repeat"
+
+    def _trained(self, params: dict[str, Any]) -> TrialRecord | None:
+        """The evaluation at the smallest fidelity that trained the network `params` name, if one did (`network`)."""
+        if self.network is None:
+            return None
+        first, network = self.config.fidelities[0], self.network(params)
+        return next((rec for rec in self.records
+                     if rec.fidelity == first and rec.status == "ok" and self.network(rec.params) == network), None)
 
     def _new_record(self, proposal: int, params: dict[str, Any], misc: dict[str, Any] | None,
                     fidelity: int) -> TrialRecord:
@@ -184,7 +237,7 @@ class Schedule:
 
     def _commit(self, rec: TrialRecord) -> TrialRecord:
         """Store an ended evaluation, make it the one that counts, tell the strategy (`tell` or `tell_promoted`)."""
-        if rec.status == "ok":
+        if rec.status in ("ok", "repeat"):
             rec.loss = -rec.score
         elif rec.status == "failed":
             rec.loss = None
@@ -204,6 +257,17 @@ class Schedule:
 def promoted(ranked: list[TrialRecord], keep: int) -> list[TrialRecord]:
     """Who goes on from a rung ranked best first: the first `keep`, and every warm start (`is_warm_start`)."""
     return ranked[:keep] + [rec for rec in ranked[keep:] if is_warm_start(rec)]
+
+
+def mark_repeat(rec: TrialRecord, earlier: TrialRecord) -> None:
+    """Make `rec` a repeat of `earlier`, the evaluation that trained its network: that evaluation's figures, no
+    screening and no training of its own (`profiles`, `archs` and the durations stay empty)."""
+    rec.status = "repeat"
+    rec.reason = f"the network of proposal {earlier.proposal}, trained already"
+    rec.misc = {**(rec.misc or {}), REPEAT_OF: earlier.proposal}
+    for figure in ("latency_ms", "memory_mb", "size_mb", "n_params", "macs", "val_accuracy", "val_std",
+                   "member_accuracies", "val_loss"):
+        setattr(rec, figure, getattr(earlier, figure))
 
 
 def record_failure(rec: TrialRecord, exc: BaseException, *, transient: bool) -> None:

@@ -16,6 +16,11 @@ validation cross-entropy (`TrialRecord.score`); an older store is migrated in
 place when opened (its failures were never marked retryable, and its records
 rank by their accuracy, having no cross-entropy).
 
+A record's status is "ok" (trained), "infeasible" (over a budget, measured or
+predicted; not trained), "failed" (an exception or a non-finite loss) or
+"repeat" (its network was trained already in this run, so it was not trained
+again: `schedule.Schedule`, "Repeats").
+
 A run directory is owned by one process at a time: `RunLock` takes an
 exclusive `flock` on `RUN_DIR/.lock` (released by the kernel if the process
 dies, so a crash never leaves a stale lock).
@@ -74,7 +79,10 @@ _MIGRATIONS = {
     3: "ALTER TABLE trials ADD COLUMN val_loss REAL",
 }
 
-STATUSES = ("ok", "infeasible", "failed")
+STATUSES = ("ok", "infeasible", "failed", "repeat")
+# What a proposal can end as without being trained: over the budget (measured or predicted), or a network this
+# run has already trained at the smallest fidelity (`schedule.Schedule`, "Repeats").
+UNTRAINED = ("infeasible", "repeat")
 
 
 @dataclass

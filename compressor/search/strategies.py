@@ -43,6 +43,13 @@ What hyperopt is told, per outcome of an evaluation at the smallest fidelity
   labels learn where the budget lies. What remains shared: the below/above
   split size, ceil(gamma * sqrt(N)), counts every trial (N includes the
   infeasible ones), and so do the start-up proposals.
+* repeat (a proposal fitted to a network the run had trained, so not trained
+  again: `schedule`'s docstring, "Repeats"): status ok with the loss of the
+  network, kept level with it: the loss of its evaluation at the smallest
+  fidelity, lowered with the network's own when that is promoted (below).
+  So the point TPE asked for is told what it led to. Its KD labels are left
+  unobserved, as an infeasible family's are: the network was not trained
+  with the knobs of this proposal.
 * failed (an exception, a NaN loss): status fail, no loss. TPE files it with
   the worst trials (loss +inf) and steers away from its point, which is
   right for a network that cannot be built or trained.
@@ -84,11 +91,13 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from compressor.search.config import SearchConfig, WarmStart, kd_knobs
-from compressor.search.store import TrialRecord
+from compressor.search.store import UNTRAINED, TrialRecord
 
 
 # The `misc` key that marks a warm start's proposal (`is_warm_start`), whatever the strategy.
 WARM_START = "warm"
+# The `misc` key of a repeat (`schedule.mark_repeat`): the proposal that trained its network.
+REPEAT_OF = "repeat_of"
 
 
 def is_warm_start(record: TrialRecord) -> bool:
@@ -191,6 +200,11 @@ class HyperoptStrategy:
     def tell(self, records: list[TrialRecord]) -> None:
         """Add the outcomes of evaluations at the smallest fidelity to the history (see the module docstring)."""
         docs = [self._trial_doc(rec) for rec in records if rec.misc is not None and not rec.retryable]
+        results = {doc["tid"]: doc["result"] for doc in [*self.trials.trials, *docs]}
+        for doc in docs:
+            network = results.get(doc["result"].get(REPEAT_OF), {}).get("loss")
+            if network is not None:
+                doc["result"]["loss"] = min(doc["result"]["loss"], network)
         if docs:
             self.trials.insert_trial_docs(docs)
             self.trials.refresh()
@@ -203,7 +217,9 @@ class HyperoptStrategy:
             if rec.status != "ok" or rec.retryable or result.get("loss") is None:
                 continue
             level = self.config.fidelities.index(rec.fidelity)
-            result["loss"] = min(result["loss"], -(level + rec.score))
+            # The network's repeats rank with it.
+            for told in [result, *(r for r in results.values() if r.get(REPEAT_OF) == rec.proposal)]:
+                told["loss"] = min(told["loss"], -(level + rec.score))
         self.trials.refresh()
 
     def _trial_doc(self, rec: TrialRecord) -> dict[str, Any]:
@@ -211,8 +227,8 @@ class HyperoptStrategy:
 
         tid = rec.proposal
         vals = rec.misc["vals"]
-        if rec.status == "infeasible":
-            # Never trained: its penalty says nothing about the KD knobs (see the module docstring).
+        if rec.status in UNTRAINED:
+            # Not trained with these knobs: its outcome says nothing about them (see the module docstring).
             vals = {k: ([] if k in _kd_labels() else v) for k, v in vals.items()}
         misc = {"tid": tid, "cmd": self._domain.cmd, "workdir": self._domain.workdir,
                 "idxs": {k: ([tid] if v else []) for k, v in vals.items()}, "vals": vals}
@@ -233,6 +249,8 @@ def _result(rec: TrialRecord) -> dict[str, Any]:
     if rec.status == "failed":
         return {"status": STATUS_FAIL}
     result = {"status": STATUS_OK, "loss": rec.loss}
+    if rec.status == "repeat":
+        result[REPEAT_OF] = rec.misc[REPEAT_OF]
     if rec.status == "infeasible":
         result.update(infeasible=True, latency_ms=rec.latency_ms, memory_mb=rec.memory_mb, size_mb=rec.size_mb)
     return result

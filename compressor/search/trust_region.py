@@ -62,7 +62,11 @@ for the counters; a failed one (an exception, a NaN) is a failure that
 enters the GP at the region's worst loss, and no better than a family just
 over budget (the GP needs a value, and "as bad as the worst seen" is the
 usual imputation); a retryable failure is ignored. Only Thompson proposals
-move the counters (TuRBO's initial design does not).
+move the counters (TuRBO's initial design does not). A repeat (a proposal
+fitted to a network the run had trained: `schedule`'s docstring) enters the
+GP at its point with that network's loss at the smallest fidelity, feasible;
+it is not an improvement, so a Thompson repeat is a failure for the counters,
+and a region that keeps proposing its incumbent shrinks to its restart.
 
 **State and resume.** `ask` reads the regions and changes nothing; `tell`
 replays outcomes in the order given and is the only thing that moves a
@@ -209,7 +213,7 @@ class Region:
         if rec.status == "failed":
             loss, feasible = max([penalty_loss(0.0), *self.y]), False
         else:
-            loss, feasible = float(rec.loss), rec.status == "ok"
+            loss, feasible = float(rec.loss), rec.status in ("ok", "repeat")
         improved = feasible and (incumbent is None or loss < incumbent - IMPROVEMENT * abs(incumbent))
         self.X.append(x)
         self.y.append(loss)
