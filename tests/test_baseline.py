@@ -37,15 +37,23 @@ def test_widest_within_takes_the_widest_within_verdict_else_the_narrowest_not_wi
     assert widest_within({1: "borderline", 2: "over", 3: "over"}) == (1, False)
 
 
-def test_candidate_widths_scale_the_base_pattern_within_the_plain_family_knobs():
-    from compressor.pipeline.baselines import PLAIN_SCALES, plain_arch
+def test_candidate_widths_scale_the_base_pattern_in_half_steps_within_the_plain_family_knobs():
+    from compressor.pipeline.baselines import DEEPER_BASE, PLAIN_SCALES, ladder_widths, plain_arch
     from compressor.spaces import spec_from_ref
 
     assert plain_arch(1) == "zoo:plain:widths=8-16-32" and plain_arch(3) == "zoo:plain:widths=24-48-96"
-    for scale in PLAIN_SCALES:  # every candidate is a valid member of the family
-        assert spec_from_ref(plain_arch(scale)).resolved["widths"] == [8 * scale, 16 * scale, 32 * scale]
-    with pytest.raises(UserError, match="out of range"):  # the next multiple is past the widest knobs
-        spec_from_ref(plain_arch(max(PLAIN_SCALES) + 1))
+    # A half step rounds each width up to the family's step of 8: between 8-16-32 and 16-32-64 lies 16-24-48.
+    assert plain_arch(1.5) == "zoo:plain:widths=16-24-48" and plain_arch(1.5, DEEPER_BASE) == "zoo:plain:widths=16-16-24"
+    assert PLAIN_SCALES[0] == 1 and PLAIN_SCALES[-1] == 8 and len(PLAIN_SCALES) == 15
+    for base in ((8, 16, 32), DEEPER_BASE):
+        ladder = [ladder_widths(scale, base) for scale in PLAIN_SCALES]
+        for narrower, wider in zip(ladder, ladder[1:]):  # each step widens, none shrinks a stage
+            assert narrower != wider and all(a <= b for a, b in zip(narrower, wider))
+        for scale, widths in zip(PLAIN_SCALES, ladder):  # every candidate is a valid member of the family
+            assert all(w % 8 == 0 and w >= scale * b for w, b in zip(widths, base))
+            assert spec_from_ref(plain_arch(scale, base)).resolved["widths"] == widths
+    with pytest.raises(UserError, match="out of range"):  # the next step is past the widest knobs
+        spec_from_ref(plain_arch(max(PLAIN_SCALES) + 0.5))
 
 
 def test_the_baseline_recipe_is_the_final_students_training_config_but_for_the_knobs():
@@ -203,11 +211,13 @@ def test_the_width_choice_on_cpu_1t_is_the_widest_within_of_one_session(fast_tar
     for ladder in (width, width["deeper"]):
         verdicts = [c["verdict"] for c in ladder["candidates"]]
         assert len(verdicts) == len(PLAIN_SCALES)
-        assert ladder["arch"] == ladder["candidates"][ladder["scale"] - 1]["arch"]
+        chosen = PLAIN_SCALES.index(ladder["scale"])
+        assert ladder["arch"] == ladder["candidates"][chosen]["arch"]
+        assert ladder["widths"] == ladder["arch"].split("widths=")[1].split(",")[0]
         if ladder["within"]:
-            assert ladder["verdict"] == "within" and "within" not in verdicts[ladder["scale"]:]
+            assert ladder["verdict"] == "within" and "within" not in verdicts[chosen + 1:]
         else:
-            assert ladder["scale"] == 1 and "within" not in verdicts
+            assert chosen == 0 and "within" not in verdicts
         assert ladder["params"] > 0 and ladder["profile"]["latency_ms"]["p50"] > 0
 
 

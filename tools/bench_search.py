@@ -37,6 +37,7 @@ across sessions, a few cells at a time (`--split-seeds 0`, then `1 2`). The
 summary covers whatever is finished: per dataset, regime and strategy the test
 accuracy mean +- std over split seeds beside the baseline's, the difference,
 the share of screenings over budget, trained families per hour of search,
+the distinct networks each search trained (and its repeats, not trained),
 the share of search time spent training and the latency model's Kendall tau
 and the share of "predicted feasible" that fit.
 
@@ -221,12 +222,32 @@ def collect(out: Path) -> dict:
             "baseline_fits": baseline.get("at_same_budget"),
             "arch": f"{arch_name(student['arch'])} ({student['params']:,} params)", "meets": student.get("meets_budget"),
             "over_budget": model["over_budget_share"], "screenings": model["screenings"],
-            "skipped": model["skipped"], "trained": search["trained"],
+            "skipped": model["skipped"], "trained": search["trained"], "repeats": search.get("repeats", 0),
+            "networks": distinct_networks(run_dir / "trials.sqlite", search["space"]),
             "per_hour": search["trained"] / hours if hours else None,
             "train_fraction": search["train_fraction"], "tau": model["kendall_tau"],
             "predicted_ok": model["predicted_feasible_ok"], "seconds": search["seconds"],
             "alone_test": alone["test_accuracy"], "shipped_baseline": student.get("source") == "baseline"})
     return table
+
+
+def distinct_networks(path: Path, space_name: str) -> int:
+    """How many networks the search trained at its smallest fidelity (a run of earlier code trained some twice)."""
+    from compressor.search.fit import network_key
+    from compressor.search.store import TrialStore
+    from compressor.spaces import get_space
+
+    space, store = get_space(space_name), TrialStore(path)
+    try:
+        records = store.records()
+    finally:
+        store.close()
+    first = min(r.fidelity for r in records)
+    return len({network_key(space, r.params["arch"]) for r in records if r.fidelity == first and r.status == "ok"})
+
+
+def _networks(run: dict) -> str:
+    return f"{run['networks']} ({run['repeats']})"
 
 
 def arch_name(arch) -> str:
@@ -261,9 +282,9 @@ def print_summary(table: dict) -> None:
         print(f"\n#### {data_ref}, labels {fraction}\n")
         print("| strategy | split seeds | budgets (ms p50, cpu-1t) | its baseline: test acc % | student: test acc % "
               "(mean ± std) | vs baseline (points) | student val acc % | search alone: test acc % (vs baseline) | "
-              "baseline shipped | over budget | skipped unmeasured | trained families / hour | time training | "
-              "Kendall τ | predicted feasible that fit |")
-        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "baseline shipped | over budget | skipped unmeasured | trained families / hour | "
+              "networks trained (repeats not trained) | time training | Kendall τ | predicted feasible that fit |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for strategy, runs in sorted(row.items()):
             runs = sorted(runs, key=lambda r: r["split"])
             paired = [r["test"] - r["baseline_test"] for r in runs]
@@ -279,6 +300,7 @@ def print_summary(table: dict) -> None:
                   f"{sum(bool(r['shipped_baseline']) for r in runs)}/{len(runs)} | "
                   f"{_pct(_median(r['over_budget'] for r in runs))} | "
                   f"{_median(r['skipped'] for r in runs) or 0:.0f} | {_median(r['per_hour'] for r in runs) or 0:.0f} | "
+                  f"{', '.join(map(_networks, runs))} | "
                   f"{_pct(_median(r['train_fraction'] for r in runs))} | "
                   f"{(_median(r['tau'] for r in runs) or float('nan')):.2f} | "
                   f"{_pct(_median(r['predicted_ok'] for r in runs))} |")

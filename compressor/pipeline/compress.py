@@ -469,7 +469,7 @@ def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> lis
     its widest within the budget is a second plain warm start, right after the first: a known-good
     network the baseline's ladder does not hold (docs/design.md, "The deeper plain warm start").
     """
-    from compressor.pipeline.baselines import DEEPER_BASE, PLAIN_BASE, choose_width
+    from compressor.pipeline.baselines import choose_width
     from compressor.search.config import warm_start_points
     from compressor.spaces import get_space
 
@@ -484,18 +484,18 @@ def _warm_starts(config: SearchConfig, store, target, dataset, reference) -> lis
         store.set_meta("plain_width", width)
 
     def plain(point) -> list:
-        found = [_plain_at_width(point, width, PLAIN_BASE), _plain_at_width(point, width["deeper"], DEEPER_BASE)]
+        found = [_plain_at_width(point, width), _plain_at_width(point, width["deeper"])]
         return [q for q in found if q is not None] or [point]
 
     return [q for p in points for q in (plain(p) if p.group == "plain" else [p])]
 
 
-def _plain_at_width(point, chosen: dict[str, Any], base):
-    """The plain warm start `point` at a width session's `chosen` size of ladder `base`, measured; None when the
-    session found none of the ladder within the budget."""
+def _plain_at_width(point, chosen: dict[str, Any]):
+    """The plain warm start `point` at a width session's `chosen` widths (and convs), measured; None when the
+    session found none of that ladder within the budget."""
     if not chosen["within"]:
         return None
-    knobs = {f"width_{i + 1}": chosen["scale"] * w for i, w in enumerate(base)}
+    knobs = {f"width_{i + 1}": int(w) for i, w in enumerate(chosen["widths"].split("-"))}
     knobs.update({f"convs_{i + 1}": c for i, c in enumerate(chosen.get("convs", ()))})
     measured = {"session": chosen["session"], "latency_ms": chosen["latency_ms"], "profile": chosen["profile"]}
     return dataclasses.replace(point, arch={**point.arch, **knobs}, measured=measured)
@@ -504,7 +504,6 @@ def _plain_at_width(point, chosen: dict[str, Any], base):
 def _baseline_network(config: SearchConfig, store) -> str | None:
     """The baseline's network (`search.fit.network_key`): the plain CNN at the width the baseline was given (meta
     `plain_width`, `_warm_starts`); None where no width of its ladder was within the budget."""
-    from compressor.pipeline.baselines import PLAIN_BASE
     from compressor.search.config import warm_start_points
     from compressor.search.fit import network_key
     from compressor.spaces import get_space
@@ -512,7 +511,7 @@ def _baseline_network(config: SearchConfig, store) -> str | None:
     space = get_space(config.space)
     width = store.get_meta("plain_width")
     plain = [p for p in warm_start_points(space) if p.group == "plain"]
-    baseline = _plain_at_width(plain[0], width, PLAIN_BASE) if plain and width is not None else None
+    baseline = _plain_at_width(plain[0], width) if plain and width is not None else None
     return None if baseline is None else network_key(space, baseline.params(space)["arch"])
 
 

@@ -62,7 +62,7 @@ from compressor.search.config import SearchConfig
 # Rungs predicted up to this multiple of the budget are measured: the latency model's errors near the budget
 # were within about +-20% (BENCHMARKS.md), so a rung predicted 1.2x over may still be measured within.
 FILL_REACH = 1.2
-# Sizes measured in the fill session, the winner's own included (the baseline measures 8 widths).
+# Sizes measured in the fill session, the winner's own included (the baseline measures 15 widths).
 FILL_CANDIDATES = 8
 
 
