@@ -101,6 +101,9 @@ def test_short_search_end_to_end(tiny_teacher, tight_latency_ms, quick_target, t
     assert report["student"]["profile"]["latency_ms"]["p50"] > 0
     # `trials` families trained; proposals screened over the budget do not count towards it
     assert report["search"]["trained"] == 4
+    # training's share of the search's wall-clock, the strategy's proposing included, never of the evaluations' alone
+    search = report["search"]
+    assert search["wall_seconds"] >= search["seconds"] > 0 and 0 < search["train_fraction"] <= 1
     assert (report["search"]["feasible"] + report["search"]["infeasible"] + report["search"]["failed"]
             == report["search"]["trials"] >= 4)
     # successive halving with eta=2 over rounds of 2: each round's best by score goes on to 2 epochs, and so

@@ -38,7 +38,8 @@ summary covers whatever is finished: per dataset, regime and strategy the test
 accuracy mean +- std over split seeds beside the baseline's, the difference,
 the share of screenings over budget, trained families per hour of search,
 the distinct networks each search trained (and its repeats, not trained),
-the share of search time spent training and the latency model's Kendall tau
+the share of the search's wall-clock spent training (the strategy's own time
+between evaluations included) and the latency model's Kendall tau
 and the share of "predicted feasible" that fit.
 
     .venv/bin/python tools/bench_search.py --data digits-cluttered --strategies tpe,trade,random --split-seeds 0 1 2
@@ -210,7 +211,8 @@ def collect(out: Path) -> dict:
         if report.get("student") is None or baseline is None:
             continue
         search, student = report["search"], report["student"]
-        hours = search["seconds"] / 3600
+        networks, wall_seconds, train_seconds = search_figures(run_dir / "trials.sqlite", search["space"])
+        hours = wall_seconds / 3600
         model = search["latency_model"]
         searched = [f for f in student.get("finalists", []) if f["source"] == "search"]
         alone = max(searched, key=lambda f: f["val_accuracy"]) if searched else student
@@ -223,27 +225,30 @@ def collect(out: Path) -> dict:
             "arch": f"{arch_name(student['arch'])} ({student['params']:,} params)", "meets": student.get("meets_budget"),
             "over_budget": model["over_budget_share"], "screenings": model["screenings"],
             "skipped": model["skipped"], "trained": search["trained"], "repeats": search.get("repeats", 0),
-            "networks": distinct_networks(run_dir / "trials.sqlite", search["space"]),
-            "per_hour": search["trained"] / hours if hours else None,
-            "train_fraction": search["train_fraction"], "tau": model["kendall_tau"],
+            "networks": networks, "per_hour": search["trained"] / hours if hours else None,
+            "train_fraction": train_seconds / wall_seconds if wall_seconds else None, "tau": model["kendall_tau"],
             "predicted_ok": model["predicted_feasible_ok"], "seconds": search["seconds"],
             "alone_test": alone["test_accuracy"], "shipped_baseline": student.get("source") == "baseline"})
     return table
 
 
-def distinct_networks(path: Path, space_name: str) -> int:
-    """How many networks the search trained at its smallest fidelity (a run of earlier code trained some twice)."""
+def search_figures(path: Path, space_name: str) -> tuple[int, float, float]:
+    """(networks, wall seconds, training seconds) of a run's search, read from its trial store, so that runs of
+    earlier code, whose reports lack them, count the same way: how many networks it trained at its smallest
+    fidelity (earlier code trained some twice), its wall-clock (meta `search_seconds`, the strategy's proposing
+    included: the bench runs one worker) and the seconds its evaluations spent training."""
     from compressor.search.fit import network_key
     from compressor.search.store import TrialStore
     from compressor.spaces import get_space
 
     space, store = get_space(space_name), TrialStore(path)
     try:
-        records = store.records()
+        records, wall = store.records(), float(store.get_meta("search_seconds") or 0.0)
     finally:
         store.close()
     first = min(r.fidelity for r in records)
-    return len({network_key(space, r.params["arch"]) for r in records if r.fidelity == first and r.status == "ok"})
+    networks = {network_key(space, r.params["arch"]) for r in records if r.fidelity == first and r.status == "ok"}
+    return len(networks), wall, sum(r.train_s for r in records)
 
 
 def _networks(run: dict) -> str:

@@ -306,7 +306,7 @@ def _compress_locked(config, target, teacher, inputs: _Inputs, run_dir, store, r
     tolerance = 1.0 / len(dataset.val_y)
     finalists, merged = _distinct_finalists(config, records, tolerance, baseline, store, run_dir, dataset, target,
                                             reference, cache_dir, quiet)
-    report = _base_report(config, target, teacher_info, records, seconds)
+    report = _base_report(config, target, teacher_info, records, seconds, store.get_meta("search_seconds"))
     report["budgets"]["latency_x_reference"] = latency_x_reference
     report["latency_floor"] = {"one_op_ms": floor, "smallest_network": store.get_meta("smallest_network"),
                                "drift_reference": None if reference is None else reference.to_dict()}
@@ -863,7 +863,17 @@ def _apply_final_session(report: Report, found: dict[str, Any], index: int) -> N
     report["speedup_session"] = found["session"]["id"]
 
 
-def _base_report(config, target, teacher_info, records, seconds) -> Report:
+def _train_fraction(config: SearchConfig, records, seconds: float, wall_seconds: float | None) -> float:
+    """The share of the search's time spent training: over its wall-clock times the workers, the strategy's own
+    time included (TRADE's GP fit and Thompson sample before each proposal, about 0.5 s, took 38% of a 5-minute
+    search that proposed 254 repeats: BENCHMARKS.md, "Repeats, and a baseline ladder in half steps"); over the
+    evaluations' time where a run kept no wall-clock."""
+    trained = sum(r.train_s for r in records)
+    spent = wall_seconds * config.workers if wall_seconds else seconds
+    return trained / spent if spent else 0.0
+
+
+def _base_report(config, target, teacher_info, records, seconds, wall_seconds) -> Report:
     from dataclasses import asdict
 
     from compressor.search.latency_model import screening_summary
@@ -888,7 +898,8 @@ def _base_report(config, target, teacher_info, records, seconds) -> Report:
             "family_size": config.family_size, "fidelities": list(config.fidelities), "eta": config.eta,
             "seconds": seconds,
             "screen_seconds_median": _median([r.screen_s for r in at_first]),
-            "train_fraction": (sum(r.train_s for r in records) / seconds) if seconds else 0.0,
+            "wall_seconds": wall_seconds,
+            "train_fraction": _train_fraction(config, records, seconds, wall_seconds),
             "pareto": pareto_front(records),
             "fill_fraction": config.fill_fraction,
             "latency_model": screening_summary(at_first, target.budgets.latency_ms),

@@ -192,9 +192,10 @@ class SearchSummary(TypedDict):
     family_size: int
     fidelities: list[int]
     eta: int
-    seconds: float
+    seconds: float  # the evaluations' (screening, training) seconds, summed over workers
+    wall_seconds: float | None  # the search's wall-clock over every run of it, proposing included (None before)
     screen_seconds_median: float | None
-    train_fraction: float
+    train_fraction: float  # training over wall_seconds x workers (compress._train_fraction)
     pareto: list[dict[str, Any]]  # one front per fidelity, each point with its "fidelity" (search.analysis.pareto_front)
     fill_fraction: float | None
     latency_model: dict[str, Any]
