@@ -865,7 +865,7 @@ def _apply_final_session(report: Report, found: dict[str, Any], index: int) -> N
 
 def _train_fraction(config: SearchConfig, records, seconds: float, wall_seconds: float | None) -> float:
     """The share of the search's time spent training: over its wall-clock times the workers, the strategy's own
-    time included (TRADE's GP fit and Thompson sample before each proposal, about 0.5 s, took 38% of a 5-minute
+    time included (TRADE's GP fit and Thompson sample before each proposal, about 0.5 s, took 37% of a 5-minute
     search that proposed 254 repeats: BENCHMARKS.md, "Repeats, and a baseline ladder in half steps"); over the
     evaluations' time where a run kept no wall-clock."""
     trained = sum(r.train_s for r in records)
