@@ -10,10 +10,12 @@ searched student got, so the baseline is built in three steps:
    family's step of 8 (`ladder_widths`: 8-16-32, 16-24-48, 16-32-64, ...,
    64-128-256, the family's widest knobs). Whole scales alone left a gap
    that the budget can fall into: 16-32-64 costs about twice 8-16-32, and
-   on an AMD EPYC (Zen 4) it measured 1.008x a benchmark cell's budget, so
-   the baseline there was 8-16-32 at 0.52x the budget, 9 test points behind
-   the searched student (BENCHMARKS.md, "Repeats, and a baseline ladder in
-   half steps"). All are measured in ONE side-by-side session beside the run's drift reference
+   on an AMD EPYC (Zen 4) it measured 0.996-1.008x one benchmark cell's
+   budget, so two of three baselines there were 8-16-32 at 0.52x the
+   budget, 7.6 test points below 16-32-64 (BENCHMARKS.md, "Repeats, and a
+   baseline ladder in half steps"); with half steps one that misses falls
+   to 16-24-48 (0.95x there). All are measured in ONE side-by-side session
+   beside the run's drift reference
    (`compressor.models.on_target.check_side_by_side`, each given the search's
    screening time `profile_seconds`), so they are judged by the rule that
    judges a searched candidate. The widest whose verdict is "within" (its
