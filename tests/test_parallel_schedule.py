@@ -4,6 +4,7 @@ loop over a thread pool of fake evaluators (milliseconds, no torch), and fit to 
 
 from __future__ import annotations
 
+import copy
 import queue
 import sys
 import threading
@@ -81,7 +82,13 @@ def test_batch_ask_with_pending_lies_proposes_different_points_and_leaves_the_st
 
     config = SearchConfig(strategy=strategy, space=space, seed=3)
     hyper = {"arch": get_space(space).hyperopt_space(), **kd_hyperopt_space()}
-    real = make_strategy(config, hyper, ())
+    lock = threading.Lock()  # stands for the schedule `novel` reads (its store cannot be copied either)
+
+    def novel(proposal, params):
+        with lock:
+            return True
+
+    real = make_strategy(config, hyper, (), novel=novel)
     first = real.ask(0)
     pending = TrialRecord(proposal=0, fidelity=1, status="ok", params=first[0], seeds=[], misc=first[1])
     batch = ask_batch(real, [1, 2, 3], [pending], liar=-0.5)
@@ -91,6 +98,7 @@ def test_batch_ask_with_pending_lies_proposes_different_points_and_leaves_the_st
         # the liars moved a copy through the initial design; the real strategy was told nothing
         assert [misc["how"] for _, misc in batch] == ["design"] * 3
         assert all(region.told == 0 for region in real.regions)
+        assert copy.deepcopy(real).novel is novel  # the copy that hears the lies asks the same schedule
     else:
         assert len(real.trials.trials) == 0
     # with nothing pending, the real strategy is asked as the in-process schedule asks it

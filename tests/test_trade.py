@@ -22,8 +22,10 @@ from compressor.search.schedule import Schedule
 from compressor.search.store import TrialRecord, TrialStore
 from compressor.search.strategies import HyperoptStrategy, penalty_loss
 from compressor.search.trust_region import (
+    EXHAUSTED,
     INITIAL_LENGTH,
     MAX_LENGTH,
+    NOVELTY_CHECKS,
     KnobMap,
     TrustRegionStrategy,
     from_unit,
@@ -248,26 +250,101 @@ def test_a_repeat_is_a_feasible_point_with_its_networks_loss_and_a_failure_for_t
     assert region.incumbent() == 3 and region.successes == 1
 
 
-def test_candidate_filter_rejects_thompson_candidates_and_is_ignored_when_it_rejects_all():
+def test_thompson_passes_over_candidates_that_are_not_novel_and_restarts_a_region_that_has_none():
     records = _run(_strategy(), 6)
     plain = _strategy()
     plain.tell(records)
     region = plain._by_name["a"]
     centre_x = region.knob_map.decode(region.X[region.incumbent()])["x"]
-    seen = []
+    asked = []
 
-    def below_centre(batch):  # family a only, and only the half of its box with x at most the centre's
-        seen.extend(batch)
-        return [p["arch"]["group"] == "a" and p["arch"]["x"] <= centre_x for p in batch]
+    def below_centre(proposal, params):  # family a only, and only the half of its box with x at most the centre's
+        asked.append(params)
+        return params["arch"]["group"] == "a" and params["arch"]["x"] <= centre_x
 
-    filtered = _strategy(candidate_filter=below_centre)
-    nothing = _strategy(candidate_filter=lambda batch: [False] * len(batch))
-    for strategy in (filtered, nothing):
+    filtered, everything = _strategy(novel=below_centre), _strategy(novel=lambda proposal, params: True)
+    nothing = _strategy(novel=lambda proposal, params: asked.append(params) or False)
+    for strategy in (filtered, everything, nothing):
         strategy.tell(records)
     params, misc = filtered.ask(6)
-    assert misc["region"] == "a" and params["arch"]["x"] <= centre_x
-    assert len(seen) == 2 * 256 and {p["arch"]["group"] for p in seen} == {"a", "b"}
-    assert nothing.ask(6) == plain.ask(6)
+    assert misc["region"] == "a" and params["arch"]["x"] <= centre_x and EXHAUSTED not in misc
+    assert everything.ask(6) == plain.ask(6)  # novel everywhere: the argmin, as without the test
+    asked.clear()
+    params, misc = nothing.ask(6)
+    # none novel: the region's argmin, marked, after asking about NOVELTY_CHECKS distinct archs of that region
+    assert (params, {k: v for k, v in misc.items() if k != EXHAUSTED}) == plain.ask(6) and misc[EXHAUSTED]
+    assert len(asked) == NOVELTY_CHECKS and len({json.dumps(p["arch"], sort_keys=True) for p in asked}) == len(asked)
+    assert {p["arch"]["group"] for p in asked} == {misc["region"]}
+    exhausted = nothing._by_name[misc["region"]]
+    nothing.tell([_record(6, params, misc, -0.1, "repeat")])
+    assert (exhausted.restarts, exhausted.told, exhausted.X) == (1, 0, [])
+    assert nothing.ask(7)[1]["how"] == "design"  # its fresh design comes first
+
+
+SIZED = {  # group s has a size knob and a depth knob only: fit-to-budget can skip it at its smallest
+    "a": (FloatKnob("x", 0.5, 0.0, 1.0),),
+    "s": (IntKnob("w", 16, 8, 64, step=8, size=True), IntKnob("k", 2, 1, 3, depth=True)),
+}
+
+
+def test_a_family_fit_to_budget_skips_at_its_smallest_is_retired_from_thompson_sampling():
+    def run(groups, skipped_group):  # every point of `skipped_group` predicted far over at its smallest
+        strategy, records = _strategy(groups=groups), []
+        for proposal in range(30):
+            params, misc = strategy.ask(proposal)
+            arch = params["arch"]
+            if arch["group"] == skipped_group:
+                misc = {**misc, "fit": {"skipped": True}}
+                records.append(_record(proposal, params, misc, penalty_loss(3.0), "infeasible"))
+            else:
+                loss = -(0.9 - (arch["x"] - 0.7) ** 2) if "x" in arch else -arch["w"] / 100
+                records.append(_record(proposal, params, misc, loss))
+            strategy.tell(records[-1:])
+        return strategy, records
+
+    strategy, records = run(SIZED, "s")
+    skipped = strategy._by_name["s"]
+    assert skipped.sized and skipped.retired and not strategy._by_name["a"].retired
+    assert [r.misc["how"] for r in records if r.misc["region"] == "s"] == ["design"] * skipped.design_size
+    # a family with another knob (x) is never retired, however its points went
+    unsized, _ = run({"a": SIZED["s"], "s": SIZED["a"]}, "s")
+    assert not unsized._by_name["s"].sized and not unsized._by_name["s"].retired
+
+
+def _fitted_network(params: dict) -> str:
+    """The network a toy proposal names once "fitted": family a's x to a tenth (the KD knobs are not the network)."""
+    arch = params["arch"]
+    return json.dumps({**arch, "x": round(arch["x"], 1)}, sort_keys=True)
+
+
+@pytest.mark.slow
+def test_a_trade_schedule_trains_each_network_once_and_proposes_a_repeat_only_where_a_region_is_exhausted(
+        tmp_path, monkeypatch):
+    monkeypatch.setitem(SPACES._items, "toy", ToySpace(ONE_GROUP))
+    config = SearchConfig(strategy="trade", space="toy", trials=8, family_size=1, fidelities=(1,), seed=2)
+
+    def search(path: Path, novel: bool) -> list[TrialRecord]:
+        store = TrialStore(path)
+        try:
+            schedule = Schedule(config=config, store=store, evaluate=ToyEvaluator(), space={},
+                                network=_fitted_network)
+            if not novel:
+                schedule.strategy.novel = None
+            return schedule.run()
+        finally:
+            store.close()
+
+    records = search(tmp_path / "t.sqlite", novel=True)
+    # Without the test, Thompson sampling keeps proposing the networks near its incumbent: repeats, proposal after
+    # proposal (this one ran out of its trials x screen_factor proposals).
+    assert len(search(tmp_path / "without.sqlite", novel=False)) > 2 * len(records)
+    trained = [r for r in records if r.status == "ok"]
+    assert len(trained) == 8 and len({_fitted_network(r.params) for r in trained}) == 8
+    thompson = [r for r in records if r.misc["how"] == "thompson"]
+    assert thompson and all(r.status != "repeat" or r.misc.get(EXHAUSTED) for r in thompson)
+    replayed = _strategy(seed=2, groups=ONE_GROUP)
+    replayed.tell(records)
+    assert replayed.regions[0].restarts >= sum(1 for r in thompson if r.misc.get(EXHAUSTED))
 
 
 # --- determinism and resume --------------------------------------------------------------------------------------

@@ -158,6 +158,11 @@ class ParallelSchedule(Schedule):
         self._flights: dict[Key, TrialRecord] = {}
         self._next = 0  # the next proposal number to look at
 
+    def _pending_networks(self) -> set[str]:
+        """The networks of the new proposals in flight: trade's Thompson sampling passes over them too."""
+        first = self.config.fidelities[0]
+        return {self.network(rec.params) for (_, fidelity), rec in self._flights.items() if fidelity == first}
+
     def _counted(self) -> dict[Key, TrialRecord]:
         """The evaluations that count and are not waiting to be redone (a retryable one of an earlier run)."""
         return {key: rec for key, rec in self._latest.items() if key not in self._retry}

@@ -44,7 +44,10 @@ one and run the whole schedule in milliseconds, without torch).
   defaults (compressor.pipeline.finish), so the search's knobs serve only to
   rank networks, and its time is better spent on a network it has not
   trained. A repeat still costs a proposal (at most `trials * screen_factor`
-  are asked).
+  are asked). trade asks `Schedule.novel` of its Thompson candidates (the
+  fit of a copy, then this test, plus "predicted far over"), so it proposes
+  few repeats (trust_region's docstring, "Novel networks"); TPE and random
+  propose one point per ask and are told the repeats.
 * Every evaluation is committed to the store when it ends. A new `Schedule`
   over the same store replays the same sequence: an evaluation found in the
   store is not run again and a proposal found there is not asked again, so
@@ -124,12 +127,16 @@ class Schedule:
         for rec in store.records():
             self._latest[(rec.proposal, rec.fidelity)] = rec
         self._retry = {key for key, rec in self._latest.items() if rec.retryable}
+        # network -> the evaluation at the smallest fidelity that trained it (`_trained`)
+        self._networks: dict[str, TrialRecord] = {}
+        for rec in self.records:
+            self._learn_network(rec)
         if strategy is None:
             if warm_starts is None:
                 from compressor.spaces import get_space
 
                 warm_starts = warm_start_points(get_space(config.space))
-            strategy = make_strategy(config, space, warm_starts)
+            strategy = make_strategy(config, space, warm_starts, novel=None if network is None else self.novel)
         self.strategy = strategy
         self._clock_base = float(store.get_meta("search_seconds") or 0.0)
         self._clock_start = time.perf_counter()
@@ -222,11 +229,27 @@ class Schedule:
 
     def _trained(self, params: dict[str, Any]) -> TrialRecord | None:
         """The evaluation at the smallest fidelity that trained the network `params` name, if one did (`network`)."""
-        if self.network is None:
-            return None
-        first, network = self.config.fidelities[0], self.network(params)
-        return next((rec for rec in self.records
-                     if rec.fidelity == first and rec.status == "ok" and self.network(rec.params) == network), None)
+        return None if self.network is None else self._networks.get(self.network(params))
+
+    def _learn_network(self, rec: TrialRecord) -> None:
+        if self.network is not None and rec.fidelity == self.config.fidelities[0] and rec.status == "ok":
+            self._networks.setdefault(self.network(rec.params), rec)
+
+    def _pending_networks(self) -> set[str]:
+        """Networks being trained but not yet committed (none in process: one evaluation at a time)."""
+        return set()
+
+    def novel(self, proposal: int, params: dict[str, Any]) -> bool:
+        """Whether proposal `proposal` at `params` would, once fitted, train a network: one neither trained in this
+        run (nor in training) nor predicted far over the budget. trade asks it of its Thompson candidates
+        (`trust_region`'s docstring, "Novel networks"); the fit of a copy, so nothing is recorded."""
+        rec = self._new_record(proposal, params, {}, self.config.fidelities[0])
+        if self.fit is not None:
+            self.fit(rec)
+        if rec.status == "infeasible":
+            return False
+        network = self.network(rec.params)
+        return network not in self._networks and network not in self._pending_networks()
 
     def _new_record(self, proposal: int, params: dict[str, Any], misc: dict[str, Any] | None,
                     fidelity: int) -> TrialRecord:
@@ -246,6 +269,7 @@ class Schedule:
         key = (rec.proposal, rec.fidelity)
         self._latest[key] = rec
         self._retry.discard(key)
+        self._learn_network(rec)
         if rec.fidelity == self.config.fidelities[0]:
             self.strategy.tell([rec])
         else:

@@ -86,7 +86,7 @@ the same outcome rules).
 from __future__ import annotations
 
 import functools
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -131,11 +131,14 @@ class Strategy(Protocol):
     def tell_promoted(self, records: list[TrialRecord]) -> None: ...
 
 
-def make_strategy(config: SearchConfig, space: dict[str, Any], warm_starts: Sequence[WarmStart]) -> Strategy:
+def make_strategy(config: SearchConfig, space: dict[str, Any], warm_starts: Sequence[WarmStart],
+                  novel: Callable[[int, dict[str, Any]], bool] | None = None) -> Strategy:
     """The strategy of `config.strategy`, evaluating `warm_starts` first.
 
     `space` is the hyperopt space; trade reads `config.space`'s knob declarations
     instead, and so do the warm starts' hyperopt labels (`Space.hyperopt_point`).
+    `novel`: trade's test of a Thompson candidate (`trust_region`'s docstring, "Novel networks");
+    hyperopt's algorithms propose one point per ask and are told its repeats instead.
     """
     if not warm_starts and config.strategy != "trade":
         return HyperoptStrategy(config, space)
@@ -145,7 +148,7 @@ def make_strategy(config: SearchConfig, space: dict[str, Any], warm_starts: Sequ
     if config.strategy == "trade":
         from compressor.search.trust_region import TrustRegionStrategy
 
-        return TrustRegionStrategy(config, student_space, warm_starts=warm_starts)
+        return TrustRegionStrategy(config, student_space, novel=novel, warm_starts=warm_starts)
     return HyperoptStrategy(config, space, [w.hyperopt_point(student_space) for w in warm_starts])
 
 

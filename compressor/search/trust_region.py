@@ -37,7 +37,8 @@ bounds (length scales 0.005..2, noise 5e-4..0.2). The box is centred on the
 region's incumbent (its best feasible loss; while none is feasible, its
 smallest penalty) with side L·w_i, w_i = l_i / geometric mean(l), clipped to
 [0, 1]. Candidates: 256 scrambled-Sobol points in the box; Thompson sampling
-draws one joint posterior sample over them (`sample_y`) and takes its argmin.
+draws one joint posterior sample over them (`posterior_draw`) and takes its
+argmin (the best novel one: "Novel networks" below).
 The length L starts at 0.8, doubles (at most 1.6) after 3 consecutive
 successes (the incumbent improved by more than 1e-3·|incumbent|), halves
 after max(4, d) consecutive failures, and below 0.5^7 the region restarts as
@@ -52,9 +53,40 @@ CNNs that fill the budget; a region without one starts with one more Sobol
 point), then `n_sobol` scrambled-Sobol points per
 region (6 // regions, at least 1 and at most d // 2: one per zoo family,
 6 for nago; it does not depend on `--trials`, which a resume may raise).
-Then each region draws its Thompson candidate and the region with the lowest
-sampled value is proposed. `sample_y` undoes the per-region normalisation of
-y, so the sampled values compare across regions in loss units.
+Then each live region (below) draws its Thompson sample and the region with
+the lowest sampled value proposes. The draw undoes the per-region
+normalisation of y, so the sampled values compare across regions in loss
+units.
+
+**Retired regions.** A region whose knobs are all size and depth knobs
+(`Space.size_knobs`, `Space.depth_knobs`: every zoo family's) and whose first
+design fit-to-budget skipped whole (each point predicted over the budget,
+beyond the latency model's error, at the family's smallest size and depth:
+`fit`'s docstring) draws no Thompson sample, unless every region is retired.
+Its family cannot fit the budget: the fit had taken it to the smallest size
+and depth, and it has no other knob that changes the network (the KD knobs
+do not). nago's graph knobs do, so its region is never retired. TuRBO has no
+such rule, since every point of its domain can be evaluated. On digits-cluttered at 2x the runtime floor the five
+zoo families besides plain are all skipped this way, and each of them cost a
+GP fit and a posterior draw per proposal for the whole search.
+
+**Novel networks** (`novel`, the schedule's `Schedule.novel`). TuRBO's domain
+is continuous, so a Thompson argmin is a point it has not evaluated. Here
+fit-to-budget maps many points to one network, and a network is trained
+once per run (a proposal fitted to a trained one is a repeat:
+`schedule`'s docstring): in the three low-label five-minute searches of
+BENCHMARKS.md ("Repeats"), 56 to 254 of trade's proposals were repeats,
+250 of the 266 Thompson proposals of one, as its plain region's box
+snapped to networks it had trained. So the region that proposes walks its
+candidates from the lowest sampled loss and takes the first whose params
+name, once fitted, a network the run has not trained and the fit does not
+skip, asking about at most `NOVELTY_CHECKS` distinct archs (the KD knobs do
+not change the network). This is how Bayesian optimisation over a finite
+domain treats evaluated points: they are not proposed again. When none of
+them is novel, the region's neighbourhood is exhausted: it proposes its best
+candidate marked `EXHAUSTED`, and `tell` restarts the region after it,
+as TuRBO restarts a region that has converged (shrinking its box, TuRBO's
+answer to failures, would only leave fewer networks in it).
 
 **Outcomes**, as the hyperopt bridge reads them: loss = -score (`TrialRecord.score`);
 an over-budget family enters the GP with its `penalty_loss` and is a failure
@@ -71,10 +103,13 @@ and a region that keeps proposing its incumbent shrinks to its restart.
 **State and resume.** `ask` reads the regions and changes nothing; `tell`
 replays outcomes in the order given and is the only thing that moves a
 region. `misc` = {"region", "x" (the snapped point in [0, 1]^d), "how"
-("design" or "thompson"), and `strategies.WARM_START` on a warm start}: the
-state is a function of the told history, so a resumed run, told the stored
-records, proposes the same next point. Every random draw is seeded from (run
-seed, proposal number, region, restart).
+("design" or "thompson"), `strategies.WARM_START` on a warm start,
+`EXHAUSTED` on a region's last proposal before its restart}: the state is a
+function of the told history, so a resumed run, told the stored records,
+proposes the same next point, as long as `novel` answers as it did (it reads
+the run's trained networks, which are stored, and the latency model, which
+may have learnt from the evaluation that was in flight). Every random draw
+is seeded from (run seed, proposal number, region, restart).
 
 **Departures.** One proposal at a time (TuRBO proposes batches for parallel
 workers). Categorical knobs (nago's graph models and ops) are ordinal bins
@@ -84,14 +119,13 @@ output-scale kernel: `normalize_y` gives y unit variance. The initial design
 is one or a few points per region instead of TuRBO's 2d, since these
 searches train 12 to 40 families in all.
 
-**Seam.** `candidate_filter(params_list) -> mask` (unused by the CLI yet) may
-reject Thompson candidates before the argmin, e.g. those a latency model
-predicts over budget; a region left without candidates sits the proposal
-out, and when every region does the filter is ignored.
+Retired regions and novel networks depart from TuRBO too (above).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -111,8 +145,11 @@ SUCCESS_TOLERANCE = 3
 IMPROVEMENT = 1e-3
 INIT_SOBOL_BUDGET = 6
 CANDIDATES_LOG2 = 8  # 256 Thompson candidates per region (a power of two keeps Sobol's balance)
+NOVELTY_CHECKS = 64  # distinct archs of the best candidates asked `novel` before the region counts as exhausted
+EXHAUSTED = "exhausted"  # the `misc` key of a proposal whose region found no novel candidate: it restarts when told
 
-CandidateFilter = Callable[[list[dict[str, Any]]], Sequence[bool]]
+# (proposal number, params) -> whether the params name, once fitted, a network worth evaluating.
+Novelty = Callable[[int, dict[str, Any]], bool]
 
 
 def _levels(knob: Knob) -> int:
@@ -177,11 +214,13 @@ class Region:
     knob_map: KnobMap
     warm: tuple[dict[str, Any], ...] = ()  # the warm starts' knob values (arch and KD), evaluated first
     n_sobol: int = 1  # Sobol points of the region's (re)start design, beside its warm starts
+    sized: bool = False  # every arch knob is a size or depth knob: a family skipped at its smallest is retired
     length: float = INITIAL_LENGTH
     successes: int = 0
     failures: int = 0
     restarts: int = 0
     told: int = 0  # evaluations since the last (re)start, failed ones included: the design's progress
+    skipped: int = 0  # of those, the ones fit-to-budget skipped: predicted far over at the smallest size and depth
     X: list[np.ndarray] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
     feasible: list[bool] = field(default_factory=list)
@@ -198,6 +237,11 @@ class Region:
     def design_size(self) -> int:
         """Points of the (re)start design: `n_sobol` plus the warm starts (one Sobol point after a restart)."""
         return self.n_sobol + max(1, len(self.warm) if self.restarts == 0 else 0)
+
+    @property
+    def retired(self) -> bool:
+        """Whether the family cannot fit the budget: every point of its first design skipped (module docstring)."""
+        return self.sized and self.restarts == 0 and self.told >= self.design_size and self.skipped == self.told
 
     def incumbent(self) -> int | None:
         """Index of the best feasible point, or of the smallest penalty while none is feasible."""
@@ -219,6 +263,7 @@ class Region:
         self.y.append(loss)
         self.feasible.append(feasible)
         self.told += 1
+        self.skipped += rec.status == "infeasible" and bool(((rec.misc or {}).get("fit") or {}).get("skipped"))
         if not counts:
             return
         self.successes, self.failures = (self.successes + 1, 0) if improved else (0, self.failures + 1)
@@ -232,7 +277,7 @@ class Region:
     def restart(self) -> None:
         """TuRBO's restart: forget the points, length back to its start, a fresh design next."""
         self.restarts += 1
-        self.length, self.successes, self.failures, self.told = INITIAL_LENGTH, 0, 0, 0
+        self.length, self.successes, self.failures, self.told, self.skipped = INITIAL_LENGTH, 0, 0, 0, 0
         self.X, self.y, self.feasible = [], [], []
 
 
@@ -243,12 +288,13 @@ class TrustRegionStrategy:
     this module.
     """
 
-    def __init__(self, config: SearchConfig, space: Space, candidate_filter: CandidateFilter | None = None,
+    def __init__(self, config: SearchConfig, space: Space, novel: Novelty | None = None,
                  warm_starts: Sequence[WarmStart] | None = None) -> None:
-        """`warm_starts`: each in its group's region, in order (default: `warm_start_points(space)`)."""
+        """`warm_starts`: each in its group's region, in order (default: `warm_start_points(space)`). `novel`: whether
+        a Thompson candidate names a network worth evaluating (the schedule's `Schedule.novel`; None: every one does)."""
         self.config = config
         self.space = space
-        self.candidate_filter = candidate_filter
+        self.novel = novel
         kd = kd_knobs()
         groups = space.search_groups()
         warm: dict[str, list[dict[str, Any]]] = {}
@@ -259,7 +305,8 @@ class TrustRegionStrategy:
         n_sobol = max(1, INIT_SOBOL_BUDGET // len(groups))
         self.regions = [
             Region(name, i, tuple(knobs), KnobMap((*knobs, *kd)), tuple(warm.get(name, ())),
-                   n_sobol=max(1, min(n_sobol, (len(knobs) + len(kd)) // 2)))
+                   n_sobol=max(1, min(n_sobol, (len(knobs) + len(kd)) // 2)),
+                   sized=all(getattr(k, "size", False) or getattr(k, "depth", False) for k in knobs))
             for i, (name, knobs) in enumerate(groups.items())
         ]
         self._by_name = {r.name: r for r in self.regions}
@@ -287,11 +334,11 @@ class TrustRegionStrategy:
             x, how = self._design(region)[region.told], "design"
             warm = region.restarts == 0 and region.told < len(region.warm)  # the design opens with them
         else:
-            region, x = self._thompson(proposal)
+            region, x, exhausted = self._thompson(proposal)
             how, warm = "thompson", False
         x = region.knob_map.snap(x)
-        return self.params(region, x), {"region": region.name, "x": [float(v) for v in x], "how": how,
-                                        **({WARM_START: True} if warm else {})}
+        marks = {WARM_START: True} if warm else {EXHAUSTED: True} if how == "thompson" and exhausted else {}
+        return self.params(region, x), {"region": region.name, "x": [float(v) for v in x], "how": how, **marks}
 
     def tell(self, records: list[TrialRecord]) -> None:
         """Replay outcomes in order (see the module docstring); records of other strategies are refused."""
@@ -302,6 +349,8 @@ class TrustRegionStrategy:
             if region is None or len(rec.misc.get("x", ())) != region.dim:
                 raise ValueError(f"proposal {rec.proposal} was not made by --strategy trade over this space")
             region.observe(np.array(rec.misc["x"], dtype=float), rec, counts=rec.misc.get("how") == "thompson")
+            if rec.misc.get(EXHAUSTED):
+                region.restart()
 
     def tell_promoted(self, records: list[TrialRecord]) -> None:
         """Nothing: a region's GP and its success counts are on the smallest fidelity's loss, the one every point has."""
@@ -318,15 +367,29 @@ class TrustRegionStrategy:
         sobol = qmc.Sobol(region.dim, scramble=True, seed=self._seed(0, region.index, region.restarts))
         return [*warm, *sobol.random_base2(max(0, math.ceil(math.log2(count))))[:count]]
 
-    def _thompson(self, proposal: int) -> tuple[Region, np.ndarray]:
-        """The region whose Thompson sample is lowest, and that sample's argmin."""
-        drawn = [(region, *self._region_sample(region, proposal)) for region in self.regions]
-        kept = [item for item in drawn if item[3]] or drawn
-        region, x, _, _ = min(kept, key=lambda item: (item[2], item[0].index))
-        return region, x
+    def _thompson(self, proposal: int) -> tuple[Region, np.ndarray, bool]:
+        """The region whose Thompson sample is lowest, its best novel candidate, and whether it had none (module
+        docstring: a retired region draws nothing, unless every region is retired)."""
+        live = [region for region in self.regions if not region.retired] or self.regions
+        drawn = [(region, *self._region_sample(region, proposal)) for region in live]
+        region, candidates, sample = min(drawn, key=lambda item: (float(item[2].min()), item[0].index))
+        order = np.argsort(sample, kind="stable")
+        if self.novel is None:
+            return region, candidates[order[0]], False
+        checked: dict[str, bool] = {}
+        for i in order:
+            params = self.params(region, region.knob_map.snap(candidates[i]))
+            arch = json.dumps(params["arch"], sort_keys=True, default=str)
+            if arch not in checked:
+                if len(checked) == NOVELTY_CHECKS:
+                    break
+                checked[arch] = self.novel(proposal, params)
+            if checked[arch]:
+                return region, candidates[i], False
+        return region, candidates[order[0]], True
 
-    def _region_sample(self, region: Region, proposal: int) -> tuple[np.ndarray, float, bool]:
-        """Thompson sampling in one region: (argmin candidate, its sampled loss, whether the filter kept any)."""
+    def _region_sample(self, region: Region, proposal: int) -> tuple[np.ndarray, np.ndarray]:
+        """Thompson sampling in one region: its candidates and one joint posterior draw of their losses."""
         from scipy.stats import qmc
 
         gp = fit_gp(np.array(region.X), np.array(region.y), self._seed(1, proposal, region.index))
@@ -337,15 +400,37 @@ class TrustRegionStrategy:
         high = np.clip(centre + region.length * weights / 2.0, 0.0, 1.0)
         sobol = qmc.Sobol(region.dim, scramble=True, seed=self._seed(2, proposal, region.index))
         candidates = low + (high - low) * sobol.random_base2(CANDIDATES_LOG2)
-        sample = gp.sample_y(candidates, random_state=self._seed(3, proposal, region.index)).ravel()
-        unfiltered = int(np.argmin(sample))
-        if self.candidate_filter is not None:
-            keep = np.asarray(self.candidate_filter([self.params(region, c) for c in candidates]), dtype=bool)
-            if not keep.any():
-                return candidates[unfiltered], float(sample[unfiltered]), False
-            sample = np.where(keep, sample, np.inf)
-        best = int(np.argmin(sample))
-        return candidates[best], float(sample[best]), True
+        return candidates, posterior_draw(gp, candidates, self._seed(3, proposal, region.index))
+
+    def __deepcopy__(self, memo: dict) -> "TrustRegionStrategy":
+        """A copy whose regions are its own (the parallel schedule tells a copy its lies); the configuration, the
+        space and `novel` (the schedule's, which holds the store) are shared."""
+        clone = copy.copy(self)
+        clone.regions = copy.deepcopy(self.regions, memo)
+        clone._by_name = {region.name: region for region in clone.regions}
+        return clone
+
+
+def posterior_draw(gp, candidates: np.ndarray, seed: int) -> np.ndarray:
+    """One joint draw of `gp`'s posterior at `candidates`, in loss units (`normalize_y` undone).
+
+    scikit-learn's `sample_y` draws through numpy's `multivariate_normal`, an
+    SVD of the covariance: 45 ms for 256 candidates, most of a proposal's time
+    with seven regions. A Cholesky factor is a quarter of that; the jitter on
+    the diagonal, relative to the posterior variance, grows only when the
+    covariance of close candidates is numerically singular, and an
+    eigendecomposition (negative eigenvalues clipped) is the last resort.
+    """
+    mean, cov = gp.predict(candidates, return_cov=True)
+    z = np.random.default_rng(seed).standard_normal(len(candidates))
+    scale = max(float(np.mean(np.diag(cov))), 1e-12)
+    for jitter in (1e-10, 1e-8, 1e-6, 1e-4):
+        try:
+            return mean + np.linalg.cholesky(cov + jitter * scale * np.eye(len(cov))) @ z
+        except np.linalg.LinAlgError:
+            continue
+    values, vectors = np.linalg.eigh(cov)
+    return mean + vectors @ (np.sqrt(np.clip(values, 0.0, None)) * z)
 
 
 def fit_gp(X: np.ndarray, y: np.ndarray, seed: int):
