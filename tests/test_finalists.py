@@ -60,18 +60,32 @@ def _wrong(count: int, start: int = 0) -> list[int]:
     return list(range(start, start + count))
 
 
-def test_the_student_is_the_best_on_validation_unless_another_is_within_one_paired_standard_error():
+def test_the_student_is_the_best_on_validation_unless_the_baseline_is_within_one_paired_standard_error():
     # 1,000 validation images; the leader gets 100 wrong.
     leader = {"val_accuracy": 0.900, "latency_ms": 0.030, "source": "search", "val_wrong": _wrong(100)}
-    # 4 more wrong, but on 100 other images each: sqrt(200 + 4) ~ 14 images, so a tie, and clearly faster
-    close = {"val_accuracy": 0.896, "latency_ms": 0.020, "source": "search", "val_wrong": _wrong(104, start=100)}
+    # 4 more wrong, but on 100 other images each: sqrt(200 + 4) ~ 14 images, so the baseline is tied, and faster
+    close = {"val_accuracy": 0.896, "latency_ms": 0.020, "source": "baseline", "val_wrong": _wrong(104, start=100)}
     assert choose([leader, close], 1000) == 1
+    # and so is a searched leader when the baseline leads
+    assert choose([{**close, "latency_ms": 0.040}, {**leader, "val_accuracy": 0.896, "val_wrong": _wrong(104),
+                                                      "latency_ms": 0.020}], 1000) == 1
     # the same 4-image deficit where the two disagree on only those 4 images: the leader is ahead beyond the noise
     apart = {**close, "val_wrong": _wrong(104)}
     assert choose([leader, apart], 1000) == 0
     # without predictions only a one-image deficit is a tie
     assert choose([leader, {k: v for k, v in close.items() if k != "val_wrong"}], 1000) == 0
     assert choose([leader, {"val_accuracy": 0.899, "latency_ms": 0.020}], 1000) == 1
+
+
+def test_two_searched_finalists_are_tied_only_within_one_image():
+    leader = {"val_accuracy": 0.900, "latency_ms": 0.030, "source": "search", "val_wrong": _wrong(100)}
+    # within the paired standard error (4 of ~14 images) and much faster, but searched: the leader stays
+    close = {"val_accuracy": 0.896, "latency_ms": 0.020, "source": "search", "val_wrong": _wrong(104, start=100)}
+    assert choose([leader, close], 1000) == 0
+    # one image behind and faster: as accurate, so the faster
+    level = {**close, "val_accuracy": 0.899, "val_wrong": _wrong(101, start=100)}
+    assert choose([leader, level], 1000) == 1
+    assert choose([leader, {**level, "val_wrong": _wrong(102, start=100)}], 1000) == 0
 
 
 def test_among_tied_finalists_the_faster_wins_then_the_baseline_then_validation():
@@ -85,7 +99,7 @@ def test_among_tied_finalists_the_faster_wins_then_the_baseline_then_validation(
     # ahead of the baseline beyond the noise: the leader, however slow
     assert choose([{**leader, "latency_ms": 1.0}, {**baseline, "val_wrong": _wrong(104)}], 1000) == 0
     # two searched finalists, tied and equally fast: the better on validation, then the search's order
-    second = {**leader, "val_accuracy": 0.898, "val_wrong": _wrong(102, start=50)}
+    second = {**leader, "val_accuracy": 0.899, "val_wrong": _wrong(101, start=50)}
     assert choose([second, leader], 1000) == 1
     assert choose([leader, dict(leader)], 1000) == 0
     unmeasured = {**leader, "latency_ms": None}
