@@ -66,9 +66,10 @@ beyond the latency model's error, at the family's smallest size and depth:
 Its family cannot fit the budget: the fit had taken it to the smallest size
 and depth, and it has no other knob that changes the network (the KD knobs
 do not). nago's graph knobs do, so its region is never retired. TuRBO has no
-such rule, since every point of its domain can be evaluated. On digits-cluttered at 2x the runtime floor the five
-zoo families besides plain are all skipped this way, and each of them cost a
-GP fit and a posterior draw per proposal for the whole search.
+such rule, since every point of its domain can be evaluated. On
+digits-cluttered at 2x the runtime floor the five zoo families besides plain
+are all skipped this way, and each of them cost a GP fit and a posterior
+draw per proposal for the whole search.
 
 **Novel networks** (`novel`, the schedule's `Schedule.novel`). TuRBO's domain
 is continuous, so a Thompson argmin is a point it has not evaluated. Here
@@ -86,7 +87,11 @@ domain treats evaluated points: they are not proposed again. When none of
 them is novel, the region's neighbourhood is exhausted: it proposes its best
 candidate marked `EXHAUSTED`, and `tell` restarts the region after it,
 as TuRBO restarts a region that has converged (shrinking its box, TuRBO's
-answer to failures, would only leave fewer networks in it).
+answer to failures, would only leave fewer networks in it). With both rules
+the same three searches proposed 0-2 repeats, trained 36-39 networks where
+they had trained 23-33, and spent 7-10 s of their 5 minutes proposing
+instead of 34-116 s (BENCHMARKS.md, "TRADE proposes networks it has not
+trained").
 
 **Outcomes**, as the hyperopt bridge reads them: loss = -score (`TrialRecord.score`);
 an over-budget family enters the GP with its `penalty_loss` and is a failure
