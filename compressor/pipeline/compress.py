@@ -47,9 +47,9 @@ The finalists are ranked as `search.analysis.best_record` ranks families
 (highest fidelity, then score, from the cross-entropy; within one validation
 image a tie, which goes to the faster); after their final training the
 student is, among those within the budgets in the final session, the best
-on validation unless another is as accurate and faster, or is the baseline:
-as accurate within one image, or, against the baseline, within one
-standard error of the paired difference (`finalists.choose`).
+on validation, or the baseline when it is within one standard error of the
+paired difference of that one, or one as accurate as either within one
+validation image and faster (`finalists.choose`).
 
 Every stage that has finished is on disk before the next begins; a resumed
 run skips them. A finished run resumed again does nothing more.
