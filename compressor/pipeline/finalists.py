@@ -148,26 +148,28 @@ def _arch_key(arch: dict[str, Any] | None) -> str:
 LATENCY_TIE = 0.06
 
 
-def paired_tie(leader: dict[str, Any], candidate: dict[str, Any], val_images: int) -> bool:
-    """Whether `candidate` is within one standard error of `leader` on validation (step 5 above).
-
-    With both candidates' `val_wrong` (the indices of the validation images each gets wrong) the deficit is
-    counted in images and compared with sqrt of the images exactly one of them gets right; without them, only a
-    deficit of at most one image of `val_images` is a tie.
-    """
+def _deficit(leader: dict[str, Any], candidate: dict[str, Any], val_images: int) -> tuple[float, int | None]:
+    """How many validation images fewer `candidate` gets right than `leader`, and how many exactly one of the two
+    gets right: from both `val_wrong` (the indices of the images each gets wrong), or, without them, the deficit
+    from the accuracies over `val_images` and None."""
     lead, other = leader.get("val_wrong"), candidate.get("val_wrong")
     if lead is None or other is None:
-        return (leader["val_accuracy"] - candidate["val_accuracy"]) * val_images <= 1.0 + 1e-9
-    deficit = len(other) - len(lead)
-    return deficit <= max(1.0, math.sqrt(len(set(lead) ^ set(other))))
+        return (leader["val_accuracy"] - candidate["val_accuracy"]) * val_images, None
+    return len(other) - len(lead), len(set(lead) ^ set(other))
+
+
+def paired_tie(leader: dict[str, Any], candidate: dict[str, Any], val_images: int) -> bool:
+    """Whether `candidate` is within one standard error of `leader` on validation (step 5 above): its deficit in
+    images at most sqrt of the images exactly one of them gets right; without their predictions, at most one image.
+    """
+    deficit, disagree = _deficit(leader, candidate, val_images)
+    return deficit <= (1.0 + 1e-9 if disagree is None else max(1.0, math.sqrt(disagree)))
 
 
 def as_accurate(reference: dict[str, Any], candidate: dict[str, Any], val_images: int) -> bool:
     """Whether `candidate` gets as many validation images right as `reference`, give or take one (step 5)."""
-    mine, theirs = reference.get("val_wrong"), candidate.get("val_wrong")
-    if mine is None or theirs is None:
-        return abs(reference["val_accuracy"] - candidate["val_accuracy"]) * val_images <= 1.0 + 1e-9
-    return abs(len(theirs) - len(mine)) <= 1
+    deficit, _ = _deficit(reference, candidate, val_images)
+    return abs(deficit) <= 1.0 + 1e-9
 
 
 def choose(candidates: Sequence[dict[str, Any]], val_images: int) -> int:
