@@ -345,18 +345,30 @@ def test_calibration_points_also_spread_over_the_other_families_of_the_search():
     assert calibration_points(space, first, 3, others=[first]) == calibration_points(space, first, 3)
 
 
-def _synthetic_checker(model, target, input_shape, *, max_seconds, reference):
-    """A target whose latency is a known function of the network's costs (the rule under test is the evaluator's)."""
-    return SimpleNamespace(latency_ms=_truth(network_features(model, input_shape)))
+class _SyntheticChecker:
+    """A target whose latency is a known function of the network's costs (the rule under test is the evaluator's);
+    it keeps the first look each measurement was asked for."""
+
+    def __init__(self):
+        self.first_looks = []
+
+    def __call__(self, model, target, input_shape, *, max_seconds, first_look, reference):
+        from compressor.models.on_target import Checked
+
+        self.first_looks.append(first_look)
+        features = network_features(model, input_shape)
+        return Checked(profile={"model_size_mb": 0.1, "params": 1, "macs": 1}, latency_ms=_truth(features))
 
 
 def test_a_cold_model_is_calibrated_on_the_first_proposal_then_fits_it():
     model = LatencyModel({"k": 1}, None, _synthetic(MIN_SAMPLES - 3, 4))
-    evaluate = _evaluator(model, budget_ms=0.3, checker=_synthetic_checker)
+    checker = _SyntheticChecker()
+    evaluate = _evaluator(model, budget_ms=0.3, checker=checker)
     record = TrialRecord(proposal=0, fidelity=1, status="ok", params={"arch": {"base_width": 40}}, seeds=[1],
                          misc={"vals": _nago_vals()})
     evaluate.fit(record)
     assert len(model.samples) == MIN_SAMPLES and record.misc["calibration"] == 3
+    assert checker.first_looks == [None] * 3  # calibrations are measured in full
     assert record.status == "ok" and "fit" in record.misc and "predicted" in record.misc
     summary = screening_summary([record], 0.3)
     assert summary["calibration"] == 3 and summary["screenings"] == 0
@@ -364,6 +376,12 @@ def test_a_cold_model_is_calibrated_on_the_first_proposal_then_fits_it():
                         misc={"vals": _nago_vals()})
     evaluate.fit(again)
     assert "calibration" not in again.misc and len(model.samples) == MIN_SAMPLES  # calibrated once
+    # a screening takes a first look at a quarter of the measurement
+    from compressor.search.evaluate import FIRST_LOOK
+    from compressor.search.fit import sample_family
+
+    evaluate._screen(again, sample_family(evaluate.space, again), [])
+    assert again.status == "ok" and checker.first_looks[3:] == [FIRST_LOOK * evaluate.config.profile_seconds]
 
 
 @pytest.mark.slow

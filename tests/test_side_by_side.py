@@ -115,12 +115,12 @@ def budget_target(fast_target):
     return fast_target.with_budgets(latency_ms=1.0)
 
 
-def _check(target, timer, reference=None, seconds=0.05):
+def _check(target, timer, reference=None, seconds=0.05, first_look=None):
     from compressor.models.on_target import check_side_by_side
 
     model = make_conv_gemm_model(1).SerializeToString()
     return check_side_by_side({"candidate": model}, target, (3, 8, 8), reference=reference, seconds=seconds,
-                              timer=timer).checked["candidate"]
+                              first_look=first_look, timer=timer).checked["candidate"]
 
 
 def test_clear_verdicts_within_and_over(budget_target):
@@ -150,6 +150,26 @@ def test_a_borderline_check_is_measured_again_longer_and_then_decided(budget_tar
     # the longer session ran 3x as long as a first one
     first = _check(budget_target, ScriptedTimer(lambda role, n: 1.0), seconds=0.2)
     assert undecided.session["rounds"] >= 2.5 * first.session["rounds"]
+
+
+def test_a_first_look_decides_a_clear_verdict_and_a_borderline_one_is_measured_in_full(budget_target):
+    full = _check(budget_target, ScriptedTimer(lambda role, n: 0.5), seconds=0.4)
+    clear = _check(budget_target, ScriptedTimer(lambda role, n: 0.5), seconds=0.4, first_look=0.05)
+    assert (clear.verdict, clear.remeasured, clear.decided_by) == ("within", False, "interval")
+    assert clear.session["rounds"] * 4 < full.session["rounds"]  # the first look's short session stood
+    over = _check(budget_target, ScriptedTimer(lambda role, n: 2.0), seconds=0.4, first_look=0.05)
+    assert (over.verdict, over.remeasured) == ("over", False) and over.session["rounds"] * 4 < full.session["rounds"]
+
+    rng = np.random.default_rng(1)
+    # Noisy around the budget through the first look's calls, then clearly under it: the full measurement decides.
+    settles = ScriptedTimer(lambda role, n: float(rng.normal(1.0, 0.3)) if n <= 200 else 0.8)
+    looked = _check(budget_target, settles, seconds=0.4, first_look=0.05)
+    assert looked.remeasured and looked.verdict == "within" and looked.decided_by == "interval"
+    in_full = _check(budget_target, ScriptedTimer(lambda role, n: 0.8), seconds=0.4)
+    assert looked.session["rounds"] == in_full.session["rounds"]
+    # a first look as long as the measurement is no first look
+    same = _check(budget_target, ScriptedTimer(lambda role, n: 0.5), seconds=0.4, first_look=0.4)
+    assert same.session["rounds"] == full.session["rounds"]
 
 
 def test_drift_correction_judges_the_candidate_in_the_runs_starting_speed(budget_target):

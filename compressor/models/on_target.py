@@ -39,6 +39,20 @@ single values), and ``borderline`` otherwise. A borderline check is measured
 again for `REMEASURE_FACTOR` times as long; if it is still borderline it is
 decided by the point estimate, and `decided_by` says so.
 
+**A first look** (`first_look`, the search's screening): the session is
+first measured for that many seconds, and only when a model is borderline
+there is it measured for the full `seconds` (then, still borderline, the
+longer remeasure). Most screenings are not near the line (a proposal is
+sized to 0.8x the budget), and their verdict is decided long before the
+full measurement: on the 2-core AMD EPYC VM a screening's 0.6 s of
+measuring was most of the ~0.8 s a member took, and on digits a family's
+screening (two members, 1.6 s) took longer than its one-epoch training
+(1.1-1.6 s). Each look is a fresh session, so a model judged borderline at
+the first look gets a second, independent chance to be judged wrongly: the
+first look's error adds to the full measurement's (at most 2x the 2.5% per
+side of a 95% interval). A screening only decides which networks are
+trained; what ships is judged again in the final session, measured in full.
+
 **Memory policy.** Peak memory costs a fresh measuring process (about half a
 second per model), so by default it is measured only when the target has a
 memory budget to judge; callers that report the figure (the final session,
@@ -83,7 +97,8 @@ class Checked:
         drift: reference latency at the start of the run / now; None without a drift reference.
         budget_ratio, budget_ratio_interval: latency_ms / the latency budget and its interval; None
             without a latency budget.
-        remeasured: a first measurement was borderline and this is the longer one.
+        remeasured: an earlier measurement (the first look, or the full one) was borderline and this is a
+            longer one.
         decided_by: "interval" or "point estimate".
         session: the side-by-side session the figures come from (`Session.describe`).
     """
@@ -205,7 +220,8 @@ def measurable(model, target, shape: tuple[int, ...]):
 def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int, ...], *,
                        input_shapes: Mapping[str, tuple[int, ...]] | None = None,
                        reference: DriftReference | None = None, seconds: float | None = None,
-                       memory: bool | None = None, name: str = "check", timer=None) -> Session:
+                       first_look: float | None = None, memory: bool | None = None, name: str = "check",
+                       timer=None) -> Session:
     """Measure `models` side by side on `target` (with the drift reference) and judge each against the budgets.
 
     Args:
@@ -216,6 +232,8 @@ def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int
             (a teacher at its own size).
         reference: the run's drift reference; None judges raw figures.
         seconds: timed seconds of the session, all models (None: the target's `min_seconds` per model).
+        first_look: timed seconds of a shorter first session whose verdicts stand when none is borderline
+            (module docstring, "A first look"); None: the session is measured for `seconds` at once.
         memory: measure peak memory; None measures it only when the target has a memory budget.
         name: the session's id prefix in reports.
         timer: how one run is timed (`profilers.side_by_side.interleave`); None: the wall clock.
@@ -241,18 +259,19 @@ def check_side_by_side(models: Mapping[str, Any], target, input_shape: tuple[int
     if memory is None:
         memory = target.budgets.memory_mb is not None
     session_id = f"{name}-{time.strftime('%Y%m%dT%H%M%S')}"
-    remeasured = False
-    while True:
+    full = target.measure.min_seconds * len(subjects) if seconds is None else seconds
+    looks = ([] if first_look is None or first_look >= full else [first_look]) + [full, REMEASURE_FACTOR * full]
+    for look, look_seconds in enumerate(looks):
+        last = look == len(looks) - 1
         comparison = profilers.compare(subjects, target, reference=ref_index, labels=labels, input_shape=shapes,
-                                       seconds=seconds, memory=memory, percentile=target.budgets.latency_percentile,
-                                       confidence=CONFIDENCE, **({} if timer is None else {"timer": timer}))
-        described = _describe_session(session_id, comparison, reference, ref_index, remeasured)
-        checked = {n: _judge(comparison, i, ref_index, reference, target.budgets, remeasured, described)
+                                       seconds=look_seconds, memory=memory,
+                                       percentile=target.budgets.latency_percentile, confidence=CONFIDENCE,
+                                       **({} if timer is None else {"timer": timer}))
+        described = _describe_session(session_id, comparison, reference, ref_index, look > 0)
+        checked = {n: _judge(comparison, i, ref_index, reference, target.budgets, look > 0, last, described)
                    for i, n in enumerate(names)}
-        if remeasured or not any(c.verdict == "borderline" for c in checked.values()):
+        if last or not any(c.verdict == "borderline" for c in checked.values()):
             break
-        remeasured = True
-        seconds = REMEASURE_FACTOR * (target.measure.min_seconds * len(subjects) if seconds is None else seconds)
     return Session(id=session_id, checked=checked, comparison=comparison)
 
 
@@ -270,7 +289,7 @@ def _describe_session(session_id: str, comparison, reference: DriftReference | N
 
 
 def _judge(comparison, index: int, ref_index: int | None, reference: DriftReference | None, budgets,
-           remeasured: bool, session: dict[str, Any]) -> Checked:
+           remeasured: bool, last: bool, session: dict[str, Any]) -> Checked:
     import profilers
 
     profile = comparison.profiles[index]
@@ -291,12 +310,12 @@ def _judge(comparison, index: int, ref_index: int | None, reference: DriftRefere
         latency_interval=(judged.low, judged.high), raw_latency_ms=raw.value,
         drift=session["drift"], budget_ratio=None if ratio is None else ratio.value,
         budget_ratio_interval=None if ratio is None else (ratio.low, ratio.high), remeasured=remeasured,
-        decided_by="point estimate" if verdict == "borderline" and remeasured else "interval", session=session,
+        decided_by="point estimate" if verdict == "borderline" and last else "interval", session=session,
     )
 
 
 def check_on_target(model, target, input_shape: tuple[int, ...], *, max_seconds: float | None = None,
-                    memory: bool | None = None, label: str | None = None,
+                    first_look: float | None = None, memory: bool | None = None, label: str | None = None,
                     reference: DriftReference | None = None) -> Checked:
     """Measure `model` on `target` (beside the drift reference, if any) and judge it against the budgets.
 
@@ -305,6 +324,7 @@ def check_on_target(model, target, input_shape: tuple[int, ...], *, max_seconds:
         target: a `targets.Target` whose budgets decide the verdict.
         input_shape: one sample's (C, H, W); the batch is the target's batch size.
         max_seconds: timed seconds of the measurement, reference included (None: the target's own).
+        first_look: timed seconds of a first, shorter measurement whose verdict stands unless borderline.
         memory: measure peak memory; None measures it only when the target has a memory budget.
         label: the model's name in the Profile.
         reference: the run's drift reference; None judges the raw figure.
@@ -314,7 +334,7 @@ def check_on_target(model, target, input_shape: tuple[int, ...], *, max_seconds:
     """
     name = label or "model"
     return check_side_by_side({name: model}, target, input_shape, reference=reference, seconds=max_seconds,
-                              memory=memory).checked[name]
+                              first_look=first_look, memory=memory).checked[name]
 
 
 def check_floor(target, input_shape: tuple[int, ...], *, reference_ms: float | None = None) -> float:

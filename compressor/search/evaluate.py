@@ -7,7 +7,8 @@ A proposal names a *family*: its `family_size` members are
   measured on the target beside the run's drift reference
   (`compressor.models.on_target.check_on_target`), which gives its verdict:
   within, over or borderline (measured again longer, then decided by the
-  point estimate). A family is feasible only if *every* member fits every
+  point estimate). It is a first look (`FIRST_LOOK`: a quarter of
+  `profile_seconds`), measured in full only when borderline there. A family is feasible only if *every* member fits every
   budget (latency at the target's percentile, peak memory, file size): any
   member a user might deploy must fit. The first member that does not ends
   the screen: the family is `infeasible`, with the measured figures, the
@@ -74,6 +75,9 @@ from compressor.search.strategies import penalty_loss
 
 # A family's figures are its worst member's.
 _SCREEN_FIGURES = ("latency_ms", "memory_mb", "size_mb", "n_params", "macs")
+# A screening first measures this share of `profile_seconds` and measures in full only a borderline member
+# (compressor.models.on_target, "A first look"): the full measurement was most of a screening's time.
+FIRST_LOOK = 0.25
 
 
 class FamilyEvaluator:
@@ -136,12 +140,16 @@ class FamilyEvaluator:
             self._measure(self.space.sample(arch, record.seeds[0]), measured)
         record.misc = {**record.misc, "calibration": len(points)}
 
-    def _measure(self, spec, measured: list[Sample]):
-        """Build `spec`, measure and judge it on the target (its `Checked`); its sample goes to the model and `measured`."""
+    def _measure(self, spec, measured: list[Sample], *, screening: bool = False):
+        """Build `spec`, measure and judge it on the target (its `Checked`); its sample goes to the model and `measured`.
+
+        A screening takes a first look (`FIRST_LOOK`); a calibration is measured in full, for the model's sake.
+        """
         model = self.space.build(spec, self.dataset.input_shape, self.dataset.num_classes)
         features = network_features(model, self.dataset.input_shape)
-        checked = self.checker(model, self.target, self.dataset.input_shape,
-                               max_seconds=self.config.profile_seconds, reference=self.reference)
+        seconds = self.config.profile_seconds
+        checked = self.checker(model, self.target, self.dataset.input_shape, max_seconds=seconds,
+                               first_look=FIRST_LOOK * seconds if screening else None, reference=self.reference)
         measured.append((features, checked.latency_ms))
         if self.budget is not None:
             self.budget.learn([(features, checked.latency_ms)])
@@ -153,7 +161,7 @@ class FamilyEvaluator:
             self._reuse(record, screened)
             return
         for spec in specs:
-            checked = self._measure(spec, measured)
+            checked = self._measure(spec, measured, screening=True)
             profile = checked.profile
             record.profiles.append(profile)
             record.latency_ms = max(record.latency_ms or 0.0, checked.latency_ms)
