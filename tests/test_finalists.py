@@ -91,6 +91,13 @@ def test_speed_decides_only_between_finalists_as_accurate_within_one_image():
     baseline = {**close, "source": "baseline", "latency_ms": 0.030, "val_wrong": _wrong(104, start=300)}
     assert choose([leader, baseline, {**close, "val_wrong": _wrong(103, start=200)}], 1000) == 2
     assert choose([leader, baseline, level], 1000) == 1
+    # the leader ahead of the baseline beyond the noise (3 images where they disagree on 3): a faster finalist as
+    # accurate as the leader ships only if it, too, is ahead of the baseline beyond the noise
+    behind = {**baseline, "val_accuracy": 0.897, "val_wrong": _wrong(103)}
+    beyond = {**close, "val_accuracy": 0.899, "val_wrong": _wrong(101)}  # 2 ahead of it where they disagree on 2
+    assert choose([leader, behind, beyond], 1000) == 2
+    tied = {**beyond, "val_wrong": _wrong(100) + [500]}  # 2 ahead where they disagree on 4: within sqrt(4)
+    assert choose([leader, behind, tied], 1000) == 0
     # as accurate and as fast (within LATENCY_TIE): the baseline, else the better on validation, then the order
     assert choose([leader, {**baseline, "val_accuracy": 0.899, "val_wrong": _wrong(101, start=300),
                             "latency_ms": 0.030 * (1 + LATENCY_TIE / 2)}], 1000) == 1

@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"(default {defaults.finalists})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="search seed (default 0)")
     parser.add_argument("--trial-timeout", type=positive_float, metavar="S", help="seconds after which a trial fails")
-    parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds, help="time cap of each screening profile (default %(default)s)")
+    parser.add_argument("--profile-seconds", type=positive_float, default=defaults.profile_seconds,
+                        help="seconds of each screening measurement (default %(default)s); a first look of a quarter "
+                        "of it decides unless the verdict is borderline")
     parser.add_argument("--fill-fraction", type=_fill_fraction, default=defaults.fill_fraction, metavar="F|off",
                         help="before screening, size each proposal's width so its family is predicted at this share of "
                         "the latency budget (a latency model calibrated on this machine's screenings); off screens "
