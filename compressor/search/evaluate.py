@@ -8,11 +8,15 @@ A proposal names a *family*: its `family_size` members are
   (`compressor.models.on_target.check_on_target`), which gives its verdict:
   within, over or borderline (measured again longer, then decided by the
   point estimate). It is a first look (`FIRST_LOOK`: a quarter of
-  `profile_seconds`), measured in full only when borderline there. A family is feasible only if *every* member fits every
-  budget (latency at the target's percentile, peak memory, file size): any
-  member a user might deploy must fit. The first member that does not ends
-  the screen: the family is `infeasible`, with the measured figures, the
-  reason and the penalty loss, and no training is spent on it. The record's
+  `profile_seconds`), measured in full only when borderline there (on
+  digits a family's screening fell from 1.6-1.8 s to 0.75-1.1 s and the
+  search's time training rose from 63-66% to 74-78%: BENCHMARKS.md, "A
+  first look for each screening"). A family is feasible only if *every*
+  member fits every budget (latency at the target's percentile, peak
+  memory, file size): any member a user might deploy must fit. The first
+  member that does not ends the screen: the family is `infeasible`, with
+  the measured figures, the reason and the penalty loss, and no training is
+  spent on it. The record's
   `latency_ms` is the figure judged (drift-corrected to the run's start);
   its `profiles` keep the raw measurements.
 * **Fit to budget first** (`FamilyEvaluator.fit`, which the schedule calls
