@@ -351,13 +351,15 @@ class _SyntheticChecker:
 
     def __init__(self):
         self.first_looks = []
+        self.borderline = False  # whether a first look is borderline (then measured in full)
 
     def __call__(self, model, target, input_shape, *, max_seconds, first_look, reference):
         from compressor.models.on_target import Checked
 
         self.first_looks.append(first_look)
         features = network_features(model, input_shape)
-        return Checked(profile={"model_size_mb": 0.1, "params": 1, "macs": 1}, latency_ms=_truth(features))
+        return Checked(profile={"model_size_mb": 0.1, "params": 1, "macs": 1}, latency_ms=_truth(features),
+                       remeasured=self.borderline and first_look is not None)
 
 
 def test_a_cold_model_is_calibrated_on_the_first_proposal_then_fits_it():
@@ -382,6 +384,12 @@ def test_a_cold_model_is_calibrated_on_the_first_proposal_then_fits_it():
 
     evaluate._screen(again, sample_family(evaluate.space, again), [])
     assert again.status == "ok" and checker.first_looks[3:] == [FIRST_LOOK * evaluate.config.profile_seconds]
+    # a screening whose first look was borderline, measured in full, is counted as such
+    checker.borderline = True
+    looked = TrialRecord(proposal=2, fidelity=1, status="ok", params=dict(again.params), seeds=[2], misc={})
+    evaluate._screen(looked, sample_family(evaluate.space, looked), [])
+    assert looked.misc["measured_in_full"] == 1
+    assert screening_summary([again, looked], 0.3)["measured_in_full"] == 1
 
 
 @pytest.mark.slow

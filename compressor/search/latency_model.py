@@ -344,8 +344,9 @@ def screening_summary(records, budget_ms: float | None) -> dict[str, Any]:
     """How the latency model did over a run's proposals (records at the smallest fidelity), for report.json.
 
     `screenings`: proposals measured (not a warm start that reused the run's earlier verdict,
-    `misc["screened"]`); `over_budget_share`: the share of them
-    over a budget; `fitted` / `skipped`: proposals resized and screened / recorded infeasible
+    `misc["screened"]`); `measured_in_full`: those of them with a member whose first look was
+    borderline (`misc["measured_in_full"]`, compressor.models.on_target, "A first look");
+    `over_budget_share`: the share of them over a budget; `fitted` / `skipped`: proposals resized and screened / recorded infeasible
     unmeasured (`misc["fit"]`; a repeat, resized to a network trained already, is neither); `calibration`: networks measured to calibrate a
     cold model (`misc["calibration"]`, not screenings); then, over the screenings made with a
     calibrated model (`misc["predicted"]`): `predicted`, their count;
@@ -365,6 +366,7 @@ def screening_summary(records, budget_ms: float | None) -> dict[str, Any]:
     feasible = [r for r, p in zip(judged, predicted) if budget_ms is not None and p <= budget_ms]
     return {
         "screenings": len(measured),
+        "measured_in_full": sum(bool((r.misc or {}).get("measured_in_full")) for r in measured),
         "over_budget_share": (sum(r.status == "infeasible" for r in measured) / len(measured)) if measured else None,
         "fitted": sum(bool(misc(r, "fit")) and r.status != "repeat" for r in records) - skipped,
         "skipped": skipped,
