@@ -196,7 +196,7 @@ def test_a_tuning_store_of_another_run_is_emptied(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_width_choice_on_cpu_1t_is_the_widest_within_of_one_session(fast_target):
+def test_the_width_choice_on_cpu_1t_is_the_widest_within_of_the_ladder_and_its_stage_steps(fast_target):
     from compressor.data.datasets import load_dataset
     from compressor.models.on_target import DriftReference
     from compressor.pipeline.baselines import PLAIN_SCALES, choose_width
@@ -206,18 +206,29 @@ def test_the_width_choice_on_cpu_1t_is_the_widest_within_of_one_session(fast_tar
     reference = DriftReference.start(fast_target, data.input_shape, data.num_classes)
     target = fast_target.with_budgets(latency_ms=4 * reference.start_ms)
     width = choose_width(target, data, seed=0, seconds_each=0.1, reference=reference, deeper=True)
-    assert width["session"].startswith("baseline-widths") and width["deeper"]["session"] == width["session"]
     assert width["deeper"]["convs"] == [1, 2, 2] and width["deeper"]["arch"].endswith(",convs=1-2-2")
     for ladder in (width, width["deeper"]):
-        verdicts = [c["verdict"] for c in ladder["candidates"]]
-        assert len(verdicts) == len(PLAIN_SCALES)
-        chosen = PLAIN_SCALES.index(ladder["scale"])
-        assert ladder["arch"] == ladder["candidates"][chosen]["arch"]
+        candidates = ladder["candidates"]
+        coarse = [c for c in candidates if c["session"].startswith("baseline-widths")]
+        steps = [c for c in candidates if c["session"].startswith("baseline-steps")]
+        assert len(coarse) == len(PLAIN_SCALES) and len(coarse) + len(steps) == len(candidates)
+        assert len({c["session"] for c in coarse}) == 1 and len({c["session"] for c in steps}) <= 1
+        widths = [[int(w) for w in c["arch"].split("widths=")[1].split(",")[0].split("-")] for c in candidates]
+        for narrower, wider in zip(widths, widths[1:]):  # in ladder order: each candidate widens, none shrinks a stage
+            assert narrower != wider and all(a <= b for a, b in zip(narrower, wider))
+        if steps:  # measured only above a width within, one stage moved at a time, the last stage first
+            first = candidates.index(steps[0])
+            assert candidates[first - 1]["verdict"] == "within" and widths[first][:2] == widths[first - 1][:2]
+            run = widths[first - 1:first + len(steps) + 1]  # the width within, its steps, the next width of the ladder
+            assert all(sum(a != b for a, b in zip(x, y)) == 1 for x, y in zip(run, run[1:]))
+        verdicts = [c["verdict"] for c in candidates]
+        chosen = [c["arch"] for c in candidates].index(ladder["arch"])
         assert ladder["widths"] == ladder["arch"].split("widths=")[1].split(",")[0]
+        assert ladder["session"] == candidates[chosen]["session"]
         if ladder["within"]:
             assert ladder["verdict"] == "within" and "within" not in verdicts[chosen + 1:]
         else:
-            assert chosen == 0 and "within" not in verdicts
+            assert chosen == 0 and "within" not in verdicts and not steps
         assert ladder["params"] > 0 and ladder["profile"]["latency_ms"]["p50"] > 0
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from compressor.search.config import SearchConfig, kd_hyperopt_space
-from compressor.search.fit import calibration_points, fit_to_budget, size_ladder
+from compressor.search.fit import calibration_points, fit_to_budget, size_ladder, stage_steps
 from compressor.search.latency_model import (FAR_OVER, MIN_SAMPLES, NEAR_OVER, Features, LatencyModel, kendall_tau,
                                              network_features, screening_summary)
 from compressor.search.store import TrialRecord
@@ -162,6 +162,23 @@ def test_fit_scales_every_size_knob_of_a_family_and_skips_far_over():
     assert far.skip and far.arch == ladder[0]
     near = fit_to_budget(space, arch, latency, budget_ms=0.022, fraction=0.8, far_over=FAR_OVER)
     assert not near.skip and near.arch == ladder[0]  # over the fraction but not far over: measured
+
+
+def test_the_size_ladder_moves_one_stage_at_a_time_the_last_first():
+    space = get_space("zoo")
+    arch = {"family": {"family": "plain", "width_1": 16, "width_2": 16, "width_3": 32}}
+    names = ("width_1", "width_2", "width_3")
+    ladder = [tuple(rung[k] for k in names) for rung in size_ladder(space, arch)]
+    for smaller, larger in zip(ladder, ladder[1:]):  # one knob, one allowed step or more, at a time
+        assert sum(a != b for a, b in zip(smaller, larger)) == 1 and all(a <= b for a, b in zip(smaller, larger))
+    # One factor takes 16-16-32 to 24-24-40; the rungs between grow the last stage, then the middle one.
+    i = ladder.index((16, 16, 32))
+    assert ladder[i + 1:ladder.index((24, 24, 40)) + 1] == [(16, 16, 40), (16, 24, 40), (24, 24, 40)]
+    assert stage_steps({"a": 1, "b": 2}, {"a": 1, "b": 2}, ["a", "b"]) == []
+    assert stage_steps({0: 8, 1: 16, 2: 32}, {0: 16, 1: 24, 2: 48}, range(3)) == [
+        {0: 8, 1: 16, 2: 48}, {0: 8, 1: 24, 2: 48}, {0: 16, 1: 24, 2: 48}]
+    nago = get_space("nago")  # one size knob: the ladder is its allowed values
+    assert [r["base_width"] for r in size_ladder(nago, {"base_width": 16})] == list(range(8, 65, 4))
 
 
 def _width_latency(space):

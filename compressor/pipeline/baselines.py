@@ -18,11 +18,18 @@ searched student got, so the baseline is built in three steps:
    beside the run's drift reference
    (`compressor.models.on_target.check_side_by_side`, each given the search's
    screening time `profile_seconds`), so they are judged by the rule that
-   judges a searched candidate. The widest whose verdict is "within" (its
-   latency's upper confidence bound under the budget, every other budget
-   met) is taken (`widest_within`); when none is, the narrowest is trained
-   and reported as not within the budget (`meets_budget: false`; the final
-   session in `compress` decides `at_same_budget`).
+   judges a searched candidate. Half steps still left gaps: 8-16-32 sat at
+   0.50-0.54x the all-label digits-cluttered budgets and 16-24-48 at
+   0.94-1.03x, so where 16-24-48 was judged over, the baseline had half the
+   budget. So a second session measures the *stage steps* between the
+   widest within and the next width (`search.fit.stage_steps`: one stage at
+   a time, the last first, as the search's size ladder moves: 8-16-48,
+   8-24-48 between 8-16-32 and 16-24-48). The widest whose verdict is
+   "within" (its latency's upper confidence bound under the budget, every
+   other budget met) in ladder order is taken (`widest_within`); when none
+   is, the narrowest is trained and reported as not within the budget
+   (`meets_budget: false`; the final session in `compress` decides
+   `at_same_budget`).
 2. **Its own tuning, as much as the search spent on KD knobs.** The search
    trains `trials` families at the first fidelity, each with its own lr and
    KD α/τ. The baseline gets the same: `trials` evaluations of the fixed
@@ -104,48 +111,76 @@ def ladder_widths(scale: float, base: Sequence[int] = PLAIN_BASE) -> list[int]:
 def plain_arch(scale: float, base: Sequence[int] = PLAIN_BASE, convs: Sequence[int] | None = None) -> str:
     """The plain CNN reference at `scale` times the `base` widths (`ladder_widths`), `convs` convs per stage
     (default one)."""
-    return ("zoo:plain:widths=" + "-".join(map(str, ladder_widths(scale, base)))
-            + (",convs=" + "-".join(map(str, convs)) if convs else ""))
+    return plain_ref(ladder_widths(scale, base), convs)
+
+
+def plain_ref(widths: Sequence[int], convs: Sequence[int] | None = None) -> str:
+    """The plain CNN reference with these stage widths and `convs` convs per stage (default one)."""
+    return "zoo:plain:widths=" + "-".join(map(str, widths)) + (",convs=" + "-".join(map(str, convs)) if convs else "")
 
 
 def widest_within(verdicts: Mapping[float, str]) -> tuple[float, bool]:
-    """(scale, within): the widest scale whose verdict is "within"; else the narrowest, not within."""
+    """(key, within): the widest key whose verdict is "within"; else the narrowest, not within."""
     within = [scale for scale, verdict in verdicts.items() if verdict == "within"]
     return (max(within), True) if within else (min(verdicts), False)
 
 
 def choose_width(target, dataset, *, seed: int, seconds_each: float, reference=None,
                  deeper: bool = False) -> dict[str, Any]:
-    """Measure every candidate width side by side and pick the widest within the budget (`widest_within`).
+    """Measure the ladder's widths side by side, then its stage steps above the widest within, and pick the widest
+    within the budget (`widest_within`; module docstring, step 1).
 
-    With `deeper`, the deeper plain CNN's ladder (`DEEPER_BASE` scaled, `DEEPER_CONVS`) is measured in
-    the same session and its widest within is under key "deeper" (the search's second plain warm start).
+    With `deeper`, the deeper plain CNN's ladder (`DEEPER_BASE` scaled, `DEEPER_CONVS`) is measured in the
+    same sessions and its widest within is under key "deeper" (the search's second plain warm start).
     """
     from compressor.models.on_target import check_side_by_side
+    from compressor.search.fit import stage_steps
     from compressor.spaces import build_model, spec_from_ref
 
-    ladders = {"plain": {scale: plain_arch(scale) for scale in PLAIN_SCALES}}
-    if deeper:
-        ladders["deeper"] = {scale: plain_arch(scale, DEEPER_BASE, DEEPER_CONVS) for scale in PLAIN_SCALES}
-    models = {arch: build_model(spec_from_ref(arch, seed=seed), dataset.input_shape, dataset.num_classes)
-              for archs in ladders.values() for arch in archs.values()}
-    session = check_side_by_side(models, target, dataset.input_shape, reference=reference,
-                                 seconds=seconds_each * len(models), name="baseline-widths")
+    convs = {"plain": None} | ({"deeper": list(DEEPER_CONVS)} if deeper else {})
+    bases = {"plain": PLAIN_BASE, "deeper": DEEPER_BASE}
 
-    def widest(archs: dict[float, str], base: Sequence[int]) -> dict[str, Any]:
-        checked = {scale: session.checked[arch] for scale, arch in archs.items()}
-        scale, within = widest_within({s: c.verdict for s, c in checked.items()})
-        chosen = checked[scale]
-        return {"arch": archs[scale], "widths": "-".join(map(str, ladder_widths(scale, base))), "scale": scale,
-                "within": within, "verdict": chosen.verdict, "session": session.id,
-                "params": int(chosen.profile["params"]), "macs": int(chosen.profile["macs"]),
-                "profile": chosen.profile, "latency_ms": chosen.latency_ms,
-                "candidates": [{"arch": archs[s], "verdict": c.verdict, "latency_ms": c.latency_ms,
-                                "budget_ratio": c.budget_ratio, "reasons": c.reasons} for s, c in checked.items()]}
+    def measure(widths: dict[str, list[list[int]]], name: str) -> dict[str, list[dict[str, Any]]]:
+        """Every ladder's `widths` in one session: per ladder, its candidates in order."""
+        refs = {ladder: [plain_ref(w, convs[ladder]) for w in ws] for ladder, ws in widths.items()}
+        models = {ref: build_model(spec_from_ref(ref, seed=seed), dataset.input_shape, dataset.num_classes)
+                  for rs in refs.values() for ref in rs}
+        session = check_side_by_side(models, target, dataset.input_shape, reference=reference,
+                                     seconds=seconds_each * len(models), name=name)
+        return {ladder: [{"arch": ref, "widths": w, "checked": session.checked[ref], "session": session.id}
+                         for ref, w in zip(rs, widths[ladder])] for ladder, rs in refs.items()}
 
-    width = widest(ladders["plain"], PLAIN_BASE)
+    def widest(candidates: list[dict[str, Any]]) -> tuple[int, bool]:
+        return widest_within({i: c["checked"].verdict for i, c in enumerate(candidates)})
+
+    ladders = measure({ladder: [ladder_widths(scale, bases[ladder]) for scale in PLAIN_SCALES] for ladder in convs},
+                      "baseline-widths")
+    steps = {}
+    for ladder, candidates in ladders.items():
+        i, within = widest(candidates)
+        if within and i + 1 < len(candidates):
+            lower, upper = (dict(enumerate(candidates[j]["widths"])) for j in (i, i + 1))
+            steps[ladder] = [list(w.values()) for w in stage_steps(lower, upper, range(3))[:-1]]
+    if any(steps.values()):
+        for ladder, found in measure({k: v for k, v in steps.items() if v}, "baseline-steps").items():
+            i, _ = widest(ladders[ladder])
+            ladders[ladder][i + 1:i + 1] = found
+
+    def chosen(ladder: str) -> dict[str, Any]:
+        candidates = ladders[ladder]
+        i, within = widest(candidates)
+        pick, checked = candidates[i], candidates[i]["checked"]
+        return {"arch": pick["arch"], "widths": "-".join(map(str, pick["widths"])), "within": within,
+                "verdict": checked.verdict, "session": pick["session"],
+                "params": int(checked.profile["params"]), "macs": int(checked.profile["macs"]),
+                "profile": checked.profile, "latency_ms": checked.latency_ms,
+                "candidates": [{"arch": c["arch"], "verdict": c["checked"].verdict, "latency_ms": c["checked"].latency_ms,
+                                "budget_ratio": c["checked"].budget_ratio, "reasons": c["checked"].reasons,
+                                "session": c["session"]} for c in candidates]}
+
+    width = chosen("plain")
     if deeper:
-        width["deeper"] = {**widest(ladders["deeper"], DEEPER_BASE), "convs": list(DEEPER_CONVS)}
+        width["deeper"] = {**chosen("deeper"), "convs": list(DEEPER_CONVS)}
     return width
 
 

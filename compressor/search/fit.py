@@ -8,6 +8,13 @@ puts one of them on one of its allowed values (every step of an int knob, 13
 evenly spread values of a float one), each knob at its allowed value nearest
 to proposed x factor (clipped to its range), so the ladder runs from every
 knob at its smallest to every knob at its largest and latency grows along it.
+Between two such sizes the knobs that change move one at a time, the last
+declared first (`stage_steps`): a plain CNN's stage 1 runs at 4x the pixels
+of stage 2 and 16x those of stage 3, so one factor that takes 8-16-64 to
+8-24-72 jumped from 0.59x to 1.03x one budget on digits-cluttered, and the
+winners the fill grew along that ladder stopped at 0.58-0.78x of it while the
+warm start they lost to sat at 0.82-0.99x (BENCHMARKS.md, "A ladder that
+grows the last stage first"); 8-16-72 between them is a rung now.
 
 `fit_to_budget` bisects that ladder with a latency predictor (the family's
 worst member, `compressor.search.latency_model`) for the largest size
@@ -71,7 +78,7 @@ from compressor.search.store import TrialRecord
 from compressor.search.strategies import penalty_loss, record_fitted
 
 __all__ = ["BudgetFit", "Fit", "Sample", "calibration_points", "fit_to_budget", "network_key", "sample_family",
-           "size_ladder"]
+           "size_ladder", "stage_steps"]
 
 # A screened member as the latency model learns it: its features and its judged latency (ms).
 Sample = tuple[Features, float]
@@ -109,15 +116,29 @@ def size_ladder(space, arch: dict[str, Any]) -> list[dict[str, Any]]:
     knobs = space.size_knobs(params)
     if not knobs:
         return []
+    names = [k.name for k in knobs]
     factors = sorted({value / params[k.name] for k in knobs for value in k.values()})
     ladder, seen = [], set()
     for factor in factors:
-        sized = {k.name: k.nearest(params[k.name] * factor) for k in knobs}
-        key = tuple(sized.values())
-        if key not in seen:
-            seen.add(key)
-            ladder.append({**params, **sized})
+        sized = {**params, **{k.name: k.nearest(params[k.name] * factor) for k in knobs}}
+        for rung in (stage_steps(ladder[-1], sized, names) if ladder else [sized]):
+            key = tuple(rung[n] for n in names)
+            if key not in seen:
+                seen.add(key)
+                ladder.append(rung)
     return ladder
+
+
+def stage_steps(lower: Mapping[Any, Any], upper: Mapping[Any, Any], names: Sequence[Any]) -> list[dict[Any, Any]]:
+    """The sizes from `lower` to `upper` (each knob of `names` at least its value in `lower`) moving the knobs that
+    differ one at a time, the last of `names` first, `upper` last (a later stage runs at fewer pixels, so a channel
+    there costs the least latency: the module docstring)."""
+    steps, current = [], dict(lower)
+    for name in reversed(names):
+        if current[name] != upper[name]:
+            current = {**current, name: upper[name]}
+            steps.append(current)
+    return steps
 
 
 def _step_down(knob, value: Any) -> Any | None:
