@@ -25,6 +25,10 @@ def test_fill_candidates_start_at_the_winner_and_stop_at_the_reach_of_the_predic
     assert fill_candidates(ladder, reach, predict, budget_ms=1.0) == [reach]
     assert fill_candidates(ladder, 5, None, budget_ms=1.0) == list(range(5, 5 + FILL_CANDIDATES))
     assert fill_candidates(_ladder(7), 5, None, budget_ms=1.0) == [5, 6]
+    # A prediction that jumps at one rung (a width off the SIMD lanes) leaves that rung out, not those above it.
+    jumpy = lambda arch: 2.0 if arch["base_width"] == ladder[6]["base_width"] else predict(arch)  # noqa: E731
+    skipped = fill_candidates(ladder, 5, jumpy, budget_ms=1.0)
+    assert 6 not in skipped and skipped[-1] == reach and len(skipped) == FILL_CANDIDATES
 
 
 @pytest.mark.slow

@@ -70,13 +70,14 @@ def fill_candidates(ladder: list[dict[str, Any]], start: int, predict: Callable[
                     budget_ms: float) -> list[int]:
     """Ladder indices to measure: `start` and, above it, up to `FILL_CANDIDATES - 1` rungs evenly spread.
 
-    With a predictor, the rungs above `start` predicted at no more than `FILL_REACH` x the budget
-    (latency grows along the ladder, so they are a prefix); without one, the next rungs.
+    With a predictor, the rungs above `start` predicted at no more than `FILL_REACH` x the budget, wherever
+    they are on the ladder: latency grows along it, but not always its prediction, which charges channels
+    that are not a multiple of 16 a premium (`search.latency_model`), so a plain 16-16-48 can be predicted
+    under a 16-16-40 below it. Without one, the next rungs.
     """
     above = list(range(start + 1, len(ladder)))
     if predict is not None:
-        reach = [i for i in above if predict(ladder[i]) <= FILL_REACH * budget_ms]
-        above = above[:len(reach)]
+        above = [i for i in above if predict(ladder[i]) <= FILL_REACH * budget_ms]
     else:
         above = above[:FILL_CANDIDATES - 1]
     room = FILL_CANDIDATES - 1
