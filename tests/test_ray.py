@@ -90,9 +90,17 @@ def test_on_ray_the_plain_warm_start_keeps_the_width_sessions_verdict(local_ray,
     assert baseline["width"]["within"] and plain.status == "ok"
     assert plain.misc["screened"]["session"] == session
     assert plain.profiles == [baseline["width"]["profile"]]
-    # The deeper plain warm start, where one fits, was judged in the same session: that one is not measured either.
+    # The deeper plain warm start, where one fits, was judged in the width sessions too (the widths, then the stage
+    # steps): that one is not measured either.
+    from compressor.search.store import TrialStore
+
+    store = TrialStore(run / "trials.sqlite")
+    width = store.get_meta("plain_width")
+    store.close()
+    sessions = {c["session"] for c in width["candidates"] + width["deeper"]["candidates"]}
+    assert session in sessions and len({c["session"] for c in width["candidates"]}) <= 2
     judged = {r.id: r for r in result.records
-              if r.fidelity == 1 and (r.misc or {}).get("screened", {}).get("session") == session}
+              if r.fidelity == 1 and (r.misc or {}).get("screened", {}).get("session") in sessions}
     assert plain.id in judged and len(judged) <= 2
     assert all(space.validate_params(r.params["arch"]).get("family") == "plain" for r in judged.values())
     # The measuring actor measured every other screened member and the calibration, and not these.

@@ -12,9 +12,10 @@ Between two such sizes the knobs that change move one at a time, the last
 declared first (`stage_steps`): a plain CNN's stage 1 runs at 4x the pixels
 of stage 2 and 16x those of stage 3, so one factor that takes 8-16-64 to
 8-24-72 jumped from 0.59x to 1.03x one budget on digits-cluttered, and the
-winners the fill grew along that ladder stopped at 0.58-0.78x of it while the
-warm start they lost to sat at 0.82-0.99x (BENCHMARKS.md, "A ladder that
-grows the last stage first"); 8-16-72 between them is a rung now.
+finalists the fill grew along that ladder sat at 0.58-0.93x of it (median
+0.78x) while the warm start they lost to sat at 0.82-0.99x; with the steps,
+at a median 0.88x (BENCHMARKS.md, "A ladder that grows the last stage
+first"). 8-16-72 between them is a rung now.
 
 `fit_to_budget` bisects that ladder with a latency predictor (the family's
 worst member, `compressor.search.latency_model`) for the largest size
