@@ -119,9 +119,10 @@ def plain_ref(widths: Sequence[int], convs: Sequence[int] | None = None) -> str:
     return "zoo:plain:widths=" + "-".join(map(str, widths)) + (",convs=" + "-".join(map(str, convs)) if convs else "")
 
 
-def widest_within(verdicts: Mapping[float, str]) -> tuple[float, bool]:
-    """(key, within): the widest key whose verdict is "within"; else the narrowest, not within."""
-    within = [scale for scale, verdict in verdicts.items() if verdict == "within"]
+def widest_within(verdicts: Mapping[Any, str]) -> tuple[Any, bool]:
+    """(key, within): the widest key (keys order the widths: a scale, a place on a ladder) whose verdict is
+    "within"; else the narrowest, not within."""
+    within = [key for key, verdict in verdicts.items() if verdict == "within"]
     return (max(within), True) if within else (min(verdicts), False)
 
 
