@@ -119,14 +119,10 @@ def size_ladder(space, arch: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     names = [k.name for k in knobs]
     factors = sorted({value / params[k.name] for k in knobs for value in k.values()})
-    ladder, seen = [], set()
-    for factor in factors:
+    ladder: list[dict[str, Any]] = []
+    for factor in factors:  # every knob grows with the factor, so each step is a new size (none repeats)
         sized = {**params, **{k.name: k.nearest(params[k.name] * factor) for k in knobs}}
-        for rung in (stage_steps(ladder[-1], sized, names) if ladder else [sized]):
-            key = tuple(rung[n] for n in names)
-            if key not in seen:
-                seen.add(key)
-                ladder.append(rung)
+        ladder += stage_steps(ladder[-1], sized, names) if ladder else [sized]
     return ladder
 
 
