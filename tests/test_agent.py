@@ -583,7 +583,7 @@ def test_search_on_a_remote_target_survives_losing_the_device_and_resumes(tiny_t
     )
     options = dict(out=tmp_path / "run", data="digits", target=str(target_file), cache_dir=tmp_path / "cache",
                    data_options=DataOptions(image_size=16, channels=1), family_size=1, fidelities=(1,),
-                   final_epochs=1, finalists=1, tuning_trials=1, profile_seconds=0.2, export=False)
+                   final_epochs=1, finalists=1, tuning_trials=1, profile_seconds=0.1, export=False)
 
     device = start_agent(tmp_path / "agent", port=port)
     outcome: list[BaseException | None] = []

@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 SMALLEST = ["--image-size", "16", "--teacher-epochs", "1", "--trials", "2", "--family-size", "1",
-            "--fidelities", "1", "--final-epochs", "1", "--latency-fraction", "0.5", "--quiet"]
+            "--fidelities", "1", "--final-epochs", "1", "--latency-fraction", "0.5", "--profile-seconds", "0.1",
+            "--quiet"]
 
 
 def _demo(out: Path, cache: Path, target: str) -> subprocess.CompletedProcess:

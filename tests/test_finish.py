@@ -75,7 +75,7 @@ def test_compress_fills_and_tunes_the_winner_before_its_final_training(tiny_teac
     run = tmp_path / "run"
     result = compress(tiny_teacher, out=run, data="digits", target=quick_target, latency_ms=tight_latency_ms,
                       cache_dir=str(tmp_path / "cache"), quiet=True, trials=2, family_size=1, fidelities=(1,),
-                      final_epochs=1, tuning_trials=3, finalists=1, export=False,
+                      final_epochs=1, tuning_trials=3, finalists=1, export=False, profile_seconds=0.1,
                       data_options=_options())
     student = result.report["student"]
     fill, tuning = student["fill"], student["tuning"]
@@ -114,7 +114,7 @@ def test_the_plain_warm_start_is_the_baselines_measured_width_not_resized_nor_me
     run = tmp_path / "run"
     result = compress(tiny_teacher, out=run, data="digits", target=quick_target, latency_ms=tight_latency_ms, space="all",
                       cache_dir=str(tmp_path / "cache"), quiet=True, trials=3, family_size=1, fidelities=(1,),
-                      final_epochs=1, tuning_trials=2, finalists=1, export=False, baseline=True,
+                      final_epochs=1, tuning_trials=2, finalists=1, export=False, baseline=True, profile_seconds=0.1,
                       data_options=_options())
     from compressor.spaces import get_space
 

@@ -446,7 +446,7 @@ def test_a_search_with_fit_to_budget_reports_its_model(tiny_teacher, tight_laten
 
     options = dict(data="digits", target=quick_target, cache_dir=tmp_path / "cache", latency_ms=tight_latency_ms,
                    data_options=DataOptions(image_size=16, channels=1), trials=3, family_size=2, fidelities=(1,),
-                   final_epochs=1, finalists=1, tuning_trials=1, profile_seconds=0.2, export=False, seed=0)
+                   final_epochs=1, finalists=1, tuning_trials=1, profile_seconds=0.1, export=False, seed=0)
     searches = {}
     for name, fill in (("on", 0.8), ("off", None)):
         try:

@@ -12,7 +12,7 @@ import pytest
 
 from compressor.errors import UserError
 
-FAST = dict(trials=2, family_size=1, fidelities=(1,), final_epochs=1, finalists=1, profile_seconds=0.2,
+FAST = dict(trials=2, family_size=1, fidelities=(1,), final_epochs=1, finalists=1, profile_seconds=0.1,
             export_formats=("onnx",))
 
 

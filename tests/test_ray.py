@@ -81,7 +81,7 @@ def test_on_ray_the_plain_warm_start_keeps_the_width_sessions_verdict(local_ray,
     result = compress(tiny_teacher, out=run, data="digits", target=quick_target, latency_ms=tight_latency_ms,
                       space="all", cache_dir=str(tmp_path / "cache"), quiet=True, trials=3, family_size=1,
                       final_epochs=1, tuning_trials=2, finalists=1, baseline=True, data_options=_options(),
-                      **PARALLEL)
+                      profile_seconds=0.1, **PARALLEL)
     space = get_space("all")
     baseline = result.report["baselines"][0]
     session = baseline["width"]["session"]
@@ -265,7 +265,7 @@ def test_cli_joins_a_running_cluster_with_ray_address(ray_cluster, tiny_teacher,
         [sys.executable, "-m", "compressor", "compress", "--teacher", tiny_teacher, "--data", "digits",
          "--image-size", "16", "--channels", "1", "--target", quick_target, "--latency-ms", str(tight_latency_ms),
          "--trials", "2", "--finalists", "1", "--family-size", "1",
-         "--fidelities", "1", "--final-epochs", "1", "--profile-seconds", "0.2", "--no-export", "--workers", "2",
+         "--fidelities", "1", "--final-epochs", "1", "--profile-seconds", "0.1", "--no-export", "--workers", "2",
          "--ray-address", ray_cluster, "--out", str(run), "--cache-dir", str(tmp_path / "cache"), "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=500,
         # This process's environment. Run alone, this test is a fresh shell's join (no RAY_AUTH_MODE, so

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Small and quick: one-epoch fidelities, one member per family, FP32 ONNX export only.
 # `tuning_trials=2`: the winner's and the baseline's lr/KD tunings are under test in test_finish,
 # test_baseline and test_finalists; elsewhere two evaluations still give the final training its two knob sets.
-FAST = dict(trials=3, family_size=1, fidelities=(1,), final_epochs=1, finalists=1, profile_seconds=0.2,
+FAST = dict(trials=3, family_size=1, fidelities=(1,), final_epochs=1, finalists=1, profile_seconds=0.1,
             export_formats=("onnx",), tuning_trials=2)
 
 

@@ -458,7 +458,7 @@ def test_trade_search_end_to_end_from_the_cli(tiny_teacher, tight_latency_ms, qu
     run, cache = tmp_path / "run", tmp_path / "cache"
     argv = ["compress", "--teacher", tiny_teacher, "--data", "digits", "--image-size", "16", "--channels", "1",
             "--strategy", "trade", "--space", "zoo", "--trials", "4", "--family-size", "1", "--fidelities", "1",
-            "--final-epochs", "1", "--finalists", "1", "--tuning-trials", "1", "--profile-seconds", "0.2",
+            "--final-epochs", "1", "--finalists", "1", "--tuning-trials", "1", "--profile-seconds", "0.1",
             "--formats", "onnx", "--target", quick_target, "--latency-ms", str(tight_latency_ms), "--out", str(run),
             "--cache-dir", str(cache), "--json"]
     assert cli.main(argv) == 0

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from compressor.search.config import SearchConfig
 from profilers import host
 
 
@@ -47,6 +48,7 @@ class DemoConfig:
     final_epochs: int = 20
     latency_fraction: float = 1 / 20
     floor_multiple: float = 2.5  # the latency budget is at least this times the smallest network's p50
+    profile_seconds: float = SearchConfig.profile_seconds
     memory_fraction: float = 1 / 2
     seed: int = 0
     cache_dir: Path | None = None
@@ -121,7 +123,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                                                                     seed=config.seed),
                       resume=(run_dir / "trials.sqlite").exists(), quiet=config.quiet, cache_dir=config.cache_dir,
                       trials=config.trials, family_size=config.family_size, fidelities=config.fidelities,
-                      final_epochs=config.final_epochs, seed=config.seed, baseline=True)
+                      final_epochs=config.final_epochs, seed=config.seed, profile_seconds=config.profile_seconds,
+                      baseline=True)
     report = result.report
     report["goals"] = goal_checks(report)
     report["demo"] = {"seconds": time.time() - started, "config": {k: str(v) for k, v in asdict(config).items()}}

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=positive_int, default=d.image_size, help="digits upsampled to this size (default %(default)s)")
     parser.add_argument("--latency-fraction", type=positive_float, default=d.latency_fraction, help="latency budget as a fraction of the teacher's p50 (default 1/20)")
     parser.add_argument("--floor-multiple", type=positive_float, default=d.floor_multiple, help="the latency budget is at least this times the smallest network's p50 (default %(default)s)")
+    parser.add_argument("--profile-seconds", type=positive_float, default=d.profile_seconds,
+                        help="seconds of each model's measurement, as in compress (default %(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
     parser.add_argument("--cache-dir", type=Path, help="cache for the teacher and its logits (default $COMPRESSOR_CACHE or ~/.cache/compressor)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, target=args.target, image_size=args.image_size, teacher_epochs=args.teacher_epochs,
         trials=args.trials, family_size=args.family_size, fidelities=parse_fidelities(args.fidelities),
         final_epochs=args.final_epochs, latency_fraction=args.latency_fraction,
-        floor_multiple=args.floor_multiple, seed=args.seed,
+        floor_multiple=args.floor_multiple, profile_seconds=args.profile_seconds, seed=args.seed,
         cache_dir=args.cache_dir, quiet=args.quiet or args.json,
     ))
     if args.json:
