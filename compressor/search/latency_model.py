@@ -86,7 +86,7 @@ unit is the millisecond.
 measured latency in the unit, JSON, never a pickle) under
 `profilers.host.cache_root()/latency/<key>.json`, where the key hashes the
 target's runtime settings (providers, threads, affinity, precision, batch,
-optimisation level, the budget's percentile; not the budgets themselves, not
+optimisation level, the budget's percentile and statistic; not the budgets themselves, not
 the name), the unit (the reference network, its percentile and the input it
 was measured at, or milliseconds), the CPU model (`profilers.host.cpu_model`) and the runtime's own
 description (its version). A later run on the same machine and runtime starts
@@ -204,9 +204,12 @@ def target_key(target, unit: dict[str, Any] | None = None) -> dict[str, Any]:
     """
     import profilers
     from profilers.host import cpu_model
+    from profilers.side_by_side import statistic
 
     settings = {k: v for k, v in target.to_dict().items() if k not in _NOT_SPEED}
     settings["latency_percentile"] = target.budgets.latency_percentile
+    # A p50 became the median of the quiet runs: a calibration measured as the median of all runs is another unit.
+    settings["latency_statistic"] = statistic(target.budgets.latency_percentile)
     return {"target": settings, "unit": unit or "ms", "cpu": cpu_model(),
             "runtime": profilers.backend(target.runtime).describe()}
 
