@@ -278,8 +278,10 @@ def test_cli_profile_two_models_prints_the_ratio_and_its_interval(capsys, tiny_o
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "side by side on fast-1t (interleaved" in out and "p50 / tiny.onnx, 95% interval" in out
+    assert "ratios: p50 of the quiet runs" in out  # says which p50 the ratios are of
     assert main([*argv, "--json", "--reference", "2"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["mode"] == "interleaved" and found["models"][1]["ratio"]["value"] == 1.0
+    assert found["statistic"].startswith("p50 of the quiet runs")
     assert main([*argv, "--reference", "3"]) == 2
     assert "--reference 3 is not one of the 2 MODELs" in capsys.readouterr().err

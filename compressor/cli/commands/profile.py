@@ -150,6 +150,7 @@ def _profile_one(subject: _Subject, target, input_shape, args) -> Profile:
 
 def _compare(subjects: list[_Subject], target, input_shape, args) -> int:
     import profilers
+    from profilers.side_by_side import statistic
 
     reference = args.reference - 1
     with err_console.status(f"profiling {len(subjects)} models side by side on {target.name} ({target.runtime})"):
@@ -177,6 +178,7 @@ def _compare(subjects: list[_Subject], target, input_shape, args) -> int:
     console.print(f"peak memory: {meaning or f'not measured by the {target.runtime} runtime'}")
     console.print("intervals: percentile bootstrap over rounds"
                   + (" (paired: the same rounds for both models)" if result.mode == "interleaved" else ""))
+    console.print(f"ratios: {statistic(result.percentile)}; p50 ms: of all runs")
     for warning in result.warnings:
         err_console.print(f"[yellow]warning[/yellow]: {warning}")
     for profile in result.profiles:
