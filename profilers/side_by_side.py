@@ -296,13 +296,12 @@ class Comparison:
     rounds: int  # timed rounds (interleaved) or runs of the shortest measurement (sequential)
     seconds: float  # timed seconds, all models
     profiles: list[Profile]
-    latency: list[Interval]  # each model's latency at `percentile`, ms
+    latency: list[Interval]  # each model's latency at `percentile` (what `statistic` says), ms
     ratios: list[Interval | None]  # each model / the reference at `percentile`
     memory_ratios: list[float | None]  # each model's peak memory / the reference's (same meaning only)
     warnings: list[str] = field(default_factory=list)
     samples_ms: list[np.ndarray] = field(default_factory=list, repr=False)  # per model, per round
     seed: int = 0
-    quiet: bool = False  # a p50 in `latency` and `ratios` is of each model's quiet runs ("The quiet median")
 
     @property
     def labels(self) -> list[str]:
@@ -313,7 +312,7 @@ class Comparison:
         percentile = percentile or self.percentile
         return bootstrap_interval(self.samples_ms[index], self.samples_ms[other], q=PERCENTILE_FRACTIONS[percentile],
                                   confidence=self.confidence, seed=self.seed, paired=self.mode == "interleaved",
-                                  quiet=self.quiet and percentile == "p50")
+                                  quiet=percentile == "p50")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -325,7 +324,7 @@ class Comparison:
             "rounds": self.rounds,
             "seconds": self.seconds,
             "interval_method": "percentile bootstrap over rounds" + (", paired" if self.mode == "interleaved" else ""),
-            "statistic": statistic(self.percentile) if self.quiet or self.percentile != "p50" else "p50 of all runs",
+            "statistic": statistic(self.percentile),
             "models": [
                 {"model": p["model"], "latency_ms": lat.to_dict(),
                  "ratio": None if ratio is None else ratio.to_dict(), "memory_ratio": mem, "profile": p}
@@ -415,13 +414,12 @@ def compare(models: Sequence[Any], target, *, reference: int | None = 0, labels:
         if len(models) > 1:
             warnings.append(f"the {target.runtime} runtime cannot interleave models in one process here: they were "
                             "measured one after another, so drift between their measurements is not cancelled")
-    quiet = percentile == "p50"
-    latency = [bootstrap_interval(s, q=q, confidence=confidence, seed=seed, quiet=quiet) for s in samples]
+    latency = [bootstrap_interval(s, q=q, confidence=confidence, seed=seed, quiet=percentile == "p50")
+               for s in samples]
     result = Comparison(mode=mode, target=target.name, percentile=percentile, confidence=confidence,
                         reference=reference, rounds=rounds, seconds=float(sum(s.sum() for s in samples)) / 1000,
                         profiles=profiles, latency=latency, ratios=[None] * len(models),
-                        memory_ratios=[None] * len(models), warnings=warnings, samples_ms=samples, seed=seed,
-                        quiet=quiet)
+                        memory_ratios=[None] * len(models), warnings=warnings, samples_ms=samples, seed=seed)
     if reference is not None:
         result.ratios = [result.ratio(i, reference) for i in range(len(models))]
         result.memory_ratios = [memory_ratio(p, profiles[reference]) for p in profiles]
