@@ -40,7 +40,11 @@ the share of screenings over budget, trained families per hour of search,
 the distinct networks each search trained (and its repeats, not trained),
 the share of the search's wall-clock spent training (the strategy's own time
 between evaluations included) and the latency model's Kendall tau
-and the share of "predicted feasible" that fit.
+and the share of "predicted feasible" that fit. A second table says what each
+strategy found itself, warm starts aside (every strategy starts from the same
+ones, and when all ship one the shipped student cannot tell them apart): its
+best network's validation accuracy at the highest fidelity and, where one was
+a finalist, after the full training.
 
     .venv/bin/python tools/bench_search.py --data digits-cluttered --strategies tpe,trade,random --split-seeds 0 1 2
     .venv/bin/python tools/bench_search.py --data digits --strategies tpe --split-seeds 0 1 2 --search-minutes 2
@@ -211,11 +215,14 @@ def collect(out: Path) -> dict:
         if report.get("student") is None or baseline is None:
             continue
         search, student = report["search"], report["student"]
-        networks, wall_seconds, train_seconds = search_figures(run_dir / "trials.sqlite", search["space"])
+        figures = search_figures(run_dir / "trials.sqlite", search["space"])
+        networks, wall_seconds, train_seconds = figures["networks"], figures["wall"], figures["train"]
         hours = wall_seconds / 3600
         model = search["latency_model"]
         searched = [f for f in student.get("finalists", []) if f["source"] == "search"]
         alone = max(searched, key=lambda f: f["val_accuracy"]) if searched else student
+        found = max((f for f in searched if f["proposal"] not in figures["warm"]), key=lambda f: f["val_accuracy"],
+                    default=None)
         table.setdefault((data_ref, cell.name[len("labels"):]), {}).setdefault(strategy, []).append({
             "split": split_seed, "budget_ms": report["budgets"]["latency_ms"],
             "budget_x_ref": report["budgets"].get("latency_x_reference"), "test": student["test_accuracy"],
@@ -228,17 +235,23 @@ def collect(out: Path) -> dict:
             "networks": networks, "per_hour": search["trained"] / hours if hours else None,
             "train_fraction": train_seconds / wall_seconds if wall_seconds else None, "tau": model["kendall_tau"],
             "predicted_ok": model["predicted_feasible_ok"], "seconds": search["seconds"],
-            "alone_test": alone["test_accuracy"], "shipped_baseline": student.get("source") == "baseline"})
+            "alone_test": alone["test_accuracy"], "shipped_baseline": student.get("source") == "baseline",
+            "found_screen_val": figures["found_val"], "warm_screen_val": figures["warm_val"],
+            "found_val": found and found["val_accuracy"], "found_test": found and found["test_accuracy"]})
     return table
 
 
-def search_figures(path: Path, space_name: str) -> tuple[int, float, float]:
-    """(networks, wall seconds, training seconds) of a run's search, read from its trial store, so that runs of
-    earlier code, whose reports lack them, count the same way: how many networks it trained at its smallest
-    fidelity (earlier code trained some twice), its wall-clock (meta `search_seconds`, the strategy's proposing
-    included: the bench runs one worker) and the seconds its evaluations spent training."""
+def search_figures(path: Path, space_name: str) -> dict:
+    """A run's search read from its trial store, so that runs of earlier code, whose reports lack these, count the
+    same way: `networks` it trained at its smallest fidelity (earlier code trained some twice), its `wall`-clock
+    (meta `search_seconds`, the strategy's proposing included: the bench runs one worker), the seconds its
+    evaluations spent training (`train`), and what the strategy itself found: the `warm` starts' proposal ids
+    and the best validation accuracy at the highest fidelity of a proposal that is not one (`found_val`) and of
+    one that is (`warm_val`). Every strategy starts from the same warm starts, so only `found_val` tells the
+    strategies apart when they ship the same warm start."""
     from compressor.search.fit import network_key
     from compressor.search.store import TrialStore
+    from compressor.search.strategies import is_warm_start
     from compressor.spaces import get_space
 
     space, store = get_space(space_name), TrialStore(path)
@@ -246,9 +259,12 @@ def search_figures(path: Path, space_name: str) -> tuple[int, float, float]:
         records, wall = store.records(), float(store.get_meta("search_seconds") or 0.0)
     finally:
         store.close()
-    first = min(r.fidelity for r in records)
+    first, top = min(r.fidelity for r in records), max(r.fidelity for r in records)
     networks = {network_key(space, r.params["arch"]) for r in records if r.fidelity == first and r.status == "ok"}
-    return len(networks), wall, sum(r.train_s for r in records)
+    best = {warm: max((r.val_accuracy for r in records if r.fidelity == top and r.status == "ok"
+                       and is_warm_start(r) == warm), default=None) for warm in (False, True)}
+    return {"networks": len(networks), "wall": wall, "train": sum(r.train_s for r in records),
+            "warm": {r.proposal for r in records if is_warm_start(r)}, "found_val": best[False], "warm_val": best[True]}
 
 
 def _networks(run: dict) -> str:
@@ -309,11 +325,28 @@ def print_summary(table: dict) -> None:
                   f"{_pct(_median(r['train_fraction'] for r in runs))} | "
                   f"{(_median(r['tau'] for r in runs) or float('nan')):.2f} | "
                   f"{_pct(_median(r['predicted_ok'] for r in runs))} |")
+        print_found(row)
         for strategy, runs in sorted(row.items()):
             print(f"\n{strategy} winners: " + "; ".join(
                 f"split {r['split']}: {r['arch']} ({100 * r['test']:.2f}%; baseline {arch_name(r['baseline_arch'])}"
                 f"{'' if r['baseline_fits'] is not False else ', over budget'})"
                 for r in sorted(runs, key=lambda r: r["split"])))
+
+
+def print_found(row: dict) -> None:
+    """What each strategy found itself, per split: the best validation accuracy at the highest fidelity of a
+    network that is not a warm start (beside the warm starts' best), and its best such finalist after the full
+    training (validation and test), where one was a finalist."""
+    def per_split(runs, key):
+        return ", ".join("-" if r[key] is None else f"{100 * r[key]:.2f}" for r in runs)
+
+    print("\n| strategy | found, highest fidelity: val acc % (per split) | warm starts there | "
+          "found, trained in full: val acc % | its test acc % | shipped: test acc % |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for strategy, runs in sorted(row.items()):
+        runs = sorted(runs, key=lambda r: r["split"])
+        print(f"| {strategy} | {per_split(runs, 'found_screen_val')} | {per_split(runs, 'warm_screen_val')} | "
+              f"{per_split(runs, 'found_val')} | {per_split(runs, 'found_test')} | {per_split(runs, 'test')} |")
 
 
 def rechoose(out: Path) -> None:
