@@ -10,9 +10,8 @@ verdicts use, `profilers.side_by_side`, "The quiet median") and over all runs
 (what they used before). Printed per network: the median ratio, its range and
 spread (max - min) / median over the sessions. Then the verdicts at a budget set
 `--margin` (3%) above the quiet median ratio of `--near` (plain 16-32-64): how
-many sessions judged it within, borderline or over with each statistic (the
-rule of `check_on_target`: within when the interval's upper bound is under the
-budget, over when its lower bound is above it).
+many sessions judged it within, borderline or over with each statistic
+(`on_target.latency_verdict`, the rule of `check_on_target`).
 
 Run: .venv/bin/python tools/bench_verdicts.py [--sessions 12]
 """
@@ -32,10 +31,6 @@ NETWORKS = ["zoo:plain:widths=8-16-32", "zoo:plain:widths=16-32-64", "zoo:plain:
 SHAPE = (1, 32, 32)
 
 
-def verdict(low: float, high: float, budget: float) -> str:
-    return "within" if high <= budget else "over" if low > budget else "borderline"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, default=12)
@@ -46,7 +41,7 @@ def main() -> int:
     import torch
 
     from compressor.cli.console import print_table
-    from compressor.models.on_target import DriftReference, check_side_by_side
+    from compressor.models.on_target import DriftReference, check_side_by_side, latency_verdict
     from compressor.spaces import build_model, spec_from_ref
     from profilers.host import cpu_model
     from profilers.side_by_side import bootstrap_interval
@@ -87,7 +82,7 @@ def main() -> int:
     budget = (1 + args.margin) * statistics.median(i.value for i in found[args.near]["quiet"])
     counts = []
     for statistic in ("quiet", "all"):
-        verdicts = [verdict(i.low, i.high, budget) for i in found[args.near][statistic]]
+        verdicts = [latency_verdict(i.scaled(1 / budget)) for i in found[args.near][statistic]]
         counts.append([statistic] + [str(verdicts.count(v)) for v in ("within", "borderline", "over")])
     print_table(f"verdicts on {args.near.split(':', 2)[2]} at a budget of {budget:.3f}x the reference",
                 ["statistic", "within", "borderline", "over"], counts)

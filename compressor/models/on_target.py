@@ -288,6 +288,12 @@ def _describe_session(session_id: str, comparison, reference: DriftReference | N
             "drift": drift, "remeasured": remeasured, "warnings": comparison.warnings}
 
 
+def latency_verdict(ratio) -> str:
+    """The verdict on a latency from its interval over the budget (`profilers.Interval`; 1 is the budget):
+    within when the upper bound is at or under it, over when the lower bound is above it, borderline otherwise."""
+    return "over" if ratio.low > 1 else "borderline" if ratio.high > 1 else "within"
+
+
 def _judge(comparison, index: int, ref_index: int | None, reference: DriftReference | None, budgets,
            remeasured: bool, last: bool, session: dict[str, Any]) -> Checked:
     import profilers
@@ -297,14 +303,8 @@ def _judge(comparison, index: int, ref_index: int | None, reference: DriftRefere
     judged = raw if ref_index is None else comparison.ratios[index].scaled(reference.start_ms)
     violations = profilers.budget_violations(profile, budgets, latency_ms=judged.value)
     static_over = any(not reason.startswith("latency") for reason, _ in violations)
-    ratio = None
-    verdict = "over" if static_over else "within"
-    if budgets.latency_ms is not None:
-        ratio = judged.scaled(1 / budgets.latency_ms)
-        if ratio.low > 1:
-            verdict = "over"
-        elif ratio.high > 1 and not static_over:
-            verdict = "borderline"
+    ratio = None if budgets.latency_ms is None else judged.scaled(1 / budgets.latency_ms)
+    verdict = "over" if static_over else "within" if ratio is None else latency_verdict(ratio)
     return Checked(
         profile=profile, violations=violations, verdict=verdict, latency_ms=judged.value,
         latency_interval=(judged.low, judged.high), raw_latency_ms=raw.value,
