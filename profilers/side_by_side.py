@@ -56,7 +56,8 @@ while a ratio's is much less affected (both sides move together).
 
 The quiet median: a p50 (of `latency`, and in `ratios`) is each model's median
 over its *quiet* runs, those within `QUIET_TOLERANCE` (5%) of its lowest
-`QUIET_LOW` (1%); a p90 or p99 is of all runs. Why: a shared VM alternates
+`QUIET_LOW` (1%), or of its `QUIET_LOW_RANK`-th (5th) lowest run where a
+session has fewer than 500; a p90 or p99 is of all runs. Why: a shared VM alternates
 between a quiet state and slow ones that add a roughly fixed cost to every
 call, not a factor (on a 2-core AMD EPYC VM, Zen 4: the one-op floor 0.0066 ->
 0.021 ms, the drift reference 0.029 -> 0.059 ms, a plain 16-32-64 at 32 px
@@ -115,8 +116,9 @@ MAX_SETTLE_RUNS = 50
 RESAMPLES = 2000
 MAX_RESAMPLED_VALUES = 4_000_000
 # The quiet runs of a model, of which a p50 is the median (module docstring, "The quiet median"): those within
-# QUIET_TOLERANCE of its QUIET_LOW percentile.
+# QUIET_TOLERANCE of its QUIET_LOW percentile, or of its QUIET_LOW_RANK-th lowest run where that is higher.
 QUIET_LOW = 0.01
+QUIET_LOW_RANK = 5
 QUIET_TOLERANCE = 0.05
 
 
@@ -224,11 +226,15 @@ def statistic(percentile: str) -> str:
 
 def _quiet_rank(values: np.ndarray, q: float, axis: int = -1) -> np.ndarray:
     """The nearest-rank `q` percentile of the quiet runs along `axis`: those within `QUIET_TOLERANCE` of the
-    `QUIET_LOW` percentile (module docstring, "The quiet median")."""
-    low = np.percentile(values, 100 * QUIET_LOW, axis=axis, method="inverted_cdf", keepdims=True)
-    quiet = values <= (1 + QUIET_TOLERANCE) * low
-    ordered = np.sort(np.where(quiet, values, np.inf), axis=axis)
-    rank = np.maximum(np.ceil(q * quiet.sum(axis=axis, keepdims=True)).astype(int) - 1, 0)
+    `QUIET_LOW` percentile, or of the `QUIET_LOW_RANK`-th lowest run where that is higher (module docstring,
+    "The quiet median")."""
+    ordered = np.sort(values, axis=axis)
+    n = ordered.shape[axis]
+    anchor = min(max(math.ceil(round(QUIET_LOW * n, 9)), QUIET_LOW_RANK), n) - 1
+    low = np.take(ordered, [anchor], axis=axis)
+    # The quiet runs are the first `count` of the ordered ones.
+    count = (ordered <= (1 + QUIET_TOLERANCE) * low).sum(axis=axis, keepdims=True)
+    rank = np.maximum(np.ceil(q * count).astype(int) - 1, 0)
     return np.take_along_axis(ordered, rank, axis=axis).squeeze(axis)
 
 

@@ -127,6 +127,18 @@ def test_on_a_quiet_machine_the_quiet_median_is_the_median():
     assert bootstrap_interval(slow).value > 1.4
 
 
+def test_a_few_fast_runs_of_a_short_session_do_not_make_the_quiet_runs():
+    """In a session of a few hundred runs the lowest 1% is one or two runs; two far faster than the rest would be
+    the quiet runs by themselves, so the anchor is never below the 5th-lowest run."""
+    rng = np.random.default_rng(3)
+    runs = rng.uniform(0.98, 1.02, 120)
+    fast = np.concatenate([runs, [0.80, 0.85]])
+    assert bootstrap_interval(fast, quiet=True).value == pytest.approx(np.median(runs), abs=0.005)
+    # With thousands of runs the lowest 1% is above the 5th-lowest: two fast runs are still no quiet state.
+    many = np.concatenate([rng.uniform(0.98, 1.02, 5000), [0.80, 0.85]])
+    assert bootstrap_interval(many, quiet=True).value > 0.99
+
+
 def test_bootstrap_of_one_model_is_its_percentile_with_an_interval():
     samples = np.arange(1, 101, dtype=float)
     median = bootstrap_interval(samples, q=0.5)
