@@ -19,7 +19,17 @@ before its final training the winner gets what the baseline gets:
    reference, and the widest whose verdict is "within" is kept
    (`baselines.widest_within`, the baseline's rule). Its own size is a
    candidate, so it never shrinks; when its own size is not "within" in
-   this session either, it is kept as the search measured it.
+   this session either, it is kept as the search measured it. **While the
+   widest size measured is within** and the ladder goes on, its next rungs
+   are measured in another session (`climb`, at most `FILL_SESSIONS`): the
+   model's prediction decides what the first session measures, a
+   measurement where the fill stops. Why: the model charges widths off the
+   16-channel SIMD lanes a premium that was too large on a Zen 4 VM, so it
+   put every rung above some finalists over `FILL_REACH` x the budget; in
+   two all-label runs on digits-cluttered TPE's plain 16-16-64 (convs 1-1-1)
+   measured 16-16-64, 72 and 80 within, at 0.64-0.70x, and was trained at
+   0.69x, and in four others a finalist stopped at 0.61-0.86x with its own
+   size and one rung above measured (BENCHMARKS.md, "A fill that climbs").
 2. **Tune** (`tune_winner`). The baseline's tuning (`baselines.tune`: TPE
    over lr and KD on/off, α, τ at the first fidelity, as many evaluations as
    the baseline gets), started as the baseline's is, from the defaults, and
@@ -64,6 +74,8 @@ from compressor.search.config import SearchConfig
 FILL_REACH = 1.2
 # Sizes measured in the fill session, the winner's own included (the baseline measures 15 widths).
 FILL_CANDIDATES = 8
+# Fill sessions at most: one more (the next rungs) while the widest rung measured is within (`climb`).
+FILL_SESSIONS = 3
 
 
 def fill_candidates(ladder: list[dict[str, Any]], start: int, predict: Callable[[dict[str, Any]], float] | None,
@@ -85,6 +97,19 @@ def fill_candidates(ladder: list[dict[str, Any]], start: int, predict: Callable[
         step = len(above) / room
         above = sorted({above[min(len(above) - 1, round((k + 1) * step) - 1)] for k in range(room)})
     return [start, *above]
+
+
+def climb(rungs: int, first: list[int], measure: Callable[[list[int]], Mapping[int, str]]) -> dict[int, str]:
+    """Verdicts of the ladder indices measured to fill: `first`, then, while the highest index measured is
+    "within" and the ladder goes on above it, its next `FILL_CANDIDATES - 1` rungs, in at most `FILL_SESSIONS`
+    calls of `measure` (indices -> verdicts, one side-by-side session)."""
+    verdicts = dict(measure(first))
+    for _ in range(FILL_SESSIONS - 1):
+        top = max(verdicts)
+        if verdicts[top] != "within" or top + 1 >= rungs:
+            break
+        verdicts.update(measure(list(range(top + 1, min(rungs, top + FILL_CANDIDATES)))))
+    return verdicts
 
 
 def fill_winner(space, arch: dict[str, Any], seed: int, target, dataset, *, budget=None, seconds_each: float,
@@ -114,19 +139,26 @@ def fill_winner(space, arch: dict[str, Any], seed: int, target, dataset, *, budg
         ladder[start] = params
     calibrated = budget is not None and budget.model.calibrated
     predict = (lambda a: budget.predict(a, [seed])) if calibrated else None
-    chosen = fill_candidates(ladder, start, predict, budget_ms)
-    models = {i: space.build(space.sample(ladder[i], seed), dataset.input_shape, dataset.num_classes) for i in chosen}
-    session = check_side_by_side({str(i): m for i, m in models.items()}, target, dataset.input_shape,
-                                 reference=reference, seconds=seconds_each * len(models), name="winner-fill")
-    checked = {i: session.checked[str(i)] for i in chosen}
-    index, within = widest_within({i: c.verdict for i, c in checked.items()})
+    checked, sessions = {}, {}
+
+    def measure(indices: list[int]) -> dict[int, str]:
+        models = {str(i): space.build(space.sample(ladder[i], seed), dataset.input_shape, dataset.num_classes)
+                  for i in indices}
+        session = check_side_by_side(models, target, dataset.input_shape, reference=reference,
+                                     seconds=seconds_each * len(models), name="winner-fill")
+        for i in indices:
+            checked[i], sessions[i] = session.checked[str(i)], session.id
+        return {i: checked[i].verdict for i in indices}
+
+    index, within = widest_within(climb(len(ladder), fill_candidates(ladder, start, predict, budget_ms), measure))
     if not within:
         index = start
     sizes = [k.name for k in space.size_knobs(params)]
     return {"arch": ladder[index], "grew": index != start, "within": within, "verdict": checked[index].verdict,
-            "session": session.id,
+            "session": sessions[index],
             "candidates": [{"sizes": {k: ladder[i][k] for k in sizes}, "verdict": c.verdict,
-                            "latency_ms": c.latency_ms, "budget_ratio": c.budget_ratio} for i, c in checked.items()]}
+                            "latency_ms": c.latency_ms, "budget_ratio": c.budget_ratio, "session": sessions[i]}
+                           for i, c in checked.items()]}
 
 
 def tune_winner(config: SearchConfig, spec, knobs: Mapping[str, float], dataset, teacher_logits: dict, *, store,
