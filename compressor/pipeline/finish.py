@@ -25,11 +25,11 @@ before its final training the winner gets what the baseline gets:
    model's prediction decides what the first session measures, a
    measurement where the fill stops. Why: the model charges widths off the
    16-channel SIMD lanes a premium that was too large on a Zen 4 VM, so it
-   put every rung above some finalists over `FILL_REACH` x the budget; in
-   two all-label runs on digits-cluttered TPE's plain 16-16-64 (convs 1-1-1)
-   measured 16-16-64, 72 and 80 within, at 0.64-0.70x, and was trained at
-   0.69x, and in four others a finalist stopped at 0.61-0.86x with its own
-   size and one rung above measured (BENCHMARKS.md, "A fill that climbs").
+   put every rung above some finalists over `FILL_REACH` x the budget: in
+   nine all-label runs on digits-cluttered, 11 of 31 fills ended at
+   0.61-0.88x the budget with every size they measured within (TPE's plain
+   16-16-64, convs 1-1-1, measured 16-16-64, 72 and 80 at 0.64-0.70x and
+   was trained at 0.69x; BENCHMARKS.md, "A fill that climbs").
 2. **Tune** (`tune_winner`). The baseline's tuning (`baselines.tune`: TPE
    over lr and KD on/off, α, τ at the first fidelity, as many evaluations as
    the baseline gets), started as the baseline's is, from the defaults, and
