@@ -220,7 +220,8 @@ def _nearest_rank(values: np.ndarray, q: float, axis: int = -1) -> np.ndarray:
 def statistic(percentile: str) -> str:
     """What `compare` reports as a model's latency at `percentile` (module docstring, "The quiet median")."""
     if percentile == "p50":
-        return f"p50 of the quiet runs (within {100 * QUIET_TOLERANCE:g}% of the lowest {100 * QUIET_LOW:g}%)"
+        return (f"p50 of the quiet runs (within {100 * QUIET_TOLERANCE:g}% of the lowest {100 * QUIET_LOW:g}% "
+                f"or {QUIET_LOW_RANK} runs)")
     return f"{percentile} of all runs"
 
 
