@@ -32,17 +32,18 @@ def test_fill_candidates_start_at_the_winner_and_stop_at_the_reach_of_the_predic
 
 
 def test_the_fill_climbs_by_measurement_while_the_widest_size_measured_is_within():
-    """The prediction picks the first session's sizes; where every one of them measures within, the next rungs are
-    measured, until one is not within, the ladder ends or `FILL_SESSIONS` sessions were measured."""
+    """The prediction picks the first session's sizes; where the widest of them measures within, with room under the
+    budget, the next rungs are measured, until one is not within or is near the budget, the ladder ends or
+    `FILL_SESSIONS` sessions were measured."""
     from compressor.pipeline.baselines import widest_within
-    from compressor.pipeline.finish import FILL_CANDIDATES, FILL_SESSIONS, climb
+    from compressor.pipeline.finish import CLIMB_BELOW, FILL_CANDIDATES, FILL_SESSIONS, climb
 
     def measured(latency):
         sessions = []
 
         def measure(indices):
             sessions.append(indices)
-            return {i: "within" if latency(i) <= 1.0 else "over" for i in indices}
+            return {i: ("within" if latency(i) <= 1.0 else "over", latency(i)) for i in indices}
         return sessions, measure
 
     # A pessimistic model put every rung above the winner's own size (5) over its reach: only 5 was asked.
@@ -50,9 +51,12 @@ def test_the_fill_climbs_by_measurement_while_the_widest_size_measured_is_within
     verdicts = climb(40, [5], measure)
     assert sessions == [[5], list(range(6, 5 + FILL_CANDIDATES))]  # the rungs above 5, then one was over
     assert widest_within(verdicts) == (10, True)
-    # A first session whose widest size is over is the only one.
+    # A first session whose widest size is over, or within near the budget, is the only one.
     sessions, measure = measured(lambda i: 0.1 * i)
     assert climb(40, [5, 9, 13], measure) == {5: "within", 9: "within", 13: "over"} and len(sessions) == 1
+    sessions, measure = measured(lambda i: 0.1 * i)
+    assert climb(40, [5, 9], measure) == {5: "within", 9: "within"} and 0.1 * 9 >= CLIMB_BELOW
+    assert len(sessions) == 1
     # The ladder's end and the number of sessions bound the climb.
     sessions, measure = measured(lambda i: 0.0)
     assert max(climb(9, [5], measure)) == 8 and len(sessions) == 2

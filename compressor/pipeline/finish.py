@@ -20,8 +20,9 @@ before its final training the winner gets what the baseline gets:
    (`baselines.widest_within`, the baseline's rule). Its own size is a
    candidate, so it never shrinks; when its own size is not "within" in
    this session either, it is kept as the search measured it. **While the
-   widest size measured is within** and the ladder goes on, its next rungs
-   are measured in another session (`climb`, at most `FILL_SESSIONS`): the
+   widest size measured is within**, under `CLIMB_BELOW` (0.9) x the budget,
+   and the ladder goes on, its next rungs are measured in another session
+   (`climb`, at most `FILL_SESSIONS`): the
    model's prediction decides what the first session measures, a
    measurement where the fill stops. Why: the model charges widths off the
    16-channel SIMD lanes a premium that was too large on a Zen 4 VM, so it
@@ -74,8 +75,10 @@ from compressor.search.config import SearchConfig
 FILL_REACH = 1.2
 # Sizes measured in the fill session, the winner's own included (the baseline measures 15 widths).
 FILL_CANDIDATES = 8
-# Fill sessions at most: one more (the next rungs) while the widest rung measured is within (`climb`).
+# Fill sessions at most: one more (the next rungs) while the widest rung measured is within, under CLIMB_BELOW x
+# the budget (`climb`).
 FILL_SESSIONS = 3
+CLIMB_BELOW = 0.9
 
 
 def fill_candidates(ladder: list[dict[str, Any]], start: int, predict: Callable[[dict[str, Any]], float] | None,
@@ -99,17 +102,21 @@ def fill_candidates(ladder: list[dict[str, Any]], start: int, predict: Callable[
     return [start, *above]
 
 
-def climb(rungs: int, first: list[int], measure: Callable[[list[int]], Mapping[int, str]]) -> dict[int, str]:
+def climb(rungs: int, first: list[int],
+          measure: Callable[[list[int]], Mapping[int, tuple[str, float | None]]]) -> dict[int, str]:
     """Verdicts of the ladder indices measured to fill: `first`, then, while the highest index measured is
-    "within" and the ladder goes on above it, its next `FILL_CANDIDATES - 1` rungs, in at most `FILL_SESSIONS`
-    calls of `measure` (indices -> verdicts, one side-by-side session)."""
-    verdicts = dict(measure(first))
+    "within" under `CLIMB_BELOW` x the budget and the ladder goes on above it, its next `FILL_CANDIDATES - 1`
+    rungs, in at most `FILL_SESSIONS` calls of `measure` (indices -> (verdict, budget ratio), one side-by-side
+    session). At 0.9x or more a size leaves no room for the next: on digits-cluttered the rung above a plain
+    network at 0.96-0.98x measured 1.23x or more."""
+    measured = dict(measure(first))
     for _ in range(FILL_SESSIONS - 1):
-        top = max(verdicts)
-        if verdicts[top] != "within" or top + 1 >= rungs:
+        top = max(measured)
+        verdict, ratio = measured[top]
+        if verdict != "within" or (ratio is not None and ratio >= CLIMB_BELOW) or top + 1 >= rungs:
             break
-        verdicts.update(measure(list(range(top + 1, min(rungs, top + FILL_CANDIDATES)))))
-    return verdicts
+        measured.update(measure(list(range(top + 1, min(rungs, top + FILL_CANDIDATES)))))
+    return {i: verdict for i, (verdict, _) in measured.items()}
 
 
 def fill_winner(space, arch: dict[str, Any], seed: int, target, dataset, *, budget=None, seconds_each: float,
@@ -148,7 +155,7 @@ def fill_winner(space, arch: dict[str, Any], seed: int, target, dataset, *, budg
                                      seconds=seconds_each * len(models), name="winner-fill")
         for i in indices:
             checked[i], sessions[i] = session.checked[str(i)], session.id
-        return {i: checked[i].verdict for i in indices}
+        return {i: (checked[i].verdict, checked[i].budget_ratio) for i in indices}
 
     index, within = widest_within(climb(len(ladder), fill_candidates(ladder, start, predict, budget_ms), measure))
     if not within:
