@@ -22,11 +22,11 @@ before its final training the winner gets what the baseline gets:
    this session either, it is kept as the search measured it. **While the
    widest size measured is within**, under `CLIMB_BELOW` (0.9) x the budget,
    and the ladder goes on, its next rungs are measured in another session
-   (`climb`, at most `FILL_SESSIONS`): the
-   model's prediction decides what the first session measures, a
-   measurement where the fill stops. Why: the model charges widths off the
-   16-channel SIMD lanes a premium that was too large on a Zen 4 VM, so it
-   put every rung above some finalists over `FILL_REACH` x the budget: in
+   (`climb`, at most `FILL_SESSIONS`): the model's prediction decides what
+   the first session measures, a measurement where the fill stops. Why:
+   the model charges widths off the 16-channel SIMD lanes a premium that
+   was too large on a Zen 4 VM, so it put every rung above some finalists
+   over `FILL_REACH` x the budget: in
    nine all-label runs on digits-cluttered, 11 of 31 fills ended at
    0.61-0.88x the budget with every size they measured within (TPE's plain
    16-16-64, convs 1-1-1, measured 16-16-64, 72 and 80 at 0.64-0.70x and
@@ -149,7 +149,7 @@ def fill_winner(space, arch: dict[str, Any], seed: int, target, dataset, *, budg
     predict = (lambda a: budget.predict(a, [seed])) if calibrated else None
     checked, sessions = {}, {}
 
-    def measure(indices: list[int]) -> dict[int, str]:
+    def measure(indices: list[int]) -> dict[int, tuple[str, float | None]]:
         models = {str(i): space.build(space.sample(ladder[i], seed), dataset.input_shape, dataset.num_classes)
                   for i in indices}
         session = check_side_by_side(models, target, dataset.input_shape, reference=reference,
