@@ -1,7 +1,7 @@
 """Benchmark: how far one network's budget verdict moves between side-by-side sessions, by the statistic judged.
 
 Five plain CNNs of the digits-cluttered benchmark's range (32x32 grey input, 10
-classes; or `--networks`, any architecture reference, at `--shape`) are
+classes; or `--networks`, any architecture reference, at `--input-shape`) are
 measured side by side with the drift reference on `cpu-1t`, in `--sessions`
 sessions one after another in one process (`check_side_by_side`, the target's
 seconds per model as the final session measures, or `--seconds` a session).
@@ -18,7 +18,7 @@ many sessions judged it within, borderline or over with each statistic
 
 Run: .venv/bin/python tools/bench_verdicts.py [--sessions 12]
      .venv/bin/python tools/bench_verdicts.py --networks torchvision:mobilenet_v3_small torchvision:resnet18 \
-         --shape 3x64x64 --seconds 0.9   # short sessions of larger models, a few hundred runs each
+         --input-shape 3x64x64 --seconds 0.9   # short sessions of larger models, a few hundred runs each
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=12)
     parser.add_argument("--networks", nargs="+", default=NETWORKS, metavar="ARCH",
                         help="architecture references (zoo:..., torchvision:NAME, nago) measured beside the reference")
-    parser.add_argument("--shape", default="1x32x32", help="the networks' input, CxHxW (the reference's is 1x32x32)")
+    parser.add_argument("--input-shape", default="1x32x32",
+                        help="the networks' input, CxHxW (the reference's is 1x32x32)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="timed seconds a session, all models (default: the target's per model)")
     parser.add_argument("--near", default=None, help="the network the budget is set near (default: plain 16-32-64 "
@@ -50,7 +51,13 @@ def main() -> int:
     parser.add_argument("--margin", type=float, default=0.03, help="budget = (1 + margin) x its quiet median ratio")
     args = parser.parse_args()
     near = args.near or ("zoo:plain:widths=16-32-64" if args.networks == NETWORKS else args.networks[0])
-    shape = tuple(int(d) for d in args.shape.split("x"))
+    from compressor.cli.common import parse_shape
+    from compressor.errors import UserError
+
+    try:
+        shape = parse_shape(args.input_shape)
+    except UserError as exc:
+        parser.exit(2, f"{exc}\n")
 
     import torch
 
@@ -67,7 +74,7 @@ def main() -> int:
     target = dataclasses.replace(target, budgets=dataclasses.replace(target.budgets, latency_ms=None))
     models = {ref: build_from_arch(ref, 10, shape) for ref in args.networks}
     reference = DriftReference.start(target, SHAPE, 10)
-    print(f"{cpu_model()}; cpu-1t, {len(models)} networks at {args.shape} with the drift reference, "
+    print(f"{cpu_model()}; cpu-1t, {len(models)} networks at {args.input_shape} with the drift reference, "
           f"{args.sessions} sessions", flush=True)
     found = {name: {statistic: [] for statistic in STATISTICS} for name in models}
 
